@@ -1,0 +1,56 @@
+"""``Linear``: the fully connected layer (weight layout ``(out_features, in_features)`` as PyTorch)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import DEFAULT_DTYPE
+from ..functional.linear import linear_backward, linear_forward
+from .init import default_weight_and_bias
+from .module import Module, Parameter
+from .validation import check_input
+
+
+class Linear(Module):
+    """``y = x W^T + b``.
+
+    Shape:
+        input (N, in_features) -> output (N, out_features)
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, dtype=DEFAULT_DTYPE,
+                 generator: np.random.Generator | None = None):
+        super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"Linear: {name} must be a positive int, got {value!r}")
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        weight, b = default_weight_and_bias((out_features, in_features), out_features if bias else 0, dtype, generator)
+        self.weight = Parameter(weight)
+        self.bias = Parameter(b) if bias else None
+
+    def forward(self, x):
+        check_input(x, "Linear", 2, self.in_features, self.weight.dtype)
+        y, cache = linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data)
+        self._save(cache)
+        return y
+
+    def backward(self, dy, input_grad: bool = True):
+        cache = self._restore()
+        dx, dweight, dbias = linear_backward(
+            dy, cache, need_dx=input_grad, need_dweight=self.weight.requires_grad,
+            need_dbias=self.bias is not None and self.bias.requires_grad,
+        )
+        if dweight is not None:
+            self.weight.accumulate_grad(dweight)
+        if dbias is not None:
+            self.bias.accumulate_grad(dbias)
+        return dx
+
+    def output_shape(self, input_shape):
+        if tuple(input_shape) != (self.in_features,):
+            raise ValueError(f"Linear expects input shape ({self.in_features},), got {tuple(input_shape)}")
+        return (self.out_features,)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

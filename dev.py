@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Set up a virtual environment in .venv (once) and run the main job or the test suite.
+
+    python3 dev.py train [ARGS...]   # cnnkit train (the main job) with optional arguments
+    python3 dev.py test  [ARGS...]   # the test suite (pytest arguments pass through)
+
+Needs nothing but Python >= 3.10. Re-installs only when pyproject.toml changes.
+"""
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+
+
+def ensure_env(extras: str) -> None:
+    stamp = VENV / f".installed-{extras or 'base'}"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    if not PYTHON.exists():
+        print(f"creating virtual environment in {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    spec = f".[{extras}]" if extras else "."
+    print(f"installing cnnkit{f'[{extras}]' if extras else ''} into {VENV} (first run only)", flush=True)
+    subprocess.run([str(PYTHON), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
+    subprocess.run([str(PYTHON), "-m", "pip", "install", "--quiet", "-e", spec], cwd=ROOT, check=True)
+    stamp.write_text(digest)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("train", "test"):
+        print(__doc__)
+        return 2
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        ensure_env("")
+        return subprocess.call([str(PYTHON), "-m", "cnnkit", "train", *rest], cwd=ROOT)
+    ensure_env("test")
+    workers = ["-n", "2"] if not any(a.startswith("-n") for a in rest) else []
+    return subprocess.call([str(PYTHON), "-m", "pytest", "-q", *workers, *rest], cwd=ROOT)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
