@@ -1,0 +1,4 @@
+"""The model zoo: classic architectures by name (``list_models()``, ``create(name, **kw)``)."""
+from .registry import create, list_models, register
+
+__all__ = ["create", "list_models", "register"]

@@ -1,0 +1,38 @@
+"""A registry of model constructors, so names (CLI, checkpoints) map to code without if/elif chains.
+
+``create(name, **kwargs)`` builds a model and records ``model.config = {"name": ..., "kwargs": ...}``
+so that a checkpoint can rebuild the same architecture later (``cnnkit.io.load``).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+_MODELS: dict[str, Callable] = {}
+
+
+def register(name: str | None = None):
+    """Decorator: register a constructor under ``name`` (default: the function's name)."""
+
+    def decorate(fn: Callable) -> Callable:
+        key = name or fn.__name__
+        if key in _MODELS and _MODELS[key] is not fn:
+            raise ValueError(f"model {key!r} is already registered")
+        _MODELS[key] = fn
+        return fn
+
+    return decorate
+
+
+def list_models() -> list[str]:
+    """Names accepted by ``create``, sorted."""
+    return sorted(_MODELS)
+
+
+def create(name: str, **kwargs):
+    """Build the registered model ``name`` with ``kwargs``; unknown names list the known ones."""
+    if name not in _MODELS:
+        known = ", ".join(list_models()) or "(none registered)"
+        raise ValueError(f"unknown model {name!r}; known models: {known}")
+    model = _MODELS[name](**kwargs)
+    model.config = {"name": name, "kwargs": dict(kwargs)}
+    return model
