@@ -95,7 +95,14 @@ class Trainer:
 
     # -- one step and one epoch ---------------------------------------------------------------
     def train_step(self, x, y) -> tuple[float, int]:
-        """Forward, loss, backward (no input gradient), update. Returns (loss, correct count)."""
+        """Forward, loss, backward (no input gradient), update. Returns (loss, correct count).
+
+        Callbacks with ``on_step_begin(trainer, step)`` / ``on_step_end(trainer, step)`` are called
+        before the forward pass and after ``optimizer.step()`` (the step's gradients are still in
+        the parameters then); ``step`` counts from 1 over the whole run.
+        """
+        step = self.global_step + 1
+        self._step_callbacks("on_step_begin", step)
         logits = self.model(x)
         loss = float(self.loss(logits, y))
         if not math.isfinite(loss):
@@ -108,9 +115,16 @@ class Trainer:
         self.model.backward(self.loss.backward(), input_grad=False)
         self.optimizer.step()
         self.global_step += 1
+        self._step_callbacks("on_step_end", step)
         if self.scheduler is not None and self.scheduler_interval == "step":
             self.scheduler.step()
         return loss, topk_correct(logits, y)
+
+    def _step_callbacks(self, hook: str, step: int) -> None:
+        for cb in self.callbacks:
+            method = getattr(cb, hook, None)
+            if method is not None:
+                method(self, step)
 
     def _progress_bar(self, total: int, description: str):
         if not self.progress or self.out is None:
