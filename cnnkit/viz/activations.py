@@ -29,7 +29,8 @@ def activation_panel(volume, max_slices: int = 16, columns: int | None = None):
     """
     volume = np.asarray(volume, dtype=np.float64)
     if volume.ndim == 1:
-        rows, cols = grid_shape(volume.size, max(1, int(np.ceil(np.sqrt(volume.size * 4)))))
+        # short vectors (class scores, small fc layers) as one strip, long ones wrapped 64 per row
+        rows, cols = grid_shape(volume.size, min(volume.size, 64))
         block = np.full(rows * cols, np.nan)
         block[: volume.size] = volume
         return block.reshape(rows, cols), 1

@@ -71,7 +71,7 @@ def plot_filters(model, layer=None, max_filters: int = 96, max_channels: int = 1
     mosaic = tile_mosaic(tiles, columns, pad=1)
     out_c, in_c, kh, kw = weight.shape
     rows_px, cols_px = mosaic.shape[:2]
-    width = float(np.clip(cols_px * 0.09, 3.0, 12.0))
+    width = float(np.clip(cols_px * 0.09, 5.5, 12.0))
     height = float(np.clip(width * rows_px / cols_px, 2.0, 14.0)) + 0.7
     fig = new_figure(width, height)
     ax = fig.add_axes([0.02, 0.02, 0.96, 0.96 * (height - 0.7) / height])
