@@ -1,0 +1,295 @@
+"""Pictures of a network and its training: filters, activation maps, maximally activating
+patches, saliency, the convolution demo, training curves, confusion matrix and a run's report.
+
+Each picture is written to a file (PNG unless --out says .svg/.pdf; conv-demo also writes .gif
+and .html) whose path is printed. IMAGE is an image file, or SPLIT:INDEX (e.g. test:7) for an
+image of the checkpoint's dataset.
+
+examples:
+  cnnkit viz filters runs/mnist-lenet5/best.ckpt
+  cnnkit viz activations runs/mnist-lenet5/best.ckpt test:0 --data-dir DIR
+  cnnkit viz patches runs/mnist-lenet5/best.ckpt --layer features.3 --channel 5 --data-dir DIR
+  cnnkit viz saliency runs/cifar10-resnet20/best.ckpt my_cat.png
+  cnnkit viz conv-demo --out demo.gif
+  cnnkit viz curves runs/mnist-lenet5
+  cnnkit viz report runs/mnist-lenet5 --data-dir DIR
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+
+def add_arguments(p):
+    sub = p.add_subparsers(dest="picture", metavar="PICTURE")
+    p.set_defaults(_viz_parser=p)
+
+    def command(name, help_text, func):
+        q = sub.add_parser(name, help=help_text, description=help_text)
+        q.set_defaults(_picture=func)
+        return q
+
+    q = command("filters", "the filters of a convolution layer as a grid of images", _filters)
+    _checkpoint(q)
+    q.add_argument("--layer", help="layer name (e.g. features.3) or convN (default: the first convolution)")
+    q.add_argument("--max-filters", type=int, default=96)
+    _out(q)
+
+    q = command("activations", "each layer's output volume for an image, slice by slice, and the top-5 scores",
+                _activations)
+    _checkpoint(q)
+    _image(q)
+    q.add_argument("--layers", help="comma-separated layer names (default: up to --max-layers chosen layers)")
+    q.add_argument("--max-slices", type=int, default=16, help="depth slices shown per layer (default 16)")
+    q.add_argument("--max-layers", type=int, default=14)
+    _out(q)
+
+    q = command("patches", "the dataset patches (receptive fields) that activate one channel most", _patches)
+    _checkpoint(q)
+    q.add_argument("--layer", required=True, help="layer name (e.g. features.3) or convN")
+    q.add_argument("--channel", type=int, required=True, help="channel of that layer")
+    q.add_argument("--dataset", help="dataset to search (default: the checkpoint's)")
+    q.add_argument("--split", default="test", choices=("train", "test"))
+    q.add_argument("--limit", type=int, default=5000, help="search the first N images (default 5000)")
+    q.add_argument("-k", "--top", type=int, default=9, help="how many patches (default 9)")
+    q.add_argument("--data-dir", help="folder holding the dataset files")
+    _out(q)
+
+    q = command("saliency", "gradient saliency and occlusion sensitivity of a class score for an image", _saliency)
+    _checkpoint(q)
+    _image(q)
+    q.add_argument("--target", help="class index or name (default: the predicted class)")
+    q.add_argument("--occlusion-size", type=int, help="side of the occluding square (default: a quarter of the image)")
+    _out(q)
+
+    q = command("conv-demo", "the convolution demo with every number: step-by-step PNG, animated GIF or HTML",
+                _conv_demo)
+    q.add_argument("--size", type=int, default=5, help="input width and height (default 5)")
+    q.add_argument("--channels", type=int, default=3, help="input depth (default 3)")
+    q.add_argument("--filters", type=int, default=2, help="number of filters (default 2)")
+    q.add_argument("--kernel", type=int, default=3, help="filter size (default 3)")
+    q.add_argument("--stride", type=int, default=2)
+    q.add_argument("--pad", type=int, default=1)
+    q.add_argument("--seed", type=int, default=0, help="seed of the random integer input and filters")
+    q.add_argument("--steps", default="0,1", help="steps drawn in the PNG, e.g. 0,1,9 (default 0,1)")
+    q.add_argument("--out", default="conv-demo.png", help="output file: .png, .svg, .gif or .html (default conv-demo.png)")
+
+    q = command("curves", "loss, accuracy and learning rate against epoch from a run's history "
+                "(and the per-layer diagnostics when recorded)", _curves)
+    q.add_argument("run_dir", metavar="RUN_DIR")
+    _out(q)
+
+    q = command("confusion", "confusion matrix of a checkpoint on a dataset split", _confusion)
+    _checkpoint(q)
+    q.add_argument("--dataset", help="dataset (default: the checkpoint's)")
+    q.add_argument("--split", default="test", choices=("train", "test"))
+    q.add_argument("--data-dir", help="folder holding the dataset files")
+    q.add_argument("--limit", type=int, help="use the first N images")
+    _out(q)
+
+    q = command("report", "write RUN_DIR/report.html: curves, confusion matrix, filters, activation maps", _report)
+    q.add_argument("run_dir", metavar="RUN_DIR")
+    q.add_argument("--data-dir", help="folder holding the dataset files")
+    q.add_argument("--examples", type=int, default=2, help="test images with activation maps (default 2)")
+
+
+def _checkpoint(q):
+    q.add_argument("checkpoint", metavar="CKPT", help="checkpoint written by `cnnkit train` (best.ckpt, last.ckpt)")
+
+
+def _image(q):
+    q.add_argument("image", metavar="IMAGE", help="image file, or SPLIT:INDEX (e.g. test:7) from the checkpoint's dataset")
+    q.add_argument("--data-dir", help="folder holding the dataset files (for SPLIT:INDEX)")
+
+
+def _out(q):
+    q.add_argument("--out", help="output file (.png, .svg or .pdf; default: next to the checkpoint or in RUN_DIR)")
+
+
+def run(args) -> int:
+    if getattr(args, "picture", None) is None:
+        args._viz_parser.print_help()
+        return 2
+    path = args._picture(args)
+    for p in path if isinstance(path, list) else [path]:
+        print(p)
+    return 0
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def _load(checkpoint):
+    from .. import io
+
+    model = io.load(checkpoint)
+    model.eval()
+    return model, getattr(model, "config", None) or {}
+
+
+def _default_out(args, stem: str) -> Path:
+    if getattr(args, "out", None):
+        return Path(args.out)
+    folder = Path(args.checkpoint).parent / "viz"
+    return folder / (re.sub(r"[^A-Za-z0-9_.-]+", "_", stem) + ".png")
+
+
+def _read_image(spec: str, config: dict, data_dir):
+    """``(raw uint8 (C, H, W), model input (1, C, H, W), label name or None, short name)``."""
+    from ..viz.report import model_input
+
+    dataset = config.get("dataset")
+    match = re.fullmatch(r"(train|test):(\d+)", spec)
+    if match and not Path(spec).exists():
+        if not dataset:
+            raise ValueError(f"{spec!r} names a dataset image but the checkpoint does not record its dataset")
+        from .. import data
+
+        ds = data.load(dataset, match.group(1), root=data_dir)
+        index = int(match.group(2))
+        if index >= len(ds):
+            raise ValueError(f"{spec}: the {match.group(1)} split of {dataset} has {len(ds)} images")
+        raw = ds.images[index]
+        return raw, model_input(raw[None], dataset), ds.classes[ds.labels[index]], f"{dataset}-{match.group(1)}{index}"
+    if "input_shape" not in config:
+        raise ValueError("the checkpoint does not record its input shape (train it with `cnnkit train`)")
+    from .predict import load_image
+
+    x01 = load_image(spec, tuple(config["input_shape"]))
+    raw = np.round(x01[0] * 255).astype(np.uint8)
+    return raw, model_input(raw[None], dataset), None, Path(spec).stem
+
+
+def _classes(config):
+    classes = config.get("classes")
+    return list(classes) if classes else None
+
+
+# -- the pictures ---------------------------------------------------------------------------------
+def _filters(args):
+    from ..viz.filters import plot_filters
+    from ..viz.layers import first_conv, resolve_layer
+
+    model, _ = _load(args.checkpoint)
+    name = resolve_layer(model, args.layer)[0] if args.layer else first_conv(model)[0]
+    path = _default_out(args, f"filters-{name}")
+    plot_filters(model, name, max_filters=args.max_filters, path=path)
+    return path
+
+
+def _activations(args):
+    from ..viz.activations import plot_activations
+
+    model, config = _load(args.checkpoint)
+    raw, x, label, short = _read_image(args.image, config, args.data_dir)
+    layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
+    path = _default_out(args, f"activations-{short}")
+    title = f"activations of {config.get('name', type(model).__name__)} for {args.image}" + (
+        f" (true class {label})" if label is not None else "")
+    plot_activations(model, x.astype(model.dtype), image=raw, classes=_classes(config), layers=layers,
+                     max_slices=args.max_slices, max_layers=args.max_layers, path=path, title=title)
+    return path
+
+
+def _patches(args):
+    from .. import data
+    from ..viz.layers import resolve_layer
+    from ..viz.patches import plot_patches
+
+    model, config = _load(args.checkpoint)
+    dataset = args.dataset or config.get("dataset")
+    if not dataset:
+        raise ValueError("the checkpoint does not record its dataset: pass --dataset")
+    ds = data.load(dataset, args.split, root=args.data_dir)
+    n = min(args.limit, len(ds)) if args.limit else len(ds)
+    name = resolve_layer(model, args.layer)[0]
+    path = _default_out(args, f"patches-{name}-ch{args.channel}")
+
+    plot_patches(model, ds.images[:n], name, args.channel, k=args.top, transform=_normalizer(dataset, model.dtype),
+                 labels=ds.labels[:n], classes=ds.classes, path=path)
+    return path
+
+
+def _normalizer(dataset, dtype):
+    from ..data.transforms import DATASET_STATS, Normalize
+
+    return Normalize.for_dataset(dataset) if dataset in DATASET_STATS else None
+
+
+def _saliency(args):
+    from ..viz.saliency import plot_saliency
+
+    model, config = _load(args.checkpoint)
+    raw, x, label, short = _read_image(args.image, config, args.data_dir)
+    classes = _classes(config)
+    target = None
+    if args.target is not None:
+        if args.target.isdigit():
+            target = int(args.target)
+        elif classes and args.target in classes:
+            target = classes.index(args.target)
+        else:
+            raise ValueError(f"--target {args.target!r} is neither a class index nor one of the classes {classes}")
+    path = _default_out(args, f"saliency-{short}")
+    title = f"saliency for {args.image}" + (f" (true class {label})" if label is not None else "")
+    plot_saliency(model, x.astype(model.dtype), image=raw, classes=classes, target=target, path=path, title=title,
+                  occlusion_size=args.occlusion_size)
+    return path
+
+
+def _conv_demo(args):
+    from ..viz.conv_demo import conv_demo_gif, conv_demo_html, make_demo, plot_conv_demo
+
+    demo = make_demo(args.size, args.channels, args.filters, args.kernel, args.stride, args.pad, args.seed)
+    path = Path(args.out)
+    suffix = path.suffix.lower()
+    if suffix == ".gif":
+        return conv_demo_gif(path, demo)
+    if suffix in (".html", ".htm"):
+        return conv_demo_html(path, demo)
+    try:
+        steps = [int(s) for s in args.steps.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--steps must be comma-separated integers, got {args.steps!r}") from None
+    bad = [s for s in steps if not 0 <= s < demo.num_steps]
+    if not steps or bad:
+        raise ValueError(f"--steps must name steps between 0 and {demo.num_steps - 1}, got {args.steps!r}")
+    plot_conv_demo(demo, steps, path=path)
+    return path
+
+
+def _curves(args):
+    from ..viz.curves import plot_diagnostics, plot_history
+
+    run_dir = Path(args.run_dir)
+    path = Path(args.out) if args.out else run_dir / "curves.png"
+    plot_history(run_dir, path=path, title=None)
+    paths = [path]
+    if (run_dir / "diagnostics.json").exists():
+        diag = path.with_name(path.stem + "-diagnostics" + path.suffix)
+        plot_diagnostics(run_dir, path=diag)
+        paths.append(diag)
+    return paths
+
+
+def _confusion(args):
+    from .. import data
+    from ..viz.curves import plot_confusion
+    from ..viz.report import confusion_on
+
+    model, config = _load(args.checkpoint)
+    dataset = args.dataset or config.get("dataset")
+    if not dataset:
+        raise ValueError("the checkpoint does not record its dataset: pass --dataset")
+    ds = data.load(dataset, args.split, root=args.data_dir)
+    cm = confusion_on(model, ds, dataset, args.limit)
+    path = _default_out(args, f"confusion-{dataset}-{args.split}")
+    plot_confusion(cm, ds.classes, path=path,
+                   title=f"{dataset} {args.split}: accuracy {np.trace(cm) / cm.sum():.2%} on {int(cm.sum())} images")
+    return path
+
+
+def _report(args):
+    from ..viz.report import write_report
+
+    return write_report(args.run_dir, data_dir=args.data_dir, examples=args.examples)
