@@ -46,9 +46,12 @@ def confusion_on(model, dataset, dataset_name, limit: int | None = 2000, batch_s
     return confusion_matrix(dataset.labels[:n], np.concatenate(predictions), len(dataset.classes))
 
 
-def write_report(run_dir, data_dir=None, checkpoint: str = "best.ckpt", examples: int = 2,
+def write_report(run_dir, data_dir=None, checkpoint: str | None = None, examples: int = 2,
                  limit: int | None = 2000) -> Path:
     """Write ``run_dir/report.html`` for a run of ``cnnkit train`` and return its path.
+
+    ``checkpoint``: the file name in ``run_dir`` to show (default: ``best``, else ``last``, with
+    the suffix ``cnnkit train`` wrote).
 
     Sections without their inputs are left out with a note (no history, no checkpoint, the
     dataset not found), so a report can always be written.
@@ -78,11 +81,11 @@ def write_report(run_dir, data_dir=None, checkpoint: str = "best.ckpt", examples
         if records:
             figure("Per-layer diagnostics", plot_diagnostics(records),
                    "activation spread, dead ReLUs, gradient norms and update/weight ratios (~1e-3 is healthy)")
-    ckpt = run_dir / checkpoint
     model = None
-    if not ckpt.exists():
-        ckpt = run_dir / "last.ckpt"
-    if ckpt.exists():
+    candidates = [run_dir / checkpoint] if checkpoint else [
+        run_dir / f"{stem}{suffix}" for stem in ("best", "last") for suffix in (".safetensors", ".ckpt", ".npz")]
+    ckpt = next((c for c in candidates if c.exists()), None)
+    if ckpt is not None:
         model = io.load(ckpt)
     else:
         notes.append(f"no checkpoint in {run_dir}: no confusion matrix, filters or activations")
