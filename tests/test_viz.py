@@ -67,7 +67,9 @@ def test_gray_filters_one_scale_zero_is_mid_gray(rng):
     tiles, columns, color = filter_tiles(weight, max_channels=5)
     assert not color and columns == 5 and tiles.shape == (4 * 5, 3, 3)
     assert tiles[0, 0, 0] == 0.5
-    np.testing.assert_allclose(tiles[7], 0.5 + weight[1, 2] / (2 * np.abs(weight[:, :5]).max()))
+    limit = np.percentile(np.abs(weight[:, :5]), 99)
+    np.testing.assert_allclose(tiles[7], np.clip(0.5 + weight[1, 2] / (2 * limit), 0, 1))
+    assert ((tiles == 0) | (tiles == 1)).sum() >= 1  # the largest 1% saturate
 
 
 def test_plot_filters_png(tmp_path, rng):

@@ -5,7 +5,8 @@ A filter over 3 input channels is drawn in colour (its three input planes as R, 
 filter min-max scaled on its own, as in the AlexNet paper's figure: what matters is the pattern,
 not the absolute scale. Deeper filters have many input channels, which no colour can show: each
 filter is a row of grayscale tiles, one per input channel, on one scale for the whole layer with
-zero at mid-gray (white = positive, black = negative) so that the tiles compare with each other.
+zero at mid-gray (white = positive, black = negative) so that the tiles compare with each other;
+that scale is the 99th percentile of the magnitudes, so one large weight does not gray out the rest.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def filter_tiles(weight, max_filters: int = 96, max_channels: int = 16, color: b
 
     Shape:
         weight (out, in, kh, kw) -> colour tiles (min(out, F), kh, kw, 3) or
-        gray tiles (min(out, F) * min(in, C), kh, kw)
+        gray tiles (min(out, F) * min(in, C), kh, kw), 0.5 + w / (2 * percentile(|w|, 99)) clipped to [0, 1]
     """
     weight = np.asarray(getattr(weight, "data", weight), dtype=np.float64)
     if weight.ndim != 4:
@@ -47,8 +48,10 @@ def filter_tiles(weight, max_filters: int = 96, max_channels: int = 16, color: b
         tiles = rescale_unit(shown.reshape(len(shown), -1), axis=1).reshape(shown.shape).transpose(0, 2, 3, 1)
         return tiles, None, True
     shown = shown[:, :max_channels]
-    limit = symmetric_limit(shown)
-    tiles = 0.5 + shown / (2 * limit)
+    # one scale for the layer, set by the 99th percentile of |w| so that a few large weights do
+    # not wash out the rest (they saturate to black/white instead)
+    limit = max(float(np.percentile(np.abs(shown), 99)), symmetric_limit(shown) * 1e-6)
+    tiles = np.clip(0.5 + shown / (2 * limit), 0.0, 1.0)
     columns = shown.shape[1]
     if columns == 1:
         columns = None  # one channel per filter: lay the filters out in a near-square grid
