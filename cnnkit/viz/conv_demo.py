@@ -239,7 +239,7 @@ def conv_demo_frames(demo: ConvDemo | None = None, dpi: int = 70):
     return frames
 
 
-def conv_demo_gif(path, demo: ConvDemo | None = None, ms_per_step: int = 1200, dpi: int = 70) -> Path:
+def conv_demo_gif(path, demo: ConvDemo | None = None, ms_per_step: int = 1200, dpi: int = 90) -> Path:
     """Animated GIF of every step of ``demo`` (Pillow), looping."""
     from PIL import Image
 
