@@ -160,7 +160,7 @@ def plot_diagnostics(records, path=None, title=None):
         for hh, ll in zip(h, l):
             if ll not in labels:
                 handles.append(hh), labels.append(ll)
-    fig.legend(handles, labels, loc="center right", fontsize=7, frameon=False)
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.81, 0.5), fontsize=8, frameon=False)
     fig.suptitle(title or f"per-layer diagnostics ({len(records)} measurements)", fontsize=10)
     fig.subplots_adjust(left=0.06, right=0.8, top=0.92, bottom=0.08, hspace=0.35, wspace=0.25)
     if path is not None:
