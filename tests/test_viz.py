@@ -254,3 +254,24 @@ def test_plot_saliency_png(tmp_path, rng):
     assert len(fig.axes) == 5  # three panels and two colour bars
     assert fig.axes[1].images[0].get_array().shape == (16, 16)
     assert_not_blank(read_png(tmp_path / "s.png")[0])
+
+
+def test_receptive_field_through_zoo_residual_blocks():
+    pytest.importorskip("cnnkit.models.cifar_resnet", reason="the model zoo is not merged yet")
+    from cnnkit import models
+
+    model = models.create("resnet20").double().eval()
+    # stem 3x3 (3 px), block 1.0 adds two 3x3 (7 px); the stride-2 block sees 21 px, jump 2
+    assert receptive_field(model, "layer1.0") == ReceptiveField((7, 7), (1, 1), (-3, -3))
+    rf = receptive_field(model, "layer2.0")
+    assert rf == ReceptiveField((21, 21), (2, 2), (-10, -10))
+    assert receptive_field(model, "layer2.0.relu") == rf
+    # empirically: changing an input row changes unit (8, 8) of layer2.0 only inside rows 6..26
+    top, bottom, _, _ = rf.window(8, 8)
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32))
+    base = capture_outputs(model, x, ["layer2.0"], stop_early=True)[0]["layer2.0"][0, :, 8, 8]
+    for row, inside in ((top - 1, False), (top, True), (bottom - 1, True), (bottom, False)):
+        shifted = x.copy()
+        shifted[0, :, row] += 1.0
+        unit = capture_outputs(model, shifted, ["layer2.0"], stop_early=True)[0]["layer2.0"][0, :, 8, 8]
+        assert (np.abs(unit - base).max() > 1e-12) == inside, row
