@@ -127,7 +127,7 @@ def plot_saliency(model, x, image=None, classes=None, target: int | None = None,
     for ax in axes:
         ax.set_xticks([]), ax.set_yticks([])
     fig.suptitle(title or f"saliency for class {name}", fontsize=10)
-    fig.subplots_adjust(left=0.02, right=0.96, top=0.78, bottom=0.03, wspace=0.25)
+    fig.subplots_adjust(left=0.02, right=0.93, top=0.78, bottom=0.03, wspace=0.3)
     if path is not None:
         save_figure(fig, path)
     return fig
