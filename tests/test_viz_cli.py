@@ -56,3 +56,17 @@ def test_bad_arguments_are_clear(run_dir, capsys):
         run(["conv-demo", "--steps", "18", "--out", "x.png"], capsys)
     with pytest.raises(ValueError, match="neither a class index nor one of the classes"):
         run(["saliency", ckpt, "test:0", "--target", "cat"], capsys)
+
+
+def test_report_html_is_self_contained(run_dir, capsys):
+    (run_dir / "diagnostics.json").write_text(json.dumps(
+        [{"step": s, "epoch": 1, "layers": {"0": {"act_std": 1.0, "grad_norm": 0.1, "update_ratio": 1e-3}}}
+         for s in (1, 10)]))
+    [path] = run(["report", str(run_dir), "--examples", "1"], capsys)
+    page = open(path).read()
+    assert path == str(run_dir / "report.html")
+    for heading in ("Training curves", "Per-layer diagnostics", "Confusion matrix", "First-layer filters",
+                    "Activations: test image 0"):
+        assert f"<h2>{heading}" in page
+    assert page.count('<img src="data:image/png;base64,') == 5
+    assert "http" not in page  # nothing to fetch: it opens offline
