@@ -116,8 +116,11 @@ def plot_patches(model, images, layer, channel: int, k: int = 9, transform=None,
             label = str(classes[labels[act.index]]) if classes is not None else str(labels[act.index])
         ax.set_title(f"#{act.index} {label}".strip(), fontsize=7)
     size = "whole image" if rf.whole_input else f"{rf.size[0]}x{rf.size[1]} px, stride {rf.jump[0]}"
+    note = "number = activation"
+    if found and found[0].value <= 0 and type(module).__name__ in ("ReLU", "LeakyReLU", "MaxPool2d"):
+        note = "NO image activates this channel (a dead unit): the patches are arbitrary"
     fig.suptitle(title or f"top-{len(found)} patches for {name} ({type(module).__name__}) channel {channel}\n"
-                 f"receptive field {size}; number = activation", fontsize=9)
+                 f"receptive field {size}; {note}", fontsize=9, color="black" if note.startswith("number") else "darkred")
     if path is not None:
         save_figure(fig, path)
     return fig
