@@ -94,8 +94,8 @@ def plot_confusion(confusion, classes=None, path=None, title=None, normalize: bo
     totals = cm.sum(axis=1, keepdims=True)
     shown = cm / np.maximum(totals, 1) if normalize else cm
     size = float(np.clip(0.5 * k + 2.5, 4.5, 12))
-    fig = new_figure(size + 1.2, size)
-    ax = fig.add_axes([0.22, 0.2, 0.68, 0.68])
+    fig = new_figure(size + 0.6, size)
+    ax = fig.add_axes([0.13, 0.13, 0.72, 0.77])
     im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
     if k <= 30:
         for i in range(k):
@@ -106,7 +106,7 @@ def plot_confusion(confusion, classes=None, path=None, title=None, normalize: bo
     ax.set_yticks(range(k), names, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    cax = fig.add_axes([0.92, 0.2, 0.02, 0.68])
+    cax = fig.add_axes([0.88, 0.13, 0.025, 0.77])
     fig.colorbar(im, cax=cax)
     accuracy = np.trace(cm) / max(cm.sum(), 1)
     fig.suptitle(title or f"confusion matrix: accuracy {accuracy:.2%} on {int(cm.sum())} images", fontsize=10)
