@@ -4,6 +4,8 @@
 ``onnx`` (and ``onnxruntime``, to run the files) are optional: ``pip install 'cnnkit[onnx]'``.
 They are imported only when these functions run.
 """
+from .exporter import ExportContext, export, register_exporter
 from .importer import UnsupportedOperatorError, load, register_fold, register_op
 
-__all__ = ["load", "export", "register_op", "register_fold", "register_exporter", "UnsupportedOperatorError"]
+__all__ = ["load", "export", "register_op", "register_fold", "register_exporter", "ExportContext",
+           "UnsupportedOperatorError"]
