@@ -1,0 +1,60 @@
+"""Evaluate one checkpoint, or an ensemble of several (their softmax outputs are averaged, as in
+the notes' AlexNet recipe), on a dataset split: accuracy, per-class accuracy, confusion matrix."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def add_arguments(p):
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint file(s); several = an ensemble")
+    p.add_argument("--dataset", help="dataset (default: the one the checkpoint was trained on)")
+    p.add_argument("--split", default="test", choices=("train", "test"))
+    p.add_argument("--data-dir", help="folder holding the dataset files")
+    p.add_argument("--batch-size", type=int, default=500)
+
+
+def load_models(paths):
+    from .. import io
+
+    models = [io.load(p) for p in paths]
+    configs = [getattr(m, "config", {}) or {} for m in models]
+    return models, configs
+
+
+def run(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .. import data
+    from ..data import DataLoader
+    from ..data.transforms import Normalize
+    from ..train import confusion_matrix, per_class_accuracy, predict_proba
+
+    models, configs = load_models(args.checkpoints)
+    dataset = args.dataset or configs[0].get("dataset")
+    if dataset is None:
+        raise ValueError("the checkpoint does not record its dataset: pass --dataset")
+    ds = data.load(dataset, args.split, root=args.data_dir)
+    loader = DataLoader(ds, args.batch_size, transform=Normalize.for_dataset(dataset))
+    probs, labels = predict_proba(models, loader)
+    pred = probs.argmax(axis=1)
+    k = len(ds.classes)
+    cm = confusion_matrix(labels, pred, k)
+    per_class = per_class_accuracy(cm)
+
+    console = Console()
+    what = "ensemble of %d models" % len(models) if len(models) > 1 else args.checkpoints[0]
+    console.print(f"{what} on {dataset} {args.split} ({len(ds)} images): accuracy [bold]{np.mean(pred == labels):.2%}[/]")
+    if len(models) > 1:
+        for path, m in zip(args.checkpoints, models):
+            p1, _ = predict_proba([m], loader)
+            console.print(f"  {path}: {np.mean(p1.argmax(1) == labels):.2%}")
+    table = Table(title="per-class accuracy and confusion matrix (rows: true, columns: predicted)")
+    table.add_column("class")
+    table.add_column("acc", justify="right")
+    for j in range(k):
+        table.add_column(str(j), justify="right")
+    for i, name in enumerate(ds.classes):
+        table.add_row(f"{i} {name}", f"{per_class[i]:.1%}", *[str(v) for v in cm[i]])
+    console.print(table)
+    return 0

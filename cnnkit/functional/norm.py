@@ -1,0 +1,195 @@
+"""Normalisation kernels: batch normalisation and local response normalisation (LRN).
+
+Batch normalisation (Ioffe & Szegedy, 2015) normalises every channel with the mean and the
+biased variance of the batch, over every axis but the channel axis 1::
+
+    xhat = (x - mean) / sqrt(var + eps),        y = weight * xhat + bias
+
+and keeps running estimates for eval mode exactly as PyTorch does (``momentum`` weighs the new
+batch; the running variance takes the *unbiased* batch variance).
+
+LRN (Krizhevsky et al., 2012, in PyTorch's form) divides every activation by a power of the sum
+of squares of its neighbours across channels::
+
+    y_c = x_c / (k + alpha/size * sum_{c' in window(c)} x_c'^2) ** beta
+
+where ``window(c)`` runs from ``c - size//2`` to ``c + (size-1)//2``, zero-padded at the ends.
+
+Both kernels view an input ``(N, C, *)`` as ``(N, C, L)`` (``L`` = product of the trailing axes,
+1 for ``(N, C)``) so one code path serves 2-D, 3-D and 4-D inputs without a transposing copy.
+"""
+from __future__ import annotations
+
+from ..backend import array_module
+
+
+def _as_ncl(x):
+    """View ``(N, C, *)`` as ``(N, C, L)``; a view for contiguous input, no transposing copy."""
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def _channel_sum(xp, a):
+    """Per-channel sum of ``a (N, C, L)`` over ``N`` and ``L``.
+
+    ``einsum`` reduces both axes in one pass without a temporary; on NCHW float32 it measured
+    1.5-3x faster than ``a.sum(axis=(0, 2))`` and 3-8x faster than transposing to (C, N*L).
+    """
+    return xp.einsum("ncl->c", a)
+
+
+def _channel_dot(xp, a, b):
+    """Per-channel ``sum(a * b)`` over ``N`` and ``L``, without materialising ``a * b``."""
+    return xp.einsum("ncl,ncl->c", a, b)
+
+
+def _per_channel(v):
+    """Reshape a ``(C,)`` vector to ``(C, 1)`` so it broadcasts against ``(N, C, L)``."""
+    return v[:, None]
+
+
+def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+    """Return ``(y, cache)``; in training mode update ``running_mean``/``running_var`` in place.
+
+    With ``training=True`` the batch statistics normalise ``x`` and, when the running buffers are
+    given (not ``None``), they are updated as PyTorch does::
+
+        running_mean = (1 - momentum) * running_mean + momentum * mean
+        running_var  = (1 - momentum) * running_var  + momentum * var * m / (m - 1)
+
+    with ``m = N * L`` the number of values per channel (``momentum`` here is the factor
+    actually used; the layer turns ``momentum=None`` into ``1 / num_batches_tracked``).
+    With ``training=False`` the running statistics normalise ``x`` and nothing is updated.
+    ``weight``/``bias`` may be ``None`` (``affine=False``).
+
+    Shape:
+        x: (N, C), (N, C, L) or (N, C, H, W); weight, bias, running_mean, running_var: (C,)
+        y: same as x; statistics over every axis but axis 1, m = N * prod(x.shape[2:])
+    """
+    xp = array_module(x)
+    x3 = _as_ncl(x)
+    m = x3.shape[0] * x3.shape[2]
+    if training:
+        if m < 2:
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
+            )
+        mean = _channel_sum(xp, x3) / m
+        xhat = x3 - _per_channel(mean)
+        var = _channel_dot(xp, xhat, xhat) / m  # biased: it normalises this batch
+        if running_mean is not None:
+            running_mean *= 1 - momentum
+            running_mean += momentum * mean
+        if running_var is not None:
+            running_var *= 1 - momentum
+            running_var += (momentum * m / (m - 1)) * var  # unbiased, as PyTorch
+    else:
+        var = running_var
+        xhat = x3 - _per_channel(running_mean)
+    inv_std = 1 / xp.sqrt(var + eps)
+    xhat *= _per_channel(inv_std)
+
+    y = xhat * _per_channel(weight) if weight is not None else xhat.copy()
+    if bias is not None:
+        y += _per_channel(bias)
+    cache = (xhat, inv_std, weight, bool(training), x.shape)
+    return y.reshape(x.shape), cache
+
+
+def batch_norm_backward(dy, cache, need_dx=True, need_dweight=True, need_dbias=True):
+    """Return ``(dx, dweight, dbias)``; a gradient not asked for is ``None``.
+
+    ``dbias = sum(dy)`` and ``dweight = sum(dy * xhat)`` per channel. In training mode ``mean`` and
+    ``var`` depend on ``x``; the chain rule through them collapses to the compact closed form::
+
+        dxhat = dy * weight
+        dx = (1/m) * inv_std * (m * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat))
+           = weight * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat))
+
+    (the second line uses ``sum(dxhat) = weight * sum(dy)``, so the two per-channel sums are the
+    ones ``dbias`` and ``dweight`` need anyway). In eval mode the statistics are constants and
+    the layer is the affine map ``dx = dy * weight * inv_std``.
+
+    Shape:
+        dy: same as x -> dx: same as x; dweight, dbias: (C,)
+    """
+    xhat, inv_std, weight, training, x_shape = cache
+    xp = array_module(dy)
+    dy3 = _as_ncl(dy)
+    m = dy3.shape[0] * dy3.shape[2]
+    scale = inv_std if weight is None else weight * inv_std
+
+    need_sums = need_dx and training
+    sum_dy = _channel_sum(xp, dy3) if (need_dbias or need_sums) else None
+    sum_dy_xhat = _channel_dot(xp, dy3, xhat) if (need_dweight or need_sums) else None
+
+    dx = None
+    if need_dx:
+        if training:
+            dx = xhat * _per_channel(-sum_dy_xhat / m)
+            dx += dy3
+            dx -= _per_channel(sum_dy / m)
+            dx *= _per_channel(scale)
+        else:
+            dx = dy3 * _per_channel(scale)
+        dx = dx.reshape(x_shape)
+    dweight = sum_dy_xhat if need_dweight else None
+    dbias = sum_dy if need_dbias else None
+    return dx, dweight, dbias
+
+
+def _window_sum(a, before, after):
+    """``out[:, c] = sum(a[:, c - before : c + after + 1])`` along axis 1, zeros beyond the ends.
+
+    A loop over the ``before + after`` channel offsets, each one shifted slice add.
+    """
+    out = a.copy()
+    for d in range(1, before + 1):
+        out[:, d:] += a[:, :-d]  # channel c receives channel c - d
+    for d in range(1, after + 1):
+        out[:, :-d] += a[:, d:]  # channel c receives channel c + d
+    return out
+
+
+def local_response_norm_forward(x, size, alpha=1e-4, beta=0.75, k=1.0):
+    """Return ``(y, cache)`` with PyTorch's ``local_response_norm``.
+
+    ``denom_c = k + alpha / size * sum_{c' = c - size//2}^{c + (size-1)//2} x_c'^2`` (channels
+    outside ``[0, C)`` count as zero, and the sum is always divided by ``size``), and
+    ``y_c = x_c * denom_c ** -beta``.
+
+    Shape:
+        x: (N, C, *) with at least one trailing axis -> y: same as x
+    """
+    denom = _window_sum(x * x, size // 2, (size - 1) // 2)
+    denom *= alpha / size
+    denom += k
+    scale = denom ** -beta
+    y = x * scale
+    return y, (x, denom, scale, size, alpha, beta)
+
+
+def local_response_norm_backward(dy, cache, need_dx=True):
+    """Return ``dx`` (``None`` when ``need_dx`` is False); LRN has no parameters.
+
+    ``x_j`` enters ``y_j`` directly and ``denom_c`` of every ``c`` whose window holds ``j``::
+
+        dx_j = dy_j * denom_j**-beta
+               - 2 * alpha * beta / size * x_j * sum_{c: j in window(c)} dy_c * x_c * denom_c**(-beta-1)
+
+    ``j in window(c)`` means ``c`` runs from ``j - (size-1)//2`` to ``j + size//2``: the same
+    window sum with ``before`` and ``after`` swapped.
+
+    Shape:
+        dy: same as x -> dx: same as x
+    """
+    if not need_dx:
+        return None
+    x, denom, scale, size, alpha, beta = cache
+    through_denom = dy * x
+    through_denom *= scale
+    through_denom /= denom
+    dx = _window_sum(through_denom, (size - 1) // 2, size // 2)
+    dx *= x
+    dx *= -2 * alpha * beta / size
+    dx += dy * scale
+    return dx

@@ -1,0 +1,314 @@
+"""The training loop of the notes, written out: sample a mini-batch, forward, loss, backward, update.
+
+``Trainer.fit`` runs epochs of that loop with a progress bar (images/s, ETA), evaluates on the
+validation data after every epoch, steps the learning-rate schedule (``ReduceLROnPlateau`` is
+driven by validation accuracy), and hands each epoch's figures to the callbacks (history files,
+best/last checkpoints, early stopping). ``Trainer.save`` writes everything a resumed run needs —
+weights, optimizer and scheduler state, epoch, history and every random-number generator — so
+``resume`` continues bit for bit where an uninterrupted run would be.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..nn.module import no_grad
+from .metrics import softmax, topk_correct
+
+
+def _generator_modules(model):
+    """``(name, module)`` for every module that draws random numbers (e.g. Dropout)."""
+    for name, m in model.named_modules():
+        if isinstance(getattr(m, "generator", None), np.random.Generator):
+            yield name, m
+
+
+def _rng_state(obj):
+    if obj is None:
+        return None
+    if hasattr(obj, "state_dict"):
+        return obj.state_dict()
+    gen = getattr(obj, "generator", None)
+    return gen.bit_generator.state if isinstance(gen, np.random.Generator) else None
+
+
+def _set_rng_state(obj, state):
+    if obj is None or state is None:
+        return
+    if hasattr(obj, "load_state_dict"):
+        obj.load_state_dict(state)
+    else:
+        obj.generator.bit_generator.state = state
+
+
+class Trainer:
+    """Mini-batch training of ``model`` with ``optimizer`` on a classification loss.
+
+    Args:
+        model: a cnnkit ``Module`` producing logits ``(N, classes)``.
+        optimizer: a ``cnnkit.optim`` optimizer over the model's parameters.
+        loss: a loss module (default ``CrossEntropyLoss()``).
+        scheduler: an ``lr_scheduler``; stepped once per epoch, or once per batch when
+            ``scheduler_interval="step"`` (the default for ``OneCycleLR``).
+            ``ReduceLROnPlateau`` gets the validation top-1 accuracy (or the training one).
+        callbacks: objects with ``on_epoch_end(trainer, epoch, logs)`` and friends.
+        progress: show a progress bar per epoch (a one-line summary per epoch is always printed).
+        out: where messages go (default ``sys.stdout``); ``None`` silences them.
+    """
+
+    def __init__(self, model, optimizer, loss=None, scheduler=None, callbacks=(), progress: bool = True,
+                 scheduler_interval: str | None = None, out=sys.stdout):
+        from ..nn.loss import CrossEntropyLoss
+        from ..optim.lr_scheduler import OneCycleLR
+
+        self.model = model
+        self.optimizer = optimizer
+        self.loss = loss if loss is not None else CrossEntropyLoss()
+        self.scheduler = scheduler
+        if scheduler_interval is None:
+            scheduler_interval = "step" if isinstance(scheduler, OneCycleLR) else "epoch"
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        self.scheduler_interval = scheduler_interval
+        self.callbacks = list(callbacks)
+        self.progress = progress
+        self.out = out
+        self.history: list[dict] = []
+        self.epoch = 0  # epochs completed
+        self.global_step = 0
+        self.best_metric = None
+        self.stop_training = False
+        self.train_loader = None
+
+    # -- messages -----------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        if self.out is not None:
+            print(message, file=self.out, flush=True)
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    # -- one step and one epoch ---------------------------------------------------------------
+    def train_step(self, x, y) -> tuple[float, int]:
+        """Forward, loss, backward (no input gradient), update. Returns (loss, correct count)."""
+        logits = self.model(x)
+        loss = float(self.loss(logits, y))
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"training stopped: the loss became {loss} at epoch {self.epoch + 1}, step "
+                f"{self.global_step + 1} with learning rate {self.lr:g}; lower the learning rate "
+                "(--lr) or check the input normalisation"
+            )
+        self.optimizer.zero_grad()
+        self.model.backward(self.loss.backward(), input_grad=False)
+        self.optimizer.step()
+        self.global_step += 1
+        if self.scheduler is not None and self.scheduler_interval == "step":
+            self.scheduler.step()
+        return loss, topk_correct(logits, y)
+
+    def _progress_bar(self, total: int, description: str):
+        if not self.progress or self.out is None:
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        console = Console(file=self.out)
+        if not console.is_terminal:
+            return None  # logs and CI get one line per epoch instead of redraws
+        return Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:>7.0f} img/s"), TextColumn("loss {task.fields[loss]:.4f}"),
+            TimeRemainingColumn(), console=console, transient=True,
+        )
+
+    def train_epoch(self, loader) -> dict:
+        self.model.train()
+        total_loss, correct, seen = 0.0, 0, 0
+        start = time.perf_counter()
+        bar = self._progress_bar(len(loader), f"epoch {self.epoch + 1}")
+        task = bar.add_task(f"epoch {self.epoch + 1}", total=len(loader), rate=0.0, loss=0.0) if bar else None
+        if bar:
+            bar.start()
+        try:
+            for x, y in loader:
+                loss, right = self.train_step(x, y)
+                total_loss += loss * len(y)
+                correct += right
+                seen += len(y)
+                if bar:
+                    rate = seen / max(time.perf_counter() - start, 1e-9)
+                    bar.update(task, advance=1, rate=rate, loss=total_loss / seen)
+        finally:
+            if bar:
+                bar.stop()
+        elapsed = time.perf_counter() - start
+        return {"train_loss": total_loss / max(seen, 1), "train_top1": correct / max(seen, 1),
+                "images_per_s": seen / max(elapsed, 1e-9), "epoch_time_s": elapsed}
+
+    def evaluate(self, loader, topk: tuple[int, ...] = (1, 5)) -> dict:
+        """Loss and top-k accuracy on ``loader`` in eval mode, caching nothing."""
+        was_training = self.model.training
+        self.model.eval()
+        total_loss, seen = 0.0, 0
+        correct = {k: 0 for k in topk}
+        with no_grad():
+            for x, y in loader:
+                logits = self.model(x)
+                total_loss += float(self.loss(logits, y)) * len(y)
+                seen += len(y)
+                for k in topk:
+                    correct[k] += topk_correct(logits, y, k)
+        self.model.train(was_training)
+        result = {"loss": total_loss / max(seen, 1)}
+        result.update({f"top{k}": correct[k] / max(seen, 1) for k in topk})
+        return result
+
+    # -- the loop -----------------------------------------------------------------------------
+    def fit(self, train_loader, val_loader=None, epochs: int = 10) -> list[dict]:
+        """Train until ``epochs`` epochs are complete (counting any resumed ones) or a callback
+        stops it. Returns the history: one dict of figures per epoch."""
+        from ..optim.lr_scheduler import ReduceLROnPlateau
+
+        if epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        self.train_loader = train_loader
+        num_classes = None
+        for cb in self.callbacks:
+            if hasattr(cb, "on_train_begin"):
+                cb.on_train_begin(self)
+        try:
+            while self.epoch < epochs and not self.stop_training:
+                lr = self.lr
+                logs = {"epoch": self.epoch + 1, "lr": lr}
+                logs.update(self.train_epoch(train_loader))
+                if val_loader is not None:
+                    val = self.evaluate(val_loader)
+                    num_classes = num_classes or getattr(getattr(val_loader, "dataset", None), "classes", None)
+                    logs.update({f"val_{k}": v for k, v in val.items()})
+                    if num_classes is not None and len(num_classes) <= 10:
+                        logs.pop("val_top5", None)
+                self.epoch += 1
+                if self.scheduler is not None and self.scheduler_interval == "epoch":
+                    if isinstance(self.scheduler, ReduceLROnPlateau):
+                        self.scheduler.step(logs.get("val_top1", logs["train_top1"]))
+                    else:
+                        self.scheduler.step()
+                self.history.append(logs)
+                self.log(self._epoch_line(logs, epochs))
+                for cb in self.callbacks:
+                    if hasattr(cb, "on_epoch_end"):
+                        cb.on_epoch_end(self, self.epoch, logs)
+        finally:
+            for cb in self.callbacks:
+                if hasattr(cb, "on_train_end"):
+                    cb.on_train_end(self)
+        return self.history
+
+    @staticmethod
+    def _epoch_line(logs, epochs) -> str:
+        parts = [f"epoch {logs['epoch']}/{epochs}", f"lr {logs['lr']:.3g}",
+                 f"train loss {logs['train_loss']:.4f} acc {logs['train_top1']:.2%}"]
+        if "val_top1" in logs:
+            parts.append(f"val loss {logs['val_loss']:.4f} acc {logs['val_top1']:.2%}")
+        if "val_top5" in logs:
+            parts.append(f"top-5 {logs['val_top5']:.2%}")
+        parts.append(f"{logs['images_per_s']:.0f} img/s, {logs['epoch_time_s']:.1f}s")
+        return " | ".join(parts)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def training_state(self) -> dict:
+        """Everything besides the weights that a resumed run needs to continue identically."""
+        state = {
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "best_metric": self.best_metric,
+            "history": self.history,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "train_loader_rng": _rng_state(self.train_loader),
+            "module_rngs": {name: m.generator.bit_generator.state for name, m in _generator_modules(self.model)},
+            "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks if hasattr(cb, "state_dict")},
+        }
+        return state
+
+    def save(self, path) -> Path:
+        """Write weights and the full training state atomically to ``path``."""
+        from .. import io
+
+        path = Path(path)
+        io.save(self.model, path, training_state=self.training_state())
+        return path
+
+    def resume(self, path, train_loader=None) -> "Trainer":
+        """Load a checkpoint written by ``save`` into this trainer (model, optimizer, scheduler,
+        epoch, history, random generators) so ``fit`` continues where that run stopped."""
+        from .. import io
+
+        ckpt = io.load_checkpoint(path, model=self.model)
+        state = ckpt.training_state
+        if state is None:
+            raise ValueError(f"{path} holds weights only, not a training state; it cannot be resumed "
+                             "(use it with --init to start a new run from these weights)")
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self.best_metric = state.get("best_metric")
+        self.history = list(state["history"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        loader = train_loader if train_loader is not None else self.train_loader
+        _set_rng_state(loader, state.get("train_loader_rng"))
+        modules = dict(_generator_modules(self.model))
+        for name, rng_state in (state.get("module_rngs") or {}).items():
+            if name in modules:
+                modules[name].generator.bit_generator.state = rng_state
+        for cb in self.callbacks:
+            saved = (state.get("callbacks") or {}).get(type(cb).__name__)
+            if saved is not None and hasattr(cb, "load_state_dict"):
+                cb.load_state_dict(saved)
+        return self
+
+
+def fit(model, train_data, val_data=None, epochs: int = 10, optimizer=None, scheduler=None, loss=None,
+        callbacks=(), out_dir=None, progress: bool = True, out=sys.stdout) -> list[dict]:
+    """Train ``model``; a functional shorthand for ``Trainer(...).fit(...)``.
+
+    With ``out_dir`` the run directory gets ``history.csv``/``history.json`` and ``best.ckpt``/
+    ``last.ckpt`` (best by validation top-1 accuracy). Default optimizer: SGD(lr=0.01, momentum=0.9).
+    """
+    from ..optim import SGD
+    from .callbacks import Checkpoint, HistoryWriter
+
+    if optimizer is None:
+        optimizer = SGD(model.parameters(), lr=0.01, momentum=0.9)
+    callbacks = list(callbacks)
+    if out_dir is not None:
+        callbacks = [HistoryWriter(out_dir), Checkpoint(out_dir)] + callbacks
+    trainer = Trainer(model, optimizer, loss=loss, scheduler=scheduler, callbacks=callbacks,
+                      progress=progress, out=out)
+    return trainer.fit(train_data, val_data, epochs)
+
+
+def predict_proba(models, loader) -> tuple[np.ndarray, np.ndarray]:
+    """Average the softmax outputs of one or several models (an ensemble) over ``loader``.
+
+    Returns ``(probabilities (N, classes), labels (N,))``.
+    """
+    models = models if isinstance(models, (list, tuple)) else [models]
+    probs, labels = [], []
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    with no_grad():
+        for x, y in loader:
+            probs.append(sum(softmax(m(x).astype(np.float64)) for m in models) / len(models))
+            labels.append(y)
+    for m, mode in zip(models, modes):
+        m.train(mode)
+    return np.concatenate(probs), np.concatenate(labels)
