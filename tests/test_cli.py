@@ -17,17 +17,17 @@ def trained_run(tmp_path_factory):
 
 
 def test_train_default_is_digits_and_writes_checkpoints(trained_run, capsys):
-    assert (trained_run / "best.ckpt").exists()
-    assert (trained_run / "last.ckpt").exists()
+    assert (trained_run / "best.safetensors").exists()
+    assert (trained_run / "last.safetensors").exists()
     assert (trained_run / "history.csv").read_text().startswith("epoch,")
 
 
 def test_evaluate_single_and_ensemble(trained_run, capsys):
-    ckpt = str(trained_run / "best.ckpt")
+    ckpt = str(trained_run / "best.safetensors")
     assert main(["evaluate", ckpt]) == 0
     text = capsys.readouterr().out
     assert "accuracy" in text and "digits test (359 images)" in text
-    assert main(["evaluate", ckpt, str(trained_run / "last.ckpt")]) == 0
+    assert main(["evaluate", ckpt, str(trained_run / "last.safetensors")]) == 0
     assert "ensemble of 2 models" in capsys.readouterr().out
 
 
@@ -37,13 +37,13 @@ def test_predict_on_png(trained_run, tmp_path, capsys):
     ds = cnnkit.data.load("digits", "test")
     image = tmp_path / "digit.png"
     Image.fromarray(ds.images[0, 0]).resize((32, 32)).save(image)
-    assert main(["predict", str(trained_run / "best.ckpt"), str(image), "--top", "2"]) == 0
+    assert main(["predict", str(trained_run / "best.safetensors"), str(image), "--top", "2"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(str(image)) and line.count("%") == 2
 
 
 def test_resume_continues(trained_run, tmp_path, capsys):
-    code = main(["train", "--epochs", "4", "--out", str(tmp_path), "--resume", str(trained_run / "last.ckpt"),
+    code = main(["train", "--epochs", "4", "--out", str(tmp_path), "--resume", str(trained_run / "last.safetensors"),
                  "--no-progress"])
     assert code == 0
     text = capsys.readouterr().out

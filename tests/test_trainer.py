@@ -49,11 +49,11 @@ def test_fit_learns_digits_and_writes_run_dir(digits, tmp_path):
     assert len(history) == 4
     assert history[-1]["val_top1"] > 0.9
     assert [h["lr"] for h in history] == pytest.approx([0.05, 0.05, 0.025, 0.025])
-    assert (tmp_path / "best.ckpt").exists() and (tmp_path / "last.ckpt").exists()
+    assert (tmp_path / "best.safetensors").exists() and (tmp_path / "last.safetensors").exists()
     saved = json.loads((tmp_path / "history.json").read_text())
     assert saved[-1]["epoch"] == 4
     assert "epoch 4/4" in out.getvalue()
-    best = cnnkit.io.load(tmp_path / "best.ckpt")
+    best = cnnkit.io.load(tmp_path / "best.safetensors")
     result = Trainer(best, opt, out=None).evaluate(val_loader)
     assert result["top1"] == pytest.approx(max(h["val_top1"] for h in history))
 
@@ -72,7 +72,7 @@ def test_resume_gives_exactly_the_uninterrupted_weights(digits, tmp_path):
     for p in model3.parameters():
         p.data[...] = 0
     resumed = Trainer(model3, opt3, scheduler=sched3, progress=False, out=None)
-    resumed.resume(tmp_path / "last.ckpt", train_loader3)
+    resumed.resume(tmp_path / "last.safetensors", train_loader3)
     assert resumed.epoch == 2
     resumed.fit(train_loader3, val_loader3, epochs=4)
     for (name, a), (_, b) in zip(model.state_dict().items(), model3.state_dict().items()):

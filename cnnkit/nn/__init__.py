@@ -2,6 +2,7 @@
 from . import init
 from .activation import Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from .containers import Concat, Residual, Sequential
+from .conv import Conv2d, LocallyConnected2d
 from .dropout import Dropout
 from .flatten import Flatten
 from .linear import Linear
@@ -12,7 +13,7 @@ from .normalization import BatchNorm1d, BatchNorm2d, LocalResponseNorm
 __all__ = [
     "Module", "Parameter", "no_grad", "is_grad_enabled", "init",
     "Sequential", "Residual", "Concat",
-    "Linear", "Flatten", "Dropout",
+    "Conv2d", "LocallyConnected2d", "Linear", "Flatten", "Dropout",
     "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Softmax", "LogSoftmax", "Identity",
     "CrossEntropyLoss", "MultiMarginLoss",
     "BatchNorm1d", "BatchNorm2d", "LocalResponseNorm",
