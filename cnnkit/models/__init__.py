@@ -4,7 +4,8 @@ Every constructor takes ``num_classes`` and ``generator``/``seed`` (reproducible
 torchvision's attribute names, so torchvision checkpoints map key for key where the
 architecture is the same (VGG, ResNet, GoogLeNet with ``variant="torchvision"``).
 """
-from .registry import create, list_models, register
+from .registry import create, default_input_shape, list_models, register
+from . import small  # noqa: F401  (registers digitnet)
 from .spec import from_spec
 from .lenet import LeNet5, lenet5
 from .alexnet import AlexNet, alexnet, zfnet
@@ -15,7 +16,7 @@ from .cifar_resnet import (CifarResNet, PadShortcut, PlainBlock, plain20, plain3
                            resnet20, resnet32, resnet44, resnet56, resnet110)
 
 __all__ = [
-    "create", "list_models", "register", "from_spec",
+    "create", "list_models", "register", "default_input_shape", "from_spec",
     "lenet5", "alexnet", "zfnet",
     "vgg", "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
     "googlenet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",

@@ -38,7 +38,7 @@ class AlexNet(Sequential):
     """``features``, ``avgpool``, ``flatten``, ``classifier`` (torchvision's attribute names)."""
 
 
-@register()
+@register(input_shape=(3, 227, 227))
 def alexnet(num_classes: int = 1000, dropout: float = 0.5, *, generator=None, seed=None) -> AlexNet:
     """AlexNet as the notes lay it out: one tower, 227x227x3 input, 62,378,344 parameters.
 

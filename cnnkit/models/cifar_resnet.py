@@ -157,7 +157,7 @@ def _cifar(depth: int, residual: bool):
         + (", option A (zero-padding) shortcuts by default, ``shortcut='B'`` for 1x1 projections."
            if residual else ", no shortcuts (the baseline of Figure 6).")
     )
-    return register(name)(constructor)
+    return register(name, input_shape=(3, 32, 32))(constructor)
 
 
 resnet20 = _cifar(20, True)

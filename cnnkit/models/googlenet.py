@@ -174,7 +174,7 @@ class GoogLeNet(Module):
         return dy
 
     def output_shape(self, input_shape):
-        shape = tuple(input_shape)
+        shape = input_shape  # passed on as given, children in forward order (see cnnkit.summary)
         for name, module in self._trunk():
             shape = module.output_shape(shape)
             if self.aux_logits and name in _TAPS:

@@ -18,7 +18,7 @@ class LeNet5(Sequential):
     ``flatten``, ``classifier``."""
 
 
-@register()
+@register(input_shape=(1, 28, 28))
 def lenet5(num_classes: int = 10, in_channels: int = 1, padding: int = 2, *, generator=None, seed=None) -> LeNet5:
     """LeNet-5 as it is usually built today (61,706 parameters with 10 classes).
 

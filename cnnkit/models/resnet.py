@@ -71,16 +71,17 @@ class ResidualBlock(Module):
         return d + dshortcut if input_grad else None
 
     def output_shape(self, input_shape):
-        shape = tuple(input_shape)
+        # Children are asked in forward order with the shapes passed on as given (see cnnkit.summary).
+        shape = input_shape
         for layer in self._body_layers():
-            shape = tuple(layer.output_shape(shape))
-        identity = tuple(input_shape) if self.downsample is None else tuple(self.downsample.output_shape(input_shape))
-        if shape != identity:
+            shape = layer.output_shape(shape)
+        identity = input_shape if self.downsample is None else self.downsample.output_shape(input_shape)
+        if tuple(shape) != tuple(identity):
             raise ValueError(
                 f"{type(self).__name__}: residual path gives {shape} but the shortcut gives {identity} "
                 "(a block that changes stride or channels needs a downsample)"
             )
-        return tuple(self.relu.output_shape(shape))
+        return self.relu.output_shape(shape)
 
 
 class BasicBlock(ResidualBlock):

@@ -41,6 +41,7 @@ from ..nn.linear import Linear
 from ..nn.normalization import BatchNorm1d, BatchNorm2d, LocalResponseNorm
 from ..nn.pooling import AvgPool2d, MaxPool2d
 from ._common import he_init_, make_rng
+from .registry import register
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,7 @@ class SpecNet(Sequential):
     """
 
 
+@register("spec")
 def from_spec(spec: str, input_shape: tuple, *, batch_norm: bool = False,
               generator=None, seed: int | None = None) -> SpecNet:
     """Build the network that ``spec`` describes for one sample of ``input_shape`` (``(C, H, W)``).
