@@ -9,6 +9,7 @@ from .linear import Linear
 from .loss import CrossEntropyLoss, MultiMarginLoss
 from .module import Module, Parameter, is_grad_enabled, no_grad
 from .normalization import BatchNorm1d, BatchNorm2d, LocalResponseNorm
+from .pooling import AdaptiveAvgPool2d, AvgPool2d, LPPool2d, MaxPool2d
 
 __all__ = [
     "Module", "Parameter", "no_grad", "is_grad_enabled", "init",
@@ -17,4 +18,5 @@ __all__ = [
     "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Softmax", "LogSoftmax", "Identity",
     "CrossEntropyLoss", "MultiMarginLoss",
     "BatchNorm1d", "BatchNorm2d", "LocalResponseNorm",
+    "MaxPool2d", "AvgPool2d", "LPPool2d", "AdaptiveAvgPool2d",
 ]
