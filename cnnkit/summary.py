@@ -216,14 +216,42 @@ def _view_memory(m, in_shape, out_shape, batch, itemsize) -> LayerMemory:
     return LayerMemory(aliases_input=True)
 
 
+def _pool_scatter_bytes(m, in_shape, batch, itemsize) -> int:
+    # functional.pool's backward adds each kernel offset's gradient onto the stride phases of a
+    # padded input-sized buffer, then interleaves them into dx (a second buffer when strided).
+    c, h, w = in_shape
+    ph, pw = _pair(getattr(m, "padding", 0))
+    sh, sw = _pair(m.stride if getattr(m, "stride", None) is not None else m.kernel_size)
+    padded = batch * c * (h + 2 * ph + sh) * (w + 2 * pw + sw) * itemsize
+    return padded if (sh, sw) != (1, 1) or (ph, pw) != (0, 0) else 0
+
+
+def _pair(value) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
 def _maxpool_memory(m, in_shape, out_shape, batch, itemsize) -> LayerMemory:
-    # The switches: one argmax index per output element (int64).
-    return LayerMemory(saved=batch * _numel(out_shape) * 8, backward_temp=0)
+    # The cache is the argmax switches: the kernel offset of each output's winner, uint8 for
+    # kernels up to 16x16. Forward also makes the padded input, a window copy and two masks.
+    kh, kw = _pair(m.kernel_size)
+    out = batch * _numel(out_shape)
+    switch = 1 if kh * kw <= 256 else 4
+    ph, pw = _pair(m.padding)
+    c, h, w = in_shape
+    padded = batch * c * (h + 2 * ph) * (w + 2 * pw) * itemsize if (ph or pw) else 0
+    return LayerMemory(saved=out * switch, forward_temp=padded + out * (itemsize + 2),
+                       backward_temp=_pool_scatter_bytes(m, in_shape, batch, itemsize) + out * (itemsize + 1))
 
 
 def _avgpool_memory(m, in_shape, out_shape, batch, itemsize) -> LayerMemory:
-    # Average pooling needs only the geometry for backward.
-    return LayerMemory()
+    # Average pooling keeps only its divisor and geometry; backward scatters like max pooling.
+    return LayerMemory(backward_temp=_pool_scatter_bytes(m, in_shape, batch, itemsize)
+                       + batch * _numel(out_shape) * itemsize)
+
+
+def _adaptive_memory(m, in_shape, out_shape, batch, itemsize) -> LayerMemory:
+    # The cache is the input shape (and small pooling matrices); backward is two small GEMMs.
+    return LayerMemory(backward_temp=batch * _numel(out_shape) * itemsize)
 
 
 register_layer(Conv2d, LocallyConnected2d, macs=_conv_macs, memory=_conv_memory)
@@ -236,7 +264,8 @@ register_layer(LeakyReLU, memory=_leaky_memory, counts_activation=False)
 register_layer(Dropout, memory=_dropout_memory, counts_activation=False)
 register_layer(Flatten, Identity, memory=_view_memory, counts_activation=False)
 register_layer(MaxPool2d, memory=_maxpool_memory)
-register_layer(AvgPool2d, AdaptiveAvgPool2d, memory=_avgpool_memory)
+register_layer(AvgPool2d, memory=_avgpool_memory)
+register_layer(AdaptiveAvgPool2d, memory=_adaptive_memory)
 
 
 # -- tracing --------------------------------------------------------------------------------------
