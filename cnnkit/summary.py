@@ -112,14 +112,19 @@ def _keeps_input(module, in_shape, out_shape, batch, itemsize) -> LayerMemory:
 class LayerRule:
     macs: Callable = _no_macs
     memory: Callable = _keeps_input
-    counts_activation: bool = True
+    counts_activation: bool | Callable = True  # or a function (module, in_shape, out_shape) -> bool
+
+    def new_activation(self, module, in_shape, out_shape) -> bool:
+        if callable(self.counts_activation):
+            return bool(self.counts_activation(module, in_shape, out_shape))
+        return self.counts_activation
 
 
 _RULES: dict[type, LayerRule] = {}
 
 
 def register_layer(*types: type, macs: Callable | None = None, memory: Callable | None = None,
-                   counts_activation: bool = True) -> None:
+                   counts_activation: bool | Callable = True) -> None:
     """Give layer ``types`` their MAC and memory rules (see the module docstring for signatures)."""
     rule = LayerRule(macs or _no_macs, memory or _keeps_input, counts_activation)
     for t in types:
@@ -265,7 +270,9 @@ register_layer(Dropout, memory=_dropout_memory, counts_activation=False)
 register_layer(Flatten, Identity, memory=_view_memory, counts_activation=False)
 register_layer(MaxPool2d, memory=_maxpool_memory)
 register_layer(AvgPool2d, memory=_avgpool_memory)
-register_layer(AdaptiveAvgPool2d, memory=_adaptive_memory)
+# torchvision's AdaptiveAvgPool2d(7) in VGG (6 in AlexNet) is the identity at the usual input
+# size; the notes' tables have no such layer, so it only counts when it changes the shape.
+register_layer(AdaptiveAvgPool2d, memory=_adaptive_memory, counts_activation=lambda m, i, o: tuple(i) != tuple(o))
 
 
 # -- tracing --------------------------------------------------------------------------------------
@@ -453,7 +460,7 @@ class Summary:
             f"Total params: {self.total_params:,} ({_count(self.total_params)}; trainable {self.trainable_params:,}), "
             f"{_bytes(self.param_bytes)}",
             f"Total multiply-adds per image: {self.total_macs:,} ({_count(self.total_macs)})",
-            f"Forward activations per image (input + layer outputs, ReLU/dropout in place): "
+            f"Forward activations per image (input + layer outputs; ReLU, dropout in place): "
             f"{self.total_activations:,} values = {_bytes(self.forward_bytes)}",
             f"Training step, batch {self.batch_size}, {self.optimizer}: parameters {_bytes(t['params'])} + "
             f"gradients {_bytes(t['grads'])} + optimizer state {_bytes(t['optimizer_state'])} + "
@@ -529,7 +536,7 @@ def summary(model: Module, input_shape, batch_size: int = 1, optimizer: str = "m
         rule = rule_for(call.module)
         macs = int(rule.macs(call.module, call.input_shape, call.output_shape))
         total_macs += macs
-        if rule.counts_activation:
+        if rule.new_activation(call.module, call.input_shape, call.output_shape):
             total_activations += _numel(call.output_shape)
         for ancestor in _ancestors(call.name):
             row_of[ancestor]["macs"] += macs

@@ -14,6 +14,19 @@ from cnnkit.nn.normalization import BatchNorm2d
 from cnnkit.summary import ShapeError, summary
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_blas_thread():
+    """OpenBLAS threads spin-waiting on a busy 2-core machine made these runs 10-25x slower."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 @pytest.fixture
 def cheap_weights(monkeypatch):
     """Build the big nets without drawing 100M random numbers: zero weights, no re-init.
