@@ -462,10 +462,13 @@ class Summary:
             f"Total multiply-adds per image: {self.total_macs:,} ({_count(self.total_macs)})",
             f"Forward activations per image (input + layer outputs; ReLU, dropout in place): "
             f"{self.total_activations:,} values = {_bytes(self.forward_bytes)}",
-            f"Training step, batch {self.batch_size}, {self.optimizer}: parameters {_bytes(t['params'])} + "
-            f"gradients {_bytes(t['grads'])} + optimizer state {_bytes(t['optimizer_state'])} + "
-            f"kept for backward {_bytes(t['activations'])} + input {_bytes(t['input'])} + workspace "
-            f"{_bytes(t['workspace'])} = peak {_bytes(t['total'])}",
+            f"Training step, batch {self.batch_size}, {self.optimizer}: kept for backward "
+            f"{_bytes(t['activations'])} ({_bytes(t['activations'] // self.batch_size)}/image), gradients "
+            f"{_bytes(t['grads'])}, optimizer state {_bytes(t['optimizer_state'])}",
+            f"Peak {_bytes(t['total'])} at the {t['peak_at']}: parameters {_bytes(t['params'])} + optimizer "
+            f"state {_bytes(t['optimizer_state'])} + input {_bytes(t['input'])} + activations "
+            f"{_bytes(t['activations_at_peak'])} + gradients {_bytes(t['grads_at_peak'])} + workspace "
+            f"{_bytes(t['workspace'])}",
         ]
         return buffer.getvalue() + "\n".join(lines)
 
@@ -592,18 +595,22 @@ def _training_memory(ctx: _Context, batch: int, optimizer: str, itemsize: int) -
     own_grads = [sum(p.size for p in vars(c.module).values() if isinstance(p, Parameter) and p.requires_grad)
                  * itemsize for c in calls]
 
-    peak = persistent
+    # The peak and what is live at that moment: (total, kept activations, gradients, transient, where).
+    peak = (persistent, 0, 0, 0, "start")
+
+    def consider(kept_now, grads_now, transient, where):
+        nonlocal peak
+        total = persistent + kept_now + grads_now + transient
+        if total > peak[0]:
+            peak = (total, kept_now, grads_now, transient, where)
+
     kept = 0
     kept_tensors: set[int] = set()
     for i, (call, mem) in enumerate(zip(calls, memories)):
         live_io = sum(tensor_bytes[t] for t in {call.in_tensor, call.out_tensor} - kept_tensors - {0})
-        peak = max(peak, persistent + kept + live_io + mem.forward_temp)
+        consider(kept, 0, live_io + mem.forward_temp, f"forward of {call.name}")
         kept += kept_by[i]
         kept_tensors |= {t for t, order in holder.items() if order == i}
-        if mem.keeps_input:
-            kept_tensors.add(call.in_tensor)
-        if mem.keeps_output:
-            kept_tensors.add(call.out_tensor)
     activations = kept
     grads = 0
     for i in range(len(calls) - 1, -1, -1):
@@ -611,21 +618,25 @@ def _training_memory(ctx: _Context, batch: int, optimizer: str, itemsize: int) -
         grads += own_grads[i]
         dy = tensor_bytes[call.out_tensor]
         dx = tensor_bytes[call.in_tensor] if i > 0 else 0
-        peak = max(peak, persistent + kept + grads + dy + dx + mem.backward_temp)
+        consider(kept, grads, dy + dx + mem.backward_temp, f"backward of {call.name}")
         kept -= kept_by[i]
     # The optimizer step: every gradient, the state, and a parameter-sized temporary.
     largest = max(ctx.trainable_sizes, default=0) * itemsize
-    peak = max(peak, persistent + grads + 2 * largest)
+    consider(0, grads, 2 * largest, "optimizer step")
+    total, kept_at_peak, grads_at_peak, transient, where = peak
     return {
         "batch_size": batch,
         "optimizer": optimizer,
-        "params": params,
+        "params": params,                          # parameters and buffers
         "grads": sum(ctx.trainable_sizes) * itemsize,
         "optimizer_state": state,
-        "activations": activations,
+        "activations": activations,                # kept for backward at the end of forward
         "input": input_bytes,
-        "workspace": max(0, peak - persistent - activations - grads) if peak > persistent + activations else 0,
-        "total": peak,
+        "peak_at": where,
+        "activations_at_peak": kept_at_peak,
+        "grads_at_peak": grads_at_peak,
+        "workspace": transient,                    # short-lived arrays at the peak
+        "total": total,
     }
 
 
