@@ -127,7 +127,10 @@ def gemm(ctx, node, attrs):
     layer = Linear(weight.shape[1], weight.shape[0], bias=c is not None, dtype=weight.dtype)
     layer.weight.data = np.ascontiguousarray(weight, dtype=weight.dtype)
     if c is not None:
-        layer.bias.data = np.broadcast_to(c * attrs.get("beta", 1.0), (weight.shape[0],)).astype(weight.dtype)
+        c = np.asarray(c * attrs.get("beta", 1.0))
+        if c.ndim == 2 and c.shape[0] != 1:
+            _unsupported(f"Gemm with a C of shape {c.shape} (a bias per sample)")
+        layer.bias.data = np.broadcast_to(c.reshape(-1), (weight.shape[0],)).astype(weight.dtype)
     return layer, [x]
 
 
@@ -412,9 +415,7 @@ def flatten(ctx, node, attrs):
     axis = axis + rank if axis < 0 else axis
     if axis == 1:
         return Flatten(), [x]
-    if axis == 0:
-        _unsupported("Flatten with axis=0 merges the batch axis")
-    return Reshape((-1, int(np.prod(ctx.shape(x)[axis - 1:])))), [x]
+    _unsupported(f"Flatten with axis={axis} merges the batch axis with others (only axis=1 keeps it)")
 
 
 def _reshape_target(ctx, node, attrs):
