@@ -17,7 +17,7 @@ from ..nn.linear import Linear
 from ..nn.normalization import BatchNorm1d, BatchNorm2d, LocalResponseNorm
 from ..nn.pooling import AdaptiveAvgPool2d, AvgPool2d, LPPool2d, MaxPool2d
 from .exporter import join, register_exporter
-from .layers import AddConstant, Clip, ConstantPad, GlobalMaxPool, MatMulConstant, MulConstant, Reshape, Sub
+from .layers import AddConstant, Clip, ConstantPad, GlobalMaxPool, MatMulConstant, MulConstant, Reshape, Slice, Sub
 
 # ---- containers ---------------------------------------------------------------------------------
 
@@ -251,6 +251,13 @@ def constant_pad(ctx, m, x, prefix):
     pads = ctx.constant(join(prefix, "pads"), np.array(m.pads, np.int64))
     value = ctx.constant(join(prefix, "value"), np.array(m.value))
     return ctx.node("Pad", [x, pads, value], join(prefix, "Pad"), mode="constant")
+
+
+@register_exporter(Slice)
+def slice_(ctx, m, x, prefix):
+    inputs = [x] + [ctx.constant(join(prefix, n), np.array(v, np.int64)) for n, v in
+                    (("starts", m.starts), ("ends", m.ends), ("axes", m.axes), ("steps", m.steps))]
+    return ctx.node("Slice", inputs, join(prefix, "Slice"))
 
 
 @register_exporter(Clip)

@@ -329,3 +329,47 @@ class GlobalMaxPool(Module):
         if len(input_shape) != 3:
             raise ValueError(f"GlobalMaxPool expects one sample (C, H, W), got {tuple(input_shape)}")
         return (input_shape[0], 1, 1)
+
+
+class Slice(Module):
+    """``y = x[starts:ends:steps]`` along ``axes`` (ONNX ``Slice`` of a computed tensor; axes count
+    the batch axis, which must not be sliced); backward scatters ``dy`` into zeros.
+
+    Shape:
+        along each axis a: len(range(starts, ends, steps)) clipped to the input size
+    """
+
+    def __init__(self, starts, ends, axes, steps):
+        super().__init__()
+        self.starts, self.ends = [int(s) for s in starts], [int(e) for e in ends]
+        self.axes, self.steps = [int(a) for a in axes], [int(s) for s in steps]
+        if any(s == 0 for s in self.steps):
+            raise ValueError(f"Slice: steps must be non-zero, got {self.steps}")
+
+    def _index(self, ndim: int):
+        index = [slice(None)] * ndim
+        for a, s, e, st in zip(self.axes, self.starts, self.ends, self.steps):
+            a = a + ndim if a < 0 else a
+            if a == 0:
+                raise ValueError("Slice: slicing the batch axis is not supported")
+            index[a] = slice(s, e, st)
+        return tuple(index)
+
+    def forward(self, x):
+        index = self._index(x.ndim)
+        self._save((x.shape, index))
+        return x[index]
+
+    def backward(self, dy, input_grad: bool = True):
+        shape, index = self._restore()
+        if not input_grad:
+            return None
+        dx = array_module(dy).zeros(shape, dtype=dy.dtype)
+        dx[index] = dy
+        return dx
+
+    def output_shape(self, input_shape):
+        return np.empty((1,) + tuple(input_shape), dtype=np.bool_)[self._index(len(input_shape) + 1)].shape[1:]
+
+    def extra_repr(self) -> str:
+        return f"starts={self.starts}, ends={self.ends}, axes={self.axes}, steps={self.steps}"

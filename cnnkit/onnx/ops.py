@@ -18,7 +18,7 @@ from ..nn.graph import Add, Cat, Mul
 from ..nn.linear import Linear
 from ..nn.normalization import BatchNorm1d, BatchNorm2d, LocalResponseNorm
 from .importer import Alias, Folded, UnsupportedOperatorError, register_fold, register_op
-from .layers import AddConstant, Clip, ConstantPad, GlobalMaxPool, MatMulConstant, MulConstant, Reshape, Sub
+from .layers import AddConstant, Clip, ConstantPad, GlobalMaxPool, MatMulConstant, MulConstant, Reshape, Slice, Sub
 
 # ---- helpers ------------------------------------------------------------------------------------
 
@@ -557,3 +557,16 @@ def _fold_slice(ctx, attrs, data, starts=None, ends=None, axes=None, steps=None)
     for a, s, e, st in zip(axes, starts, ends, steps):
         index[int(a)] = slice(int(s), int(e), int(st))
     return data[tuple(index)]
+
+
+@register_op("Slice")
+def slice_(ctx, node, attrs):
+    x = _variable_input(ctx, node)
+    if ctx.opset < 10:
+        starts, ends, axes, steps = attrs["starts"], attrs["ends"], attrs.get("axes"), None
+    else:
+        starts, ends = _weight(ctx, node, 1, "starts"), _weight(ctx, node, 2, "ends")
+        axes, steps = _weight(ctx, node, 3, "axes"), _weight(ctx, node, 4, "steps")
+    axes = list(range(len(starts))) if axes is None else list(axes)
+    steps = [1] * len(starts) if steps is None else list(steps)
+    return Slice(starts, ends, axes, steps), [x]
