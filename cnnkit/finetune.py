@@ -183,31 +183,21 @@ def freeze_batchnorm(model: Module, freeze_affine: bool = True) -> Module:
     statistics and never update them, even after ``model.train()`` (small fine-tuning batches make
     poor statistics). With ``freeze_affine`` their ``weight``/``bias`` are frozen too.
 
-    ``model.train()`` on this model (the trainer calls it every epoch) re-applies the lock; it is
-    undone by :func:`unfreeze_batchnorm`.
+    Sets ``eval_locked`` on each BatchNorm, which ``Module.train`` respects; undone by
+    :func:`unfreeze_batchnorm`.
     """
-    layers = _batchnorms(model)
-    for m in layers:
-        m.eval()
+    for m in _batchnorms(model):
+        m.eval_locked = True
+        m.training = False
         if freeze_affine:
             m.requires_grad_(False)
-    cls_train = type(model).train
-
-    def train(mode: bool = True):
-        cls_train(model, mode)
-        for m in layers:
-            m.training = False
-        return model
-
-    model.train = train  # an instance attribute: the trainer's model.train() comes here
     return model
 
 
 def unfreeze_batchnorm(model: Module) -> Module:
     """Undo :func:`freeze_batchnorm` (BatchNorm follows ``train()``/``eval()`` again)."""
-    if "train" in vars(model):
-        del model.train
     for m in _batchnorms(model):
+        m.eval_locked = False
         m.training = model.training
         m.requires_grad_(True)
     return model
