@@ -62,3 +62,22 @@ def test_help_runs_as_module():
     assert result.returncode == 0
     for command in ("train", "evaluate", "predict", "summary"):
         assert command in result.stdout
+
+
+def test_ctrl_c_saves_and_exits_cleanly(tmp_path, monkeypatch, capsys):
+    from cnnkit.train.trainer import Trainer
+
+    original = Trainer.train_epoch
+
+    def interrupted_in_epoch_two(self, loader):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, loader)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted_in_epoch_two)
+    assert main(["train", "--epochs", "3", "--out", str(tmp_path), "--no-progress"]) == 130
+    text = capsys.readouterr().out
+    assert "interrupted during epoch 2" in text and "--resume" in text
+    assert (tmp_path / "interrupted.safetensors").exists()
+    state = cnnkit.io.load_checkpoint(tmp_path / "last.safetensors").training_state
+    assert state["epoch"] == 1

@@ -181,3 +181,21 @@ def test_parameter_freeze_skips_grad(rng):
     layer(np.ones((1, 2), np.float32))
     layer.backward(np.ones((1, 2), np.float32))
     assert layer.weight.grad is None
+
+
+class _WrongBackward(Linear):
+    """A Linear whose backward is off by 1% in the weight gradient: gradcheck must catch it."""
+
+    def backward(self, dy, input_grad=True):
+        dx = super().backward(dy, input_grad)
+        self.weight.grad *= 1.01
+        return dx
+
+
+def test_gradcheck_catches_a_wrong_gradient(rng):
+    from cnnkit.testing import GradcheckError
+
+    with pytest.raises(GradcheckError, match="'weight'"):
+        cnnkit.gradcheck(_WrongBackward(4, 3, generator=rng), rng.standard_normal((2, 4)))
+    assert cnnkit.gradcheck(_WrongBackward(4, 3, generator=rng), rng.standard_normal((2, 4)),
+                            raise_on_failure=False) > 1e-3

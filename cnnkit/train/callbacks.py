@@ -58,7 +58,8 @@ class Checkpoint:
             return False
         if self.best is None:
             return True
-        return value > self.best if self.mode == "max" else value < self.best
+        # A tie counts as an improvement: the later model has trained longer at the same score.
+        return value >= self.best if self.mode == "max" else value <= self.best
 
     def on_epoch_end(self, trainer, epoch, logs):
         self.out_dir.mkdir(parents=True, exist_ok=True)
