@@ -123,11 +123,15 @@ def test_activation_panel_tiles():
 def test_plot_activations_png(tmp_path, rng):
     model = tiny_net(rng)
     x = rng.standard_normal((3, 16, 16)).astype(np.float32)
-    fig = plot_activations(model, x, classes=[f"class{i}" for i in range(10)], path=tmp_path / "act.png")
+    layers = ["features.1", "features.3", "classifier.0"]
+    fig = plot_activations(model, x, classes=[f"class{i}" for i in range(10)], layers=layers, path=tmp_path / "act.png")
     pixels, size = read_png(tmp_path / "act.png")
     assert_not_blank(pixels)
-    # input + top-5 panel, then one panel per displayed layer
-    assert len(fig.axes) == 2 + 8
+    # input + top-5 panel, then one panel per layer: 8 slices, 16 slices, a strip of 10 scores
+    assert len(fig.axes) == 2 + 3
+    assert fig.axes[2].images[0].get_array().shape == (16, 8 * 17 - 1)
+    assert fig.axes[3].images[0].get_array().shape == (6, 16 * 7 - 1)
+    assert fig.axes[4].images[0].get_array().shape == (1, 10)
     labels = [t.get_text() for t in fig.axes[1].get_yticklabels()]
     assert len(labels) == 5 and all(label.startswith("class") for label in labels)
     assert model.training  # the mode is restored
