@@ -116,6 +116,8 @@ def test_activation_panel_tiles():
     np.testing.assert_array_equal(mosaic[:, 6:11], volume[1])
     strip, one = activation_panel(np.arange(10.0))
     assert one == 1 and strip.shape == (1, 10)
+    pooled, one = activation_panel(np.arange(70.0).reshape(70, 1, 1))  # after global pooling
+    assert one == 1 and pooled.shape == (2, 64) and np.isnan(pooled[1, 6:]).all()
     order, probs = top_k(np.array([0.0, 3.0, 1.0, 2.0]), 2)
     assert list(order) == [1, 3] and probs[0] > probs[1]
 

@@ -17,7 +17,7 @@ def activation_panel(volume, max_slices: int = 16, columns: int | None = None):
     """One layer's output for one image as a mosaic of its depth slices.
 
     Args:
-        volume: ``(C, H, W)`` feature maps or ``(F,)`` features.
+        volume: ``(C, H, W)`` feature maps or ``(F,)`` features (``(C, 1, 1)`` counts as ``(C,)``).
         max_slices: at most this many channels (the first ones) are shown.
 
     Returns:
@@ -28,6 +28,8 @@ def activation_panel(volume, max_slices: int = 16, columns: int | None = None):
         (C, H, W) -> tiles = min(C, max_slices), mosaic of grid_shape(tiles, columns) tiles of H x W
     """
     volume = np.asarray(volume, dtype=np.float64)
+    if volume.ndim == 3 and volume.shape[1:] == (1, 1):
+        volume = volume.reshape(-1)  # after global pooling: one number per channel, a vector
     if volume.ndim == 1:
         # short vectors (class scores, small fc layers) as one strip, long ones wrapped 64 per row
         rows, cols = grid_shape(volume.size, min(volume.size, 64))
