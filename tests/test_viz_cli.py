@@ -3,7 +3,6 @@ bundled digits, so no download)."""
 import argparse
 import json
 
-import numpy as np
 import pytest
 
 from cnnkit import io, models
