@@ -440,20 +440,20 @@ class Summary:
 
         table = Table(title=f"{self.model_name}: input {_fmt_shape(self.input_shape)} ({self.dtype})")
         for column, justify in (("Layer", "left"), ("Type", "left"), ("Output", "right"), ("Params", "right"),
-                                ("MACs", "right"), ("Activations", "right")):
+                                ("MACs", "right"), ("Activations", "right"), ("Act. memory", "right")):
             table.add_column(column, justify=justify)
         for row in self.rows[1:]:
             style = None if row["leaf"] else "bold"
             table.add_row("  " * (row["depth"] - 1) + row["name"].rsplit(".", 1)[-1], row["type"],
                           _fmt_shape(row["output_shape"]), _count(row["params"]), _count(row["macs"]),
-                          _count(row["activations"]), style=style)
+                          _count(row["activations"]), _bytes(row["activation_bytes"]), style=style)
         return table
 
     def __str__(self) -> str:
         from rich.console import Console
 
         buffer = io.StringIO()
-        console = Console(file=buffer, width=110, force_terminal=False, color_system=None)
+        console = Console(file=buffer, width=124, force_terminal=False, color_system=None)
         console.print(self.table())
         t = self.training
         lines = [
