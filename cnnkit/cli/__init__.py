@@ -17,8 +17,8 @@ COMMANDS = {
 EPILOG = """examples:
   cnnkit train                                   # small ConvNet on the bundled 8x8 digits (~30 s)
   cnnkit train --dataset mnist --data-dir DIR    # LeNet-5 on MNIST (files in DIR/mnist/)
-  cnnkit evaluate runs/digits-digitnet/best.ckpt
-  cnnkit predict runs/digits-digitnet/best.ckpt my_digit.png
+  cnnkit evaluate runs/digits-digitnet/best.safetensors
+  cnnkit predict runs/digits-digitnet/best.safetensors my_digit.png
   cnnkit summary vgg16 --input 3x224x224
 """
 

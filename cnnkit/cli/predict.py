@@ -7,7 +7,7 @@ import numpy as np
 
 def add_arguments(p):
     p.add_argument("checkpoints", nargs="+", metavar="CKPT_OR_IMAGE",
-                   help="checkpoint file(s) (.ckpt) followed by image file(s)")
+                   help="checkpoint file(s) (.safetensors) followed by image file(s)")
     p.add_argument("--top", type=int, default=3, help="how many classes to show (default 3)")
 
 
@@ -32,7 +32,7 @@ def run(args) -> int:
     ckpts = [a for a in args.checkpoints if a.endswith((".ckpt", ".safetensors", ".npz"))]
     images = [a for a in args.checkpoints if a not in ckpts]
     if not ckpts or not images:
-        raise ValueError("give at least one checkpoint (.ckpt) and one image file")
+        raise ValueError("give at least one checkpoint (.safetensors) and one image file")
     models, configs = load_models(ckpts)
     cfg = configs[0]
     if "input_shape" not in cfg:

@@ -3,7 +3,7 @@
 With no arguments: a small ConvNet on scikit-learn's bundled 8x8 digits (no download), about
 half a minute on 2 cores. Each dataset has a default recipe (model, epochs, batch size, learning
 rate, schedule, augmentation); any option given on the command line overrides it. The run
-directory gets history.csv/json, best.ckpt (best validation accuracy) and last.ckpt (resumable
+directory gets history.csv/json, best.safetensors (best validation accuracy) and last.safetensors (resumable
 with --resume).
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ def add_arguments(p):
     p.add_argument("--limit", type=int, help="use only the first N training images (quick experiments)")
     p.add_argument("--seed", type=int, default=0, help="random seed for initialisation, shuffling, augmentation")
     p.add_argument("--out", help="run directory (default: runs/DATASET-MODEL)")
-    p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run from its last.ckpt")
+    p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run from its last.safetensors")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
 
 
@@ -166,7 +166,7 @@ def run(args) -> int:
     try:
         trainer.fit(train_loader, val_loader, cfg["epochs"])
     except KeyboardInterrupt:
-        path = trainer.save(out_dir / "interrupted.ckpt")
+        path = trainer.save(out_dir / "interrupted.safetensors")
         print(f"\ninterrupted during epoch {trainer.epoch + 1}: weights saved to {path}; the last complete "
               f"epoch is in {checkpoint.last_path} (continue with --resume {checkpoint.last_path})")
         return 130

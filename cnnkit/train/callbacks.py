@@ -40,7 +40,7 @@ class HistoryWriter:
 
 
 class Checkpoint:
-    """Saves ``last.ckpt`` (full training state, for ``--resume``) every epoch and ``best.ckpt``
+    """Saves ``last.safetensors`` (full training state, for ``--resume``) every epoch and ``best.safetensors``
     whenever ``monitor`` improves (``mode`` "max" for accuracies, "min" for losses)."""
 
     def __init__(self, out_dir, monitor: str = "val_top1", mode: str = "max"):
@@ -50,8 +50,8 @@ class Checkpoint:
         self.monitor = monitor
         self.mode = mode
         self.best = None
-        self.best_path = self.out_dir / "best.ckpt"
-        self.last_path = self.out_dir / "last.ckpt"
+        self.best_path = self.out_dir / "best.safetensors"
+        self.last_path = self.out_dir / "last.safetensors"
 
     def _improved(self, value) -> bool:
         if value is None or (isinstance(value, float) and math.isnan(value)):

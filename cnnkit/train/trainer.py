@@ -279,8 +279,8 @@ def fit(model, train_data, val_data=None, epochs: int = 10, optimizer=None, sche
         callbacks=(), out_dir=None, progress: bool = True, out=sys.stdout) -> list[dict]:
     """Train ``model``; a functional shorthand for ``Trainer(...).fit(...)``.
 
-    With ``out_dir`` the run directory gets ``history.csv``/``history.json`` and ``best.ckpt``/
-    ``last.ckpt`` (best by validation top-1 accuracy). Default optimizer: SGD(lr=0.01, momentum=0.9).
+    With ``out_dir`` the run directory gets ``history.csv``/``history.json`` and ``best.safetensors``/
+    ``last.safetensors`` (best by validation top-1 accuracy). Default optimizer: SGD(lr=0.01, momentum=0.9).
     """
     from ..optim import SGD
     from .callbacks import Checkpoint, HistoryWriter

@@ -1,0 +1,80 @@
+"""``DataLoader``: mini-batches ``(x, y)`` from a ``Dataset``, shuffled by an explicit generator."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+class DataLoader:
+    """Iterate over ``dataset`` in mini-batches.
+
+    Each batch is ``(x, y)``: ``x`` the images as floats ``(B, C, H, W)`` scaled to [0, 1]
+    (``dtype``, float32 by default) and then passed through ``transform(x, generator)``; ``y`` the
+    labels, ``int64`` ``(B,)``. ``len(loader)`` is the number of batches per epoch.
+
+    Randomness comes only from ``loader.generator``, an ``np.random.Generator`` made from ``seed``
+    (or passed as ``generator=``): every epoch draws a fresh permutation (when ``shuffle``) and the
+    transform's random numbers from it, so the same seed gives the same batches, epoch after epoch.
+    ``state_dict()`` / ``load_state_dict()`` save and restore that generator, so a training run
+    resumed from a checkpoint taken between epochs sees the same data as an uninterrupted one.
+
+    ``dataset`` is a ``Dataset`` or anything with ``images`` (uint8 ``N x C x H x W``) and
+    ``labels`` arrays.
+    """
+
+    def __init__(self, dataset, batch_size: int = 128, shuffle: bool = False, drop_last: bool = False,
+                 transform=None, seed=None, *, generator: np.random.Generator | None = None, dtype=np.float32):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"DataLoader batch_size must be a positive integer, got {batch_size!r}")
+        if not (hasattr(dataset, "images") and hasattr(dataset, "labels")):
+            raise TypeError(f"DataLoader expects a dataset with images and labels, got {type(dataset).__name__}")
+        if len(dataset.images) != len(dataset.labels):
+            raise ValueError(
+                f"DataLoader: the dataset has {len(dataset.images)} images but {len(dataset.labels)} labels"
+            )
+        if transform is not None and not callable(transform):
+            raise TypeError(f"DataLoader transform must be callable as transform(x, generator), got {transform!r}")
+        if generator is not None and seed is not None:
+            raise ValueError("DataLoader takes seed= or generator=, not both")
+        if not np.issubdtype(np.dtype(dtype), np.floating):
+            raise ValueError(f"DataLoader dtype must be a floating type, got {dtype!r}")
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.transform = transform
+        self.dtype = np.dtype(dtype)
+        self.generator = generator if generator is not None else np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        n = len(self.dataset.images)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        images, labels = self.dataset.images, np.asarray(self.dataset.labels)
+        n = len(images)
+        order = self.generator.permutation(n) if self.shuffle else None
+        stop = (n // self.batch_size) * self.batch_size if self.drop_last else n
+        scale = self.dtype.type(1 / 255)
+        for start in range(0, stop, self.batch_size):
+            index = slice(start, start + self.batch_size) if order is None else order[start:start + self.batch_size]
+            x = images[index].astype(self.dtype)
+            x *= scale
+            y = labels[index].astype(np.int64, copy=False)
+            if self.transform is not None:
+                x = self.transform(x, self.generator)
+            yield x, y
+
+    def state_dict(self) -> dict:
+        """The generator's state (a plain dict), to store in a checkpoint."""
+        return {"generator": self.generator.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the generator's state saved by ``state_dict()``."""
+        self.generator.bit_generator.state = state["generator"]
+
+    def __repr__(self) -> str:
+        return (f"DataLoader({getattr(self.dataset, 'name', type(self.dataset).__name__)!r}, "
+                f"batch_size={self.batch_size}, shuffle={self.shuffle}, drop_last={self.drop_last}, "
+                f"batches={len(self)})")

@@ -1,0 +1,165 @@
+"""Element-wise activations and softmax: forward ``(y, cache)`` and backward ``dx``.
+
+Each backward takes the upstream gradient ``dy`` and the cache of its forward and returns ``dx``
+(the only gradient these functions have). Nothing here writes into ``x`` or ``dy``: a container
+may still hold ``dy`` (``Residual`` adds it to the shortcut) and the previous layer's cache may be
+``x`` itself, which is why there is no in-place ReLU.
+
+Caches hold the cheapest thing the derivative can be written in:
+
+* ReLU caches its output ``y`` (``dx = dy * [y > 0]``; ``y`` is alive anyway as the next layer's input);
+* LeakyReLU caches the boolean mask ``x > 0`` (one byte per element);
+* tanh, sigmoid, softmax cache ``y`` (their derivatives are polynomials in ``y``);
+* log-softmax caches ``y = log p`` (``p = exp(y)`` is recomputed in backward).
+
+All functions keep the dtype of ``x`` (float32 stays float32): scalar constants are Python
+numbers, which NumPy never lets upcast an array.
+"""
+from __future__ import annotations
+
+from ..backend import array_module
+
+
+# -- ReLU --------------------------------------------------------------------------------------
+def relu_forward(x):
+    """``y = max(x, 0)``; return ``(y, cache)``.
+
+    Shape:
+        x: any shape -> y: same shape as x
+    """
+    xp = array_module(x)
+    y = xp.maximum(x, 0)
+    return y, y
+
+
+def relu_backward(dy, cache):
+    """``dx = dy * [x > 0]`` (the subgradient at 0 is 0, as in PyTorch).
+
+    Shape:
+        dy: same shape as y -> dx: same shape as x
+    """
+    y = cache
+    return dy * (y > 0)
+
+
+# -- LeakyReLU ---------------------------------------------------------------------------------
+def leaky_relu_forward(x, negative_slope: float = 0.01):
+    """``y = x`` where ``x > 0``, else ``negative_slope * x``; return ``(y, cache)``.
+
+    Shape:
+        x: any shape -> y: same shape as x
+    """
+    xp = array_module(x)
+    positive = x > 0
+    y = xp.where(positive, x, x * negative_slope)
+    return y, (positive, negative_slope)
+
+
+def leaky_relu_backward(dy, cache):
+    """``dx = dy`` where ``x > 0``, else ``negative_slope * dy`` (slope at 0, as in PyTorch).
+
+    Shape:
+        dy: same shape as y -> dx: same shape as x
+    """
+    positive, negative_slope = cache
+    xp = array_module(dy)
+    return xp.where(positive, dy, dy * negative_slope)
+
+
+# -- tanh --------------------------------------------------------------------------------------
+def tanh_forward(x):
+    """``y = tanh(x)``; return ``(y, cache)``.
+
+    Shape:
+        x: any shape -> y: same shape as x
+    """
+    y = array_module(x).tanh(x)
+    return y, y
+
+
+def tanh_backward(dy, cache):
+    """``dx = dy * (1 - y^2)``.
+
+    Shape:
+        dy: same shape as y -> dx: same shape as x
+    """
+    y = cache
+    return dy * (1 - y * y)
+
+
+# -- sigmoid -----------------------------------------------------------------------------------
+def sigmoid_forward(x):
+    """``y = 1 / (1 + exp(-x))`` without overflow; return ``(y, cache)``.
+
+    ``exp`` only ever sees ``-|x|`` (at most 1), so ``x = -1000`` gives 0 instead of an overflow
+    warning: for ``x >= 0`` use ``1 / (1 + e)``, for ``x < 0`` use ``e / (1 + e)``, ``e = exp(-|x|)``.
+
+    Shape:
+        x: any shape -> y: same shape as x
+    """
+    xp = array_module(x)
+    e = xp.exp(-xp.abs(x))
+    y = xp.where(x >= 0, 1, e) / (1 + e)
+    return y, y
+
+
+def sigmoid_backward(dy, cache):
+    """``dx = dy * y * (1 - y)``.
+
+    Shape:
+        dy: same shape as y -> dx: same shape as x
+    """
+    y = cache
+    return dy * y * (1 - y)
+
+
+# -- softmax and log-softmax -------------------------------------------------------------------
+def softmax_forward(x, axis: int = 1):
+    """``y = exp(x - max) / sum(exp(x - max))`` along ``axis``; return ``(y, cache)``.
+
+    Subtracting the maximum changes nothing mathematically and keeps ``exp`` at most 1, so logits
+    of 1e4 do not overflow.
+
+    Shape:
+        x: any shape -> y: same shape as x, summing to 1 along ``axis``
+    """
+    xp = array_module(x)
+    e = xp.exp(x - x.max(axis=axis, keepdims=True))
+    y = e / e.sum(axis=axis, keepdims=True)
+    return y, (y, axis)
+
+
+def softmax_backward(dy, cache):
+    """``dx = y * (dy - sum(dy * y))`` along ``axis`` (the softmax Jacobian ``diag(y) - y y^T``).
+
+    Shape:
+        dy: same shape as y -> dx: same shape as x
+    """
+    y, axis = cache
+    return y * (dy - (dy * y).sum(axis=axis, keepdims=True))
+
+
+def log_softmax_forward(x, axis: int = 1):
+    """``y = (x - max) - log(sum(exp(x - max)))`` along ``axis``; return ``(y, cache)``.
+
+    Computed from the shifted logits directly, never as ``log(softmax(x))``, which gives
+    ``log(0) = -inf`` once a probability underflows.
+
+    Shape:
+        x: any shape -> y: same shape as x
+    """
+    xp = array_module(x)
+    shifted = x - x.max(axis=axis, keepdims=True)
+    y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+    return y, (y, axis)
+
+
+def log_softmax_backward(dy, cache):
+    """``dx = dy - softmax(x) * sum(dy)`` along ``axis``.
+
+    Shape:
+        dy: same shape as y -> dx: same shape as x
+    """
+    y, axis = cache
+    xp = array_module(y)
+    return dy - xp.exp(y) * dy.sum(axis=axis, keepdims=True)

@@ -1,0 +1,109 @@
+"""2-D convolution (cross-correlation, as in every CNN library): im2col + one GEMM.
+
+Forward, for group ``g`` with ``Fg = F/groups`` filters over ``Cg = C/groups`` channels::
+
+    y[n, f, oy, ox] = b[f] + sum_{c, i, j} w[f, c, i, j] * x_pad[n, g*Cg + c, oy*sh + i*dh, ox*sw + j*dw]
+
+which, with the columns of :mod:`cnnkit.functional.im2col` ``cols (N, G, Kg, P)``
+(``Kg = Cg*kh*kw``, ``P = out_h*out_w``) and the weight as ``(G, Fg, Kg)``, is the batched GEMM
+``y = w @ cols`` over the group axis. Backward: ``dweight = sum_n dy_n @ cols_n^T`` (a GEMM with the
+forward's columns, kept in the cache), ``dcols = w^T @ dy`` then ``dx = col2im(dcols)``,
+``dbias = sum of dy over (N, H, W)``.
+
+A 1x1 convolution without padding needs no columns: the input itself, ``x.reshape(N, C, H*W)``
+(subsampled first when strided), is already the column matrix.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from ..backend import array_module
+from .im2col import col2im, conv_geometry, im2col
+
+
+class Conv2dCache(NamedTuple):
+    """What ``conv2d_backward`` needs: the forward's columns, the weight and the geometry."""
+
+    cols: object  # (N, C*kh*kw, P); for the 1x1 path, the (subsampled) input as (N, C, P)
+    weight: object  # (F, C/groups, kh, kw)
+    input_shape: tuple
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    groups: int
+    pointwise: bool  # 1x1 kernel, no padding: cols are the input, no im2col
+
+
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """Return ``(y, cache)`` for a grouped, strided, padded, dilated 2-D convolution.
+
+    ``stride``, ``padding`` and ``dilation`` are ints or ``(h, w)`` pairs; padding is zeros on both
+    sides. No geometry check happens here (the layer runs it); windows that do not fit are dropped
+    as in PyTorch.
+
+    Shape:
+        x: (N, C, H, W), weight: (F, C/groups, kh, kw), bias: (F,) -> y: (N, F, out_h, out_w)
+        out_h = floor((H + 2*ph - dh*(kh - 1) - 1) / sh) + 1, likewise out_w
+    """
+    xp = array_module(x)
+    n, c, h, w = x.shape
+    f, cg, kh, kw = weight.shape
+    kernel, stride, padding, dilation, (out_h, out_w) = conv_geometry((h, w), (kh, kw), stride, padding, dilation)
+    pointwise = kernel == (1, 1) and padding == (0, 0)
+    if pointwise:
+        source = x if stride == (1, 1) else x[:, :, ::stride[0], ::stride[1]]
+        cols = xp.ascontiguousarray(source).reshape(n, c, out_h * out_w)  # a view when stride 1
+    else:
+        cols = im2col(x, kernel, stride, padding, dilation)
+    # Grouped GEMM: (G, Fg, Kg) @ (N, G, Kg, P) -> (N, G, Fg, P), broadcast over the batch. For
+    # groups=1 this is (F, K) @ (N, K, P); the result is already NCHW (see im2col's layout note).
+    y = xp.matmul(weight.reshape(groups, f // groups, cg * kh * kw),
+                  cols.reshape(n, groups, cg * kh * kw, out_h * out_w))
+    y = y.reshape(n, f, out_h, out_w)
+    if bias is not None:
+        y += bias.reshape(1, f, 1, 1)
+    return y, Conv2dCache(cols, weight, (n, c, h, w), stride, padding, dilation, groups, pointwise)
+
+
+def conv2d_backward(dy, cache: Conv2dCache, need_dx=True, need_dweight=True, need_dbias=True):
+    """Return ``(dx, dweight, dbias)``; a gradient not asked for is ``None`` and is not computed.
+
+    Shape:
+        dy: (N, F, out_h, out_w) -> dx: (N, C, H, W), dweight: (F, C/groups, kh, kw), dbias: (F,)
+        dweight[g] = sum_n dy[n, g] @ cols[n, g]^T;  dcols = weight[g]^T @ dy[n, g];  dx = col2im(dcols)
+    """
+    xp = array_module(dy)
+    cols, weight, input_shape = cache.cols, cache.weight, cache.input_shape
+    groups = cache.groups
+    n, f, out_h, out_w = dy.shape
+    _, cg, kh, kw = weight.shape
+    fg, kg, p = f // groups, cg * kh * kw, out_h * out_w
+    dy_groups = xp.ascontiguousarray(dy).reshape(n, groups, fg, p)
+
+    dbias = dy.sum(axis=(0, 2, 3)) if need_dbias else None
+
+    dweight = None
+    if need_dweight:
+        cols_groups = cols.reshape(n, groups, kg, p)
+        if fg <= p:
+            # One (Fg, P) @ (P, Kg) product per image, then a sum over the batch: the
+            # intermediate (N, G, Fg, Kg) is no larger than the columns themselves.
+            dweight = xp.matmul(dy_groups, cols_groups.transpose(0, 1, 3, 2)).sum(axis=0)
+        else:
+            # Many filters, few positions (deep layers): one GEMM over all N*P positions is both
+            # faster and smaller than N products, at the price of one copy of the columns.
+            dy_flat = dy_groups.transpose(1, 2, 0, 3).reshape(groups, fg, n * p)
+            cols_flat = cols_groups.transpose(1, 2, 0, 3).reshape(groups, kg, n * p)
+            dweight = xp.matmul(dy_flat, cols_flat.transpose(0, 2, 1))
+        dweight = dweight.reshape(weight.shape)
+
+    dx = None
+    if need_dx:
+        weight_t = weight.reshape(groups, fg, kg).transpose(0, 2, 1)  # (G, Kg, Fg), a view
+        dcols = xp.matmul(weight_t, dy_groups)  # (N, G, Kg, P)
+        if cache.pointwise and cache.stride == (1, 1):
+            dx = dcols.reshape(input_shape)
+        else:
+            dx = col2im(dcols.reshape(n, groups * kg, p), input_shape, (kh, kw),
+                        cache.stride, cache.padding, cache.dilation)
+    return dx, dweight, dbias

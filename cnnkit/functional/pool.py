@@ -1,0 +1,432 @@
+"""Pooling kernels: max (with argmax "switches"), average, LP (power average) and adaptive average.
+
+Every windowed kernel here is a loop over the ``KH*KW`` kernel offsets; each step touches one
+strided view of the (padded) input with one output-shaped slice, so the work is vectorised over
+batch, channels and output positions. Output sizes come from ``shapes.conv_output_size``, the one
+formula shared with convolution.
+
+Conventions follow PyTorch exactly, including the corner cases:
+
+* max pooling pads with ``-inf``, so padding is never chosen; on ties the *first* maximum in window
+  scan order (row by row) wins; a NaN in a window wins (the last NaN, as PyTorch's CPU kernel);
+  a window whose real values are all ``-inf`` picks its first real element.
+* average pooling divides by PyTorch's divisor: the window clipped to ``[-P, size + P)`` with
+  ``count_include_pad=True``, clipped to the real input ``[0, size)`` otherwise, or
+  ``divisor_override``.
+* padding may be at most half the kernel (``padding <= kernel // 2``), PyTorch's rule, so every
+  window holds at least one real input element.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from ..backend import array_module
+from .shapes import check_positive, conv_output_size, pair
+
+
+class PoolGeometry(NamedTuple):
+    """Everything a windowed pooling kernel needs to know about one call, per axis ``(h, w)``."""
+
+    input_shape: tuple  # (N, C, H, W)
+    kernel: tuple  # (KH, KW)
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    output: tuple  # (OH, OW)
+    pad_end: tuple  # zeros/-inf appended after the input: right padding plus any ceil-mode overhang
+
+    @property
+    def padded_shape(self) -> tuple:
+        n, c, h, w = self.input_shape
+        return (n, c, self.padding[0] + h + self.pad_end[0], self.padding[1] + w + self.pad_end[1])
+
+    def offsets(self):
+        """Yield ``(k, rows, cols)``: kernel offset number ``k`` in scan order and its strided view."""
+        (kh, kw), (sh, sw), (dh, dw), (oh, ow) = self.kernel, self.stride, self.dilation, self.output
+        for i in range(kh):
+            rows = slice(i * dh, i * dh + (oh - 1) * sh + 1, sh)
+            for j in range(kw):
+                yield i * kw + j, rows, slice(j * dw, j * dw + (ow - 1) * sw + 1, sw)
+
+
+def check_pool_padding(kernel: tuple, padding: tuple, layer: str) -> None:
+    """PyTorch's rule ``padding <= kernel // 2`` (so no window lies entirely in the padding)."""
+    if any(p < 0 for p in padding):
+        raise ValueError(f"{layer}: padding must be >= 0, got {padding}")
+    if any(p > k // 2 for p, k in zip(padding, kernel)):
+        raise ValueError(
+            f"{layer}: padding {padding} must be at most half the kernel size {kernel} "
+            f"(padding <= kernel // 2 = {tuple(k // 2 for k in kernel)}), as in PyTorch"
+        )
+
+
+def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
+                  check_geometry=False, layer="pool2d") -> PoolGeometry:
+    """Validate the arguments and compute the output size and padding of a windowed pooling.
+
+    ``stride=None`` means ``stride = kernel_size`` (PyTorch's default). With
+    ``check_geometry=True`` geometry that silently drops real input raises (see ``shapes``).
+
+    Shape:
+        input (N, C, H, W) -> output (N, C, OH, OW) with
+        OH = floor_or_ceil((H + 2*PH - DH*(KH-1) - 1) / SH) + 1, likewise OW
+    """
+    kernel = pair(kernel_size, "kernel_size", layer)
+    stride = kernel if stride is None else pair(stride, "stride", layer)
+    padding = pair(padding, "padding", layer)
+    dilation = pair(dilation, "dilation", layer)
+    check_positive(kernel, "kernel_size", layer)
+    check_positive(stride, "stride", layer)
+    check_positive(dilation, "dilation", layer)
+    check_pool_padding(kernel, padding, layer)
+    if len(input_shape) != 4:
+        raise ValueError(f"{layer} expects a 4-D input (N, C, H, W), got shape {tuple(input_shape)}")
+    output, pad_end = [], []
+    for axis, name in enumerate(("height", "width")):
+        size, k, s, p, d = input_shape[2 + axis], kernel[axis], stride[axis], padding[axis], dilation[axis]
+        out = conv_output_size(size, k, s, p, d, ceil_mode, check_geometry=check_geometry, layer=layer, axis=name)
+        # The last window ends at (out-1)*s + span in padded coordinates; the padded array must
+        # reach it (ceil mode can run past the right padding) but need not go further.
+        reach = (out - 1) * s + d * (k - 1) + 1
+        output.append(out)
+        pad_end.append(max(reach - p - size, 0))
+    return PoolGeometry(tuple(input_shape), kernel, stride, padding, dilation, tuple(output), tuple(pad_end))
+
+
+def _pad(x, geometry: PoolGeometry, fill):
+    """``x`` surrounded by ``fill`` as the windows need it (``x`` itself when nothing is needed)."""
+    (ph, pw), (eh, ew) = geometry.padding, geometry.pad_end
+    if ph == pw == eh == ew == 0:
+        return x
+    xp = array_module(x)
+    n, c, h, w = x.shape
+    padded = xp.full(geometry.padded_shape, fill, dtype=x.dtype)
+    padded[:, :, ph:ph + h, pw:pw + w] = x
+    return padded
+
+
+def _scatter_windows(dy_per_offset, geometry: PoolGeometry, dtype, xp):
+    """col2im for pooling: add each offset's output-shaped gradient back onto its input view.
+
+    ``dy_per_offset(k)`` returns the gradient that kernel offset ``k`` sends to its inputs (an
+    array of the output shape). Overlapping windows add up because each offset is added in its
+    own step, and within one offset distinct outputs hit distinct inputs, so ``+=`` is exact.
+
+    Strided read-modify-writes are slow, so the padded gradient is kept as its ``SH*SW`` stride
+    phases (rows ``a::SH``, columns ``b::SW``): every offset then adds onto a unit-stride slice of
+    one phase, and the phases are interleaved once at the end (3x3/2 average-pooling backward
+    measured about 30% faster than adding onto strided views, on one busy core).
+    """
+    n, c, h, w = geometry.input_shape
+    (ph, pw), (sh, sw), (dh, dw), (oh, ow) = geometry.padding, geometry.stride, geometry.dilation, geometry.output
+    padded_h, padded_w = geometry.padded_shape[2:]
+    phases = {}
+    for k, _, _ in geometry.offsets():
+        i, j = divmod(k, geometry.kernel[1])
+        row0, row_phase = divmod(i * dh, sh)  # tap row i*dh + o*sh is row row0 + o of phase row_phase
+        col0, col_phase = divmod(j * dw, sw)
+        if (row_phase, col_phase) not in phases:
+            phase_shape = (n, c, -(-(padded_h - row_phase) // sh), -(-(padded_w - col_phase) // sw))
+            phases[row_phase, col_phase] = xp.zeros(phase_shape, dtype=dtype)
+        phases[row_phase, col_phase][:, :, row0:row0 + oh, col0:col0 + ow] += dy_per_offset(k)
+    if (sh, sw) == (1, 1):
+        dx_padded = phases[0, 0]
+    else:
+        every_phase_hit = len(phases) == sh * sw
+        dx_padded = (xp.empty if every_phase_hit else xp.zeros)(geometry.padded_shape, dtype=dtype)
+        for (row_phase, col_phase), phase in phases.items():
+            dx_padded[:, :, row_phase::sh, col_phase::sw] = phase
+    if dx_padded.shape == (n, c, h, w):
+        return dx_padded
+    return xp.ascontiguousarray(dx_padded[:, :, ph:ph + h, pw:pw + w])
+
+
+# -- max pooling --------------------------------------------------------------------------------
+
+def _first_real_tap(out: int, stride: int, padding: int, dilation: int) -> np.ndarray:
+    """Per output position, the first kernel tap that lands on the real input (not the padding)."""
+    start = np.arange(out) * stride - padding  # window start in input coordinates
+    return -(np.minimum(start, 0) // dilation)  # ceil(max(-start, 0) / dilation)
+
+
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
+                       check_geometry=False, layer="max_pool2d"):
+    """Max pooling; return ``(y, cache)``. The cache holds the argmax "switches".
+
+    The switches are stored as the kernel offset ``k = i*KW + j`` of the chosen tap (uint8 for
+    kernels up to 16x16): one byte per output instead of eight, and backward needs nothing else.
+    ``max_pool2d_indices(cache)`` turns them into PyTorch's flat ``return_indices`` indices.
+
+    Shape:
+        x: (N, C, H, W) -> y: (N, C, OH, OW),
+        OH = floor_or_ceil((H + 2*PH - DH*(KH-1) - 1) / SH) + 1, likewise OW
+    """
+    xp = array_module(x)
+    g = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode,
+                      check_geometry=check_geometry, layer=layer)
+    n, c = x.shape[:2]
+    (kh, kw), (oh, ow) = g.kernel, g.output
+    x_padded = _pad(x, g, -np.inf)
+
+    # PyTorch's scan: best = -inf and the switch on the window's first real tap, then a tap wins
+    # when it is strictly greater (first maximum wins ties) or NaN. Padding (-inf) never wins.
+    first_tap = (_first_real_tap(oh, g.stride[0], g.padding[0], g.dilation[0])[:, None] * kw
+                 + _first_real_tap(ow, g.stride[1], g.padding[1], g.dilation[1])[None, :])
+    switch_dtype = np.uint8 if kh * kw <= 256 else np.int32
+    switches = xp.empty((n, c, oh, ow), dtype=switch_dtype)
+    switches[...] = xp.asarray(first_tap.astype(switch_dtype))
+    y = xp.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
+    window = xp.empty_like(y)  # each strided window is copied once; the ops below then run contiguous
+    wins = xp.empty((n, c, oh, ow), dtype=bool)
+    won = xp.empty_like(switches)
+    has_nan = bool(xp.isnan(x).any())  # one pass here saves a NaN test per offset
+    for k, rows, cols in g.offsets():
+        xp.copyto(window, x_padded[:, :, rows, cols])
+        xp.greater(window, y, out=wins)
+        if has_nan:
+            wins |= xp.isnan(window)
+        # switches = where(wins, k, switches) without a branchy masked copy: a tap that wins is
+        # real, every real tap comes after the window's first real tap in scan order, so a
+        # winning k is always larger than the switch it replaces and `maximum` does the update.
+        xp.multiply(wins, switch_dtype(k), out=won)
+        xp.maximum(switches, won, out=switches)
+        xp.maximum(y, window, out=y)  # NaN-propagating, like the scan above
+    return y, (switches, g)
+
+
+def max_pool2d_backward(dy, cache):
+    """Route each output's gradient to the one input its switch chose; return ``dx``.
+
+    Scatter choice: a loop over the ``KH*KW`` kernel offsets, adding ``dy`` masked by
+    ``switches == k`` onto that offset's input view (``_scatter_windows``). Within one offset no
+    two outputs share an input and overlapping windows meet in different offsets, so ``+=`` is
+    exact without ``np.add.at``. Chosen over ``np.bincount`` on flat indices, which works in
+    float64 (twice the memory and a cast back) and needs int64 index arithmetic: the loop keeps
+    the dtype, runs unchanged on CuPy and is the same code as average pooling's backward. On a
+    busy 2-core machine (32x64x56x56 float32, 3x3/2) bincount took about 0.8x the time of this
+    loop; for 2x2/2 they were about equal.
+
+    Shape:
+        dy: (N, C, OH, OW) -> dx: (N, C, H, W)
+    """
+    switches, g = cache
+    xp = array_module(dy)
+    chosen = xp.empty(switches.shape, dtype=bool)
+    routed = xp.empty_like(dy)
+
+    def gradient_of_offset(k):
+        xp.equal(switches, k, out=chosen)
+        return xp.multiply(dy, chosen, out=routed)
+
+    return _scatter_windows(gradient_of_offset, g, dy.dtype, xp)
+
+
+def max_pool2d_indices(cache):
+    """PyTorch's ``return_indices``: per output, the flat index ``ih*W + iw`` of the chosen input.
+
+    Shape:
+        (N, C, OH, OW) int64, each in [0, H*W)
+    """
+    switches, g = cache
+    xp = array_module(switches)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = g.kernel, g.stride, g.padding, g.dilation, g.output
+    k = switches.astype(np.int64)
+    rows = xp.arange(oh).reshape(oh, 1) * sh - ph + (k // kw) * dh
+    cols = xp.arange(ow) * sw - pw + (k % kw) * dw
+    return rows * g.input_shape[3] + cols
+
+
+# -- average pooling ----------------------------------------------------------------------------
+
+def _avg_divisor_1d(out: int, size: int, kernel: int, stride: int, padding: int, count_include_pad: bool):
+    """Per output position along one axis, PyTorch's window length used in the divisor."""
+    start = np.arange(out) * stride - padding
+    end = np.minimum(start + kernel, size + padding)
+    if count_include_pad:
+        return end - start  # includes padding, but not the ceil-mode overhang past it
+    return np.minimum(end, size) - np.maximum(start, 0)
+
+
+def avg_divisor(g: PoolGeometry, count_include_pad=True, divisor_override=None):
+    """The ``(OH, OW)`` divisor of every output of an average pooling (PyTorch's rule)."""
+    if divisor_override is not None:
+        return np.full(g.output, float(divisor_override))
+    h, w = g.input_shape[2:]
+    rows = _avg_divisor_1d(g.output[0], h, g.kernel[0], g.stride[0], g.padding[0], count_include_pad)
+    cols = _avg_divisor_1d(g.output[1], w, g.kernel[1], g.stride[1], g.padding[1], count_include_pad)
+    return np.outer(rows, cols)
+
+
+def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                       divisor_override=None, *, check_geometry=False, layer="avg_pool2d"):
+    """Average pooling: the window sum divided by PyTorch's divisor; return ``(y, cache)``.
+
+    Divisor (per axis, then multiplied): ``start = o*S - P``, ``end = min(start + K, size + P)``;
+    ``end - start`` with ``count_include_pad``, else ``min(end, size) - max(start, 0)``; or
+    ``divisor_override`` when given.
+
+    Shape:
+        x: (N, C, H, W) -> y: (N, C, OH, OW), OH = floor_or_ceil((H + 2*PH - KH) / SH) + 1
+    """
+    xp = array_module(x)
+    if divisor_override is not None and (isinstance(divisor_override, bool) or divisor_override == 0):
+        raise ValueError(f"{layer}: divisor_override must be a non-zero number or None, got {divisor_override!r}")
+    g = pool_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode,
+                      check_geometry=check_geometry, layer=layer)
+    x_padded = _pad(x, g, 0)
+    total = None
+    for _, rows, cols in g.offsets():
+        window = x_padded[:, :, rows, cols]
+        if total is None:
+            total = window.copy()
+        else:
+            total += window
+    divisor = xp.asarray(avg_divisor(g, count_include_pad, divisor_override).astype(x.dtype))
+    total /= divisor
+    return total, (divisor, g)
+
+
+def avg_pool2d_backward(dy, cache):
+    """Spread each output's gradient evenly (``dy / divisor``) over its window; return ``dx``.
+
+    Shape:
+        dy: (N, C, OH, OW) -> dx: (N, C, H, W)
+    """
+    divisor, g = cache
+    xp = array_module(dy)
+    share = dy / divisor
+    return _scatter_windows(lambda k: share, g, dy.dtype, xp)
+
+
+# -- LP (power-average) pooling -----------------------------------------------------------------
+
+def lp_pool2d_forward(x, norm_type, kernel_size, stride=None, ceil_mode=False, *, check_geometry=False,
+                      layer="lp_pool2d"):
+    """LP pooling ``(sum over window of x^p)^(1/p)``, computed exactly as PyTorch does.
+
+    PyTorch: ``u = avg_pool2d(x^p, K, S, 0, ceil_mode) * KH*KW`` then ``u^(1/p)``. That is the
+    window sum, except for ceil-mode windows cut by the input edge, where it is the sum rescaled
+    by ``KH*KW / (clipped area)``; kept here for exact agreement. ``u = 0`` gets gradient 0.
+    ``norm_type = inf`` is max pooling of ``|x|``; ``-inf`` the minimum of ``|x|`` (as PyTorch).
+    Negative sums with non-integer ``1/p`` give NaN, as in PyTorch.
+
+    Shape:
+        x: (N, C, H, W) -> y: (N, C, OH, OW), OH = floor_or_ceil((H - KH) / SH) + 1
+    """
+    xp = array_module(x)
+    p = float(norm_type)
+    if math.isinf(p):
+        sign = 1.0 if p > 0 else -1.0
+        y, max_cache = max_pool2d_forward(sign * xp.abs(x), kernel_size, stride, 0, 1, ceil_mode,
+                                          check_geometry=check_geometry, layer=layer)
+        return sign * y, (p, x, max_cache)
+    if p == 0 or math.isnan(p):
+        raise ValueError(f"{layer}: norm_type must be non-zero, got {norm_type!r}")
+    mean_power, avg_cache = avg_pool2d_forward(x ** p, kernel_size, stride, 0, ceil_mode, True,
+                                               check_geometry=check_geometry, layer=layer)
+    window_taps = avg_cache[1].kernel[0] * avg_cache[1].kernel[1]
+    u = mean_power * window_taps
+    with np.errstate(invalid="ignore"):  # a negative sum to a fractional power is NaN, as in PyTorch
+        y = u ** (1.0 / p)
+    return y, (p, x, (avg_cache, u, y, window_taps))
+
+
+def lp_pool2d_backward(dy, cache):
+    """``dx = p x^(p-1) * avgpool_backward(where(u != 0, KH*KW * y / (p u), 0))``; return ``dx``.
+
+    Shape:
+        dy: (N, C, OH, OW) -> dx: (N, C, H, W)
+    """
+    p, x, rest = cache
+    xp = array_module(dy)
+    if math.isinf(p):
+        # d|x|/dx = sign(x); the -inf case negates twice (y = -max(-|x|)), so the rule is the same.
+        return max_pool2d_backward(dy, rest) * xp.sign(x)
+    avg_cache, u, y, window_taps = rest
+    nonzero = u != 0
+    # d(u^(1/p))/du = u^(1/p - 1) / p, written as y / (p u) where u != 0 (PyTorch zeroes u == 0).
+    safe_u = xp.where(nonzero, u, 1)
+    du = xp.where(nonzero, dy * y / (p * safe_u), 0)
+    d_power = avg_pool2d_backward(du * window_taps, avg_cache)
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0^(p-1) with p < 1 is inf, as in PyTorch
+        return d_power * (p * x ** (p - 1))
+
+
+# -- adaptive average pooling -------------------------------------------------------------------
+
+def adaptive_bins(in_size: int, out_size: int):
+    """PyTorch's bins: ``start = floor(i*in/out)``, ``end = ceil((i+1)*in/out)`` for each output ``i``."""
+    i = np.arange(out_size)
+    start = (i * in_size) // out_size
+    end = -((-(i + 1) * in_size) // out_size)
+    return start, end
+
+
+def adaptive_pool_matrix(in_size: int, out_size: int, dtype):
+    """The ``(out, in)`` matrix that averages each bin: row ``i`` is ``1/len`` on its bin."""
+    start, end = adaptive_bins(in_size, out_size)
+    positions = np.arange(in_size)
+    inside = (positions >= start[:, None]) & (positions < end[:, None])
+    return (inside / (end - start)[:, None]).astype(dtype)
+
+
+def adaptive_output_size(input_hw, output_size, layer="adaptive_avg_pool2d") -> tuple[int, int]:
+    """Resolve ``output_size`` (int, or pair whose ``None`` entries keep the input size)."""
+    if output_size is None or isinstance(output_size, (int, np.integer)):
+        sizes = (output_size, output_size)
+    elif isinstance(output_size, (tuple, list)) and len(output_size) == 2:
+        sizes = tuple(output_size)
+    else:
+        raise ValueError(f"{layer}: output_size must be an int or a pair of ints/None, got {output_size!r}")
+    resolved = []
+    for size, keep in zip(sizes, input_hw):
+        if size is None:
+            resolved.append(int(keep))
+        elif isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size >= 1:
+            resolved.append(int(size))
+        else:
+            raise ValueError(f"{layer}: output_size entries must be positive ints or None, got {output_size!r}")
+    return tuple(resolved)
+
+
+def adaptive_avg_pool2d_forward(x, output_size, *, layer="adaptive_avg_pool2d"):
+    """Adaptive average pooling to ``output_size``; return ``(y, cache)``.
+
+    When the output divides the input (global pooling included) the bins are equal blocks and
+    ``y`` is a reshape and a mean. Otherwise the bins overlap or differ in length and the pooling
+    is separable, ``y = P_h @ x @ P_w^T`` with the per-axis bin-averaging matrices.
+
+    Shape:
+        x: (N, C, H, W) -> y: (N, C, OH, OW); bin i covers [floor(i*H/OH), ceil((i+1)*H/OH))
+    """
+    xp = array_module(x)
+    if x.ndim != 4:
+        raise ValueError(f"{layer} expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+    n, c, h, w = x.shape
+    oh, ow = adaptive_output_size((h, w), output_size, layer)
+    if h % oh == 0 and w % ow == 0:
+        y = x.reshape(n, c, oh, h // oh, ow, w // ow).mean(axis=(3, 5))
+        return y, (x.shape, None)
+    rows = xp.asarray(adaptive_pool_matrix(h, oh, x.dtype))
+    cols = xp.asarray(adaptive_pool_matrix(w, ow, x.dtype))
+    y = xp.matmul(rows, xp.matmul(x, cols.T))
+    return y, (x.shape, (rows, cols))
+
+
+def adaptive_avg_pool2d_backward(dy, cache):
+    """``dx = P_h^T @ dy @ P_w`` (equal blocks: ``dy / block area`` repeated over each block).
+
+    Shape:
+        dy: (N, C, OH, OW) -> dx: (N, C, H, W)
+    """
+    (n, c, h, w), matrices = cache
+    xp = array_module(dy)
+    if matrices is None:
+        oh, ow = dy.shape[2:]
+        share = (dy / ((h // oh) * (w // ow))).reshape(n, c, oh, 1, ow, 1)
+        return xp.ascontiguousarray(xp.broadcast_to(share, (n, c, oh, h // oh, ow, w // ow))).reshape(n, c, h, w)
+    rows, cols = matrices
+    return xp.matmul(rows.T, xp.matmul(dy, cols))

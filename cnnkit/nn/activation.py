@@ -1,0 +1,182 @@
+"""Activation layers: ``ReLU``, ``LeakyReLU``, ``Tanh``, ``Sigmoid``, ``Softmax``, ``LogSoftmax``,
+``Identity``; thin wrappers over :mod:`cnnkit.functional.activation`.
+
+They take inputs of any rank and keep their dtype. ``inplace`` is accepted so PyTorch model code
+ports unchanged, but cnnkit never works in place (deliberate difference): the previous layer may
+have cached the very array an in-place ReLU would overwrite.
+"""
+from __future__ import annotations
+
+from numbers import Real
+
+from ..functional import activation as F
+from .module import Module
+from .validation import check_input
+
+
+def check_any_rank(x, layer: str) -> None:
+    """Raise a clear error unless ``x`` is a floating-point array (any rank)."""
+    check_input(x, layer, getattr(x, "ndim", -1))
+
+
+class _Elementwise(Module):
+    """An activation applied element by element: subclasses name their two kernels."""
+
+    def _forward_kernel(self, x):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _backward_kernel(self, dy, cache):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check(self, x) -> None:
+        check_any_rank(x, type(self).__name__)
+
+    def forward(self, x):
+        self._check(x)
+        y, cache = self._forward_kernel(x)
+        self._save(cache)
+        return y
+
+    def backward(self, dy, input_grad: bool = True):
+        cache = self._restore()
+        return self._backward_kernel(dy, cache) if input_grad else None
+
+
+class ReLU(_Elementwise):
+    """``y = max(x, 0)``.
+
+    Shape:
+        input (N, *) -> output (N, *), same shape
+    """
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = bool(inplace)  # accepted for PyTorch compatibility; never used
+
+    def _forward_kernel(self, x):
+        return F.relu_forward(x)
+
+    def _backward_kernel(self, dy, cache):
+        return F.relu_backward(dy, cache)
+
+
+class LeakyReLU(_Elementwise):
+    """``y = x`` for ``x > 0``, ``negative_slope * x`` otherwise.
+
+    Shape:
+        input (N, *) -> output (N, *), same shape
+    """
+
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False):
+        super().__init__()
+        if isinstance(negative_slope, bool) or not isinstance(negative_slope, Real):
+            raise ValueError(f"LeakyReLU: negative_slope must be a number, got {negative_slope!r}")
+        self.negative_slope = float(negative_slope)
+        self.inplace = bool(inplace)  # accepted for PyTorch compatibility; never used
+
+    def _forward_kernel(self, x):
+        return F.leaky_relu_forward(x, self.negative_slope)
+
+    def _backward_kernel(self, dy, cache):
+        return F.leaky_relu_backward(dy, cache)
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
+
+
+class Tanh(_Elementwise):
+    """``y = tanh(x)``.
+
+    Shape:
+        input (N, *) -> output (N, *), same shape
+    """
+
+    def _forward_kernel(self, x):
+        return F.tanh_forward(x)
+
+    def _backward_kernel(self, dy, cache):
+        return F.tanh_backward(dy, cache)
+
+
+class Sigmoid(_Elementwise):
+    """``y = 1 / (1 + exp(-x))`` (computed without overflow).
+
+    Shape:
+        input (N, *) -> output (N, *), same shape
+    """
+
+    def _forward_kernel(self, x):
+        return F.sigmoid_forward(x)
+
+    def _backward_kernel(self, dy, cache):
+        return F.sigmoid_backward(dy, cache)
+
+
+class _AlongDim(_Elementwise):
+    """Softmax-like layers normalising along ``dim`` (default 1, the class/channel axis)."""
+
+    def __init__(self, dim: int = 1):
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise ValueError(f"{type(self).__name__}: dim must be an int, got {dim!r}")
+        self.dim = dim
+
+    def _check(self, x) -> None:
+        super()._check(x)
+        if not -x.ndim <= self.dim < x.ndim:
+            raise ValueError(
+                f"{type(self).__name__}: dim={self.dim} is out of range for an input of shape "
+                f"{tuple(x.shape)} (valid: {-x.ndim} to {x.ndim - 1})"
+            )
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class Softmax(_AlongDim):
+    """``y = exp(x) / sum(exp(x))`` along ``dim`` (max-subtracted, so large logits do not overflow).
+
+    Shape:
+        input (N, C, *) -> output (N, C, *), same shape, summing to 1 along ``dim``
+    """
+
+    def _forward_kernel(self, x):
+        return F.softmax_forward(x, axis=self.dim)
+
+    def _backward_kernel(self, dy, cache):
+        return F.softmax_backward(dy, cache)
+
+
+class LogSoftmax(_AlongDim):
+    """``y = log(softmax(x))`` along ``dim``, computed stably (never ``log(0)``).
+
+    Shape:
+        input (N, C, *) -> output (N, C, *), same shape
+    """
+
+    def _forward_kernel(self, x):
+        return F.log_softmax_forward(x, axis=self.dim)
+
+    def _backward_kernel(self, dy, cache):
+        return F.log_softmax_backward(dy, cache)
+
+
+class Identity(Module):
+    """``y = x``; accepts and ignores any arguments, as PyTorch's ``nn.Identity``.
+
+    Shape:
+        input (N, *) -> output (N, *), the same array
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        # The cache is only the shape: it records that a forward happened, so backward keeps the
+        # one-backward-per-forward contract of every other layer.
+        self._save(tuple(x.shape))
+        return x
+
+    def backward(self, dy, input_grad: bool = True):
+        self._restore()
+        return dy if input_grad else None

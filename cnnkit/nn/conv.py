@@ -1,0 +1,224 @@
+"""``Conv2d`` and ``LocallyConnected2d``: thin layers over :mod:`cnnkit.functional.conv`.
+
+``Conv2d`` follows PyTorch: the same arguments and defaults, weight ``(out, in/groups, kh, kw)``,
+attributes stored as tuples, the default init (kaiming_uniform with a=sqrt(5), i.e.
+U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias). Deliberate difference: geometry that
+silently drops real input rows/columns (7x7 input, 3x3 kernel, stride 3) raises a ``ValueError``
+unless ``check_geometry=False`` (see :mod:`cnnkit.functional.shapes`).
+"""
+from __future__ import annotations
+
+import math
+from numbers import Integral
+
+import numpy as np
+
+from ..backend import DEFAULT_DTYPE
+from ..functional.conv import conv2d_backward, conv2d_forward
+from ..functional.locally_connected import locally_connected2d_backward, locally_connected2d_forward
+from ..functional.shapes import check_positive, conv_output_size, pair
+from .init import default_weight_and_bias
+from .module import Module, Parameter
+from .validation import check_input
+
+
+def _positive_int(value, name: str, layer: str) -> int:
+    if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{layer}: {name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _spatial_output(layer: str, hw, kernel, stride, padding, dilation, check_geometry: bool) -> tuple[int, int]:
+    """``(out_h, out_w)`` through the one shared formula (it raises the geometry errors)."""
+    return tuple(
+        conv_output_size(hw[a], kernel[a], stride[a], padding[a], dilation[a],
+                         check_geometry=check_geometry, layer=layer, axis=("height", "width")[a])
+        for a in (0, 1)
+    )
+
+
+def _check_sample_shape(layer: str, input_shape, channels: int) -> tuple[int, int]:
+    shape = tuple(input_shape)
+    if len(shape) != 3:
+        raise ValueError(f"{layer}.output_shape expects one sample's shape (C, H, W), got {shape}")
+    if shape[0] != channels:
+        raise ValueError(f"{layer} expects {channels} input channels, got {shape[0]} (input shape {shape})")
+    return shape[1], shape[2]
+
+
+class Conv2d(Module):
+    """2-D convolution (cross-correlation) over an ``(N, C, H, W)`` input.
+
+    ``padding`` is an int, a pair, or ``"valid"`` (no padding) / ``"same"`` (output size equals
+    input size; stride 1 only, as in PyTorch, and only when ``dilation*(kernel-1)`` is even so the
+    padding is symmetric). Unlike PyTorch, which keeps the string, ``self.padding`` then holds the
+    resolved pair, so summaries and exporters see numbers.
+
+    Shape:
+        input (N, C_in, H, W) -> output (N, C_out, out_h, out_w)
+        out_h = floor((H + 2*padding[0] - dilation[0]*(kernel_size[0] - 1) - 1) / stride[0]) + 1
+        out_w likewise with index 1
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, *, check_geometry: bool = True, dtype=DEFAULT_DTYPE,
+                 generator: np.random.Generator | None = None):
+        super().__init__()
+        self.in_channels = _positive_int(in_channels, "in_channels", "Conv2d")
+        self.out_channels = _positive_int(out_channels, "out_channels", "Conv2d")
+        self.groups = _positive_int(groups, "groups", "Conv2d")
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(
+                f"Conv2d: groups={groups} must divide both in_channels={in_channels} and "
+                f"out_channels={out_channels}"
+            )
+        self.kernel_size = pair(kernel_size, "kernel_size", "Conv2d")
+        self.stride = pair(stride, "stride", "Conv2d")
+        self.dilation = pair(dilation, "dilation", "Conv2d")
+        check_positive(self.kernel_size, "kernel_size", "Conv2d")
+        check_positive(self.stride, "stride", "Conv2d")
+        check_positive(self.dilation, "dilation", "Conv2d")
+        self.padding = self._resolve_padding(padding)
+        self.check_geometry = bool(check_geometry)
+        weight_shape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+        weight, b = default_weight_and_bias(weight_shape, self.out_channels if bias else 0, dtype, generator)
+        self.weight = Parameter(weight)
+        self.bias = Parameter(b) if bias else None
+
+    def _resolve_padding(self, padding) -> tuple[int, int]:
+        if isinstance(padding, str):
+            if padding == "valid":
+                return (0, 0)
+            if padding != "same":
+                raise ValueError(f"Conv2d: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+            if self.stride != (1, 1):
+                raise ValueError(f"Conv2d: padding='same' needs stride 1 (as in PyTorch), got stride={self.stride}")
+            spans = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+            if any(s % 2 for s in spans):
+                raise ValueError(
+                    f"Conv2d: padding='same' with kernel_size={self.kernel_size} and dilation={self.dilation} "
+                    "needs asymmetric padding, which cnnkit does not support; use an odd kernel or explicit padding"
+                )
+            return (spans[0] // 2, spans[1] // 2)
+        padding = pair(padding, "padding", "Conv2d")
+        check_positive(padding, "padding", "Conv2d", minimum=0)
+        return padding
+
+    def _output_hw(self, hw) -> tuple[int, int]:
+        return _spatial_output("Conv2d", hw, self.kernel_size, self.stride, self.padding, self.dilation,
+                               self.check_geometry)
+
+    def forward(self, x):
+        check_input(x, "Conv2d", 4, self.in_channels, self.weight.dtype)
+        self._output_hw(x.shape[2:])  # the clear geometry errors, before any array work
+        y, cache = conv2d_forward(x, self.weight.data, None if self.bias is None else self.bias.data,
+                                  self.stride, self.padding, self.dilation, self.groups)
+        self._save(cache)
+        return y
+
+    def backward(self, dy, input_grad: bool = True):
+        cache = self._restore()
+        dx, dweight, dbias = conv2d_backward(
+            dy, cache, need_dx=input_grad, need_dweight=self.weight.requires_grad,
+            need_dbias=self.bias is not None and self.bias.requires_grad,
+        )
+        if dweight is not None:
+            self.weight.accumulate_grad(dweight)
+        if dbias is not None:
+            self.bias.accumulate_grad(dbias)
+        return dx
+
+    def output_shape(self, input_shape):
+        hw = _check_sample_shape("Conv2d", input_shape, self.in_channels)
+        return (self.out_channels,) + self._output_hw(hw)
+
+    def extra_repr(self) -> str:
+        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0, 0):
+            text += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if self.bias is None:
+            text += ", bias=False"
+        return text
+
+
+class LocallyConnected2d(Module):
+    """A convolution without weight sharing: every output position has its own filters.
+
+    Weight ``(out_h, out_w, out_channels, in_channels, kh, kw)`` (per position, a PyTorch conv
+    filter bank), bias ``(out_channels, out_h, out_w)``. The input size is fixed at construction,
+    because the number of filters depends on it. Init as Conv2d: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    with ``fan_in = in_channels*kh*kw``.
+
+    Shape:
+        input (N, C_in, H, W) with (H, W) = input_size -> output (N, C_out, out_h, out_w)
+        out_h = floor((H + 2*padding[0] - kernel_size[0]) / stride[0]) + 1, out_w likewise
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, input_size, stride=1, padding=0,
+                 bias: bool = True, *, check_geometry: bool = True, dtype=DEFAULT_DTYPE,
+                 generator: np.random.Generator | None = None):
+        super().__init__()
+        layer = "LocallyConnected2d"
+        self.in_channels = _positive_int(in_channels, "in_channels", layer)
+        self.out_channels = _positive_int(out_channels, "out_channels", layer)
+        self.kernel_size = pair(kernel_size, "kernel_size", layer)
+        self.input_size = pair(input_size, "input_size", layer)
+        self.stride = pair(stride, "stride", layer)
+        self.padding = pair(padding, "padding", layer)
+        check_positive(self.kernel_size, "kernel_size", layer)
+        check_positive(self.input_size, "input_size", layer)
+        check_positive(self.stride, "stride", layer)
+        check_positive(self.padding, "padding", layer, minimum=0)
+        self.check_geometry = bool(check_geometry)
+        self.output_size = _spatial_output(layer, self.input_size, self.kernel_size, self.stride, self.padding,
+                                           (1, 1), self.check_geometry)
+        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        bound = 1.0 / math.sqrt(fan_in)
+        rng = generator if generator is not None else np.random.default_rng()
+        weight_shape = self.output_size + (self.out_channels, self.in_channels) + self.kernel_size
+        self.weight = Parameter(rng.uniform(-bound, bound, size=weight_shape).astype(dtype))
+        bias_shape = (self.out_channels,) + self.output_size
+        self.bias = Parameter(rng.uniform(-bound, bound, size=bias_shape).astype(dtype)) if bias else None
+
+    def forward(self, x):
+        check_input(x, "LocallyConnected2d", 4, self.in_channels, self.weight.dtype)
+        if tuple(x.shape[2:]) != self.input_size:
+            raise ValueError(
+                f"LocallyConnected2d was built for {self.input_size[0]}x{self.input_size[1]} inputs "
+                f"(input_size={self.input_size}), got {x.shape[2]}x{x.shape[3]} (input shape {tuple(x.shape)})"
+            )
+        y, cache = locally_connected2d_forward(x, self.weight.data, None if self.bias is None else self.bias.data,
+                                               self.stride, self.padding)
+        self._save(cache)
+        return y
+
+    def backward(self, dy, input_grad: bool = True):
+        cache = self._restore()
+        dx, dweight, dbias = locally_connected2d_backward(
+            dy, cache, need_dx=input_grad, need_dweight=self.weight.requires_grad,
+            need_dbias=self.bias is not None and self.bias.requires_grad,
+        )
+        if dweight is not None:
+            self.weight.accumulate_grad(dweight)
+        if dbias is not None:
+            self.bias.accumulate_grad(dbias)
+        return dx
+
+    def output_shape(self, input_shape):
+        hw = _check_sample_shape("LocallyConnected2d", input_shape, self.in_channels)
+        if tuple(hw) != self.input_size:
+            raise ValueError(f"LocallyConnected2d was built for input_size={self.input_size}, got {tuple(hw)}")
+        return (self.out_channels,) + self.output_size
+
+    def extra_repr(self) -> str:
+        text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"input_size={self.input_size}, stride={self.stride}")
+        if self.padding != (0, 0):
+            text += f", padding={self.padding}"
+        if self.bias is None:
+            text += ", bias=False"
+        return text
