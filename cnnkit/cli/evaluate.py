@@ -42,7 +42,7 @@ def run(args) -> int:
     cm = confusion_matrix(labels, pred, k)
     per_class = per_class_accuracy(cm)
 
-    console = Console()
+    console = Console(soft_wrap=True)  # long paths stay on one line
     what = "ensemble of %d models" % len(models) if len(models) > 1 else args.checkpoints[0]
     console.print(f"{what} on {dataset} {args.split} ({len(ds)} images): accuracy [bold]{np.mean(pred == labels):.2%}[/]")
     if len(models) > 1:

@@ -100,7 +100,9 @@ def _build(config, path):
 
     if not isinstance(config, dict) or "name" not in config:
         raise _no_config_error(path)
-    return create(config["name"], **config.get("kwargs", {}))
+    model = create(config["name"], **config.get("kwargs", {}))
+    model.config = dict(config)  # keep what the run recorded beside name/kwargs (dataset, classes, ...)
+    return model
 
 
 def _floating_dtype(state) -> np.dtype | None:

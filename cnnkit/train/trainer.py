@@ -57,11 +57,12 @@ class Trainer:
             ``ReduceLROnPlateau`` gets the validation top-1 accuracy (or the training one).
         callbacks: objects with ``on_epoch_end(trainer, epoch, logs)`` and friends.
         progress: show a progress bar per epoch (a one-line summary per epoch is always printed).
-        out: where messages go (default ``sys.stdout``); ``None`` silences them.
+        out: where messages go (default: ``sys.stdout`` at the time of printing); ``None``
+            silences them.
     """
 
     def __init__(self, model, optimizer, loss=None, scheduler=None, callbacks=(), progress: bool = True,
-                 scheduler_interval: str | None = None, out=sys.stdout):
+                 scheduler_interval: str | None = None, out="stdout"):
         from ..nn.loss import CrossEntropyLoss
         from ..optim.lr_scheduler import OneCycleLR
 
@@ -87,7 +88,10 @@ class Trainer:
     # -- messages -----------------------------------------------------------------------------
     def log(self, message: str) -> None:
         if self.out is not None:
-            print(message, file=self.out, flush=True)
+            print(message, file=self._stream(), flush=True)
+
+    def _stream(self):
+        return sys.stdout if self.out == "stdout" else self.out
 
     @property
     def lr(self) -> float:
@@ -118,7 +122,7 @@ class Trainer:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        console = Console(file=self.out)
+        console = Console(file=self._stream())
         if not console.is_terminal:
             return None  # logs and CI get one line per epoch instead of redraws
         return Progress(
@@ -276,7 +280,7 @@ class Trainer:
 
 
 def fit(model, train_data, val_data=None, epochs: int = 10, optimizer=None, scheduler=None, loss=None,
-        callbacks=(), out_dir=None, progress: bool = True, out=sys.stdout) -> list[dict]:
+        callbacks=(), out_dir=None, progress: bool = True, out="stdout") -> list[dict]:
     """Train ``model``; a functional shorthand for ``Trainer(...).fit(...)``.
 
     With ``out_dir`` the run directory gets ``history.csv``/``history.json`` and ``best.safetensors``/
