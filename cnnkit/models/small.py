@@ -11,7 +11,7 @@ from ..nn.pooling import MaxPool2d
 from .registry import register
 
 
-@register("digitnet")
+@register("digitnet", input_shape=(1, 8, 8))
 def digitnet(num_classes: int = 10, in_channels: int = 1, seed: int | None = 0):
     """conv3-16, conv3-32, maxpool, fc-64, fc-num_classes for 8x8 inputs (~38K parameters).
 
