@@ -67,8 +67,35 @@ def check_agreement(torch, model, twin, x) -> float:
     return float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
 
 
+class _FallbackSGD:
+    """SGD with momentum and weight decay in PyTorch's convention, used only until cnnkit.optim exists."""
+
+    def __init__(self, params, lr, momentum, weight_decay):
+        self.params, self.lr, self.momentum, self.weight_decay = list(params), lr, momentum, weight_decay
+        self.velocity = [None] * len(self.params)
+
+    def step(self):
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            g = p.grad + self.weight_decay * p.data
+            if self.velocity[i] is None:
+                self.velocity[i] = g.copy()
+            else:
+                self.velocity[i] *= self.momentum
+                self.velocity[i] += g
+            p.data -= self.lr * self.velocity[i]
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+
 def make_optimizers(torch, model, twin, lr=0.01):
-    from cnnkit.optim import SGD
+    try:
+        from cnnkit.optim import SGD
+    except ImportError:
+        SGD = _FallbackSGD
 
     return (SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4),
             torch.optim.SGD(twin.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4))

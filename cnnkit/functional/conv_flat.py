@@ -281,7 +281,10 @@ def conv2d_flat_backward(dy, cache: FlatCache, need_dx=True, need_dweight=True, 
             with section("im2col"):
                 cols = gather_columns(cache.phases, g, out=scratch("flat_cols", (k, g.length), dy.dtype, xp))
         with section("gemm"):
-            dweight = xp.matmul(dy_grid, cols.T).reshape(weight.shape)
+            # (cols @ dY^T)^T, not dY @ cols^T: the same product, but OpenBLAS runs this
+            # orientation of the long-inner-dimension GEMM up to 9x faster (measured at
+            # F=16, K=144, L=148k: 36 ms against 334 ms).
+            dweight = xp.matmul(cols, dy_grid.T).T.reshape(weight.shape)
     dx = None
     if need_dx:
         with section("gemm"):
