@@ -12,6 +12,7 @@ COMMANDS = {
     "evaluate": ("cnnkit.cli.evaluate", "accuracy, per-class accuracy and confusion matrix of checkpoint(s)"),
     "predict": ("cnnkit.cli.predict", "top-k classes of image files under checkpoint(s)"),
     "summary": ("cnnkit.cli.summary", "per-layer shapes, parameters, multiply-adds and memory of a model"),
+    "export": ("cnnkit.cli.export", "write a checkpoint or zoo model as an ONNX file (checked against onnxruntime)"),
 }
 
 EPILOG = """examples:

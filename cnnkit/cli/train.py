@@ -46,6 +46,9 @@ def add_arguments(p):
     p.add_argument("--out", help="run directory (default: runs/DATASET-MODEL)")
     p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run from its last.safetensors")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
+    from ..finetune import add_finetune_arguments
+
+    add_finetune_arguments(p)  # --init, --freeze, --freeze-bn, --num-classes
 
 
 def argparse_bool():
@@ -138,7 +141,10 @@ def run(args) -> int:
     val_loader = DataLoader(val_set if val_set is not None else test_set, 500, transform=eval_tf)
     test_loader = DataLoader(test_set, 500, transform=eval_tf)
 
-    model = build_model(cfg["model"], input_shape, len(train_full.classes))
+    from ..finetune import apply_finetune_arguments
+
+    model = build_model(cfg["model"], input_shape, getattr(args, "num_classes", None) or len(train_full.classes))
+    apply_finetune_arguments(model, args)
     model.config = {**getattr(model, "config", {}), "dataset": args.dataset, "input_shape": list(input_shape),
                     "classes": list(train_full.classes)}
     groups = param_groups_no_decay(model, cfg["weight_decay"])

@@ -24,6 +24,19 @@ def _named(args, kind: str) -> list[tuple[str, Module]]:
     return items
 
 
+def _first_trainable(children) -> int:
+    """Index of the first child with a trainable parameter (``len(children)`` if none)."""
+    for i, child in enumerate(children):
+        if any(p.requires_grad for p in child.parameters()):
+            return i
+    return len(children)
+
+
+def _drop_caches(module: Module) -> None:
+    for m in module.modules():
+        m._cache = None
+
+
 class Sequential(Module):
     """Apply children in order; backward applies their backwards in reverse order."""
 
@@ -58,9 +71,14 @@ class Sequential(Module):
 
     def backward(self, dy, input_grad: bool = True):
         children = list(self.children())
-        for i in range(len(children) - 1, -1, -1):
-            dy = children[i].backward(dy, input_grad=input_grad if i == 0 else True)
-        return dy
+        # Without an input gradient, a frozen prefix (fine-tuning only the head) needs no
+        # backward at all: stop at the first child that has something to learn.
+        first = 0 if input_grad else _first_trainable(children)
+        for i in range(len(children) - 1, first - 1, -1):
+            dy = children[i].backward(dy, input_grad=input_grad or i > first)
+        for child in children[:first]:
+            _drop_caches(child)  # their forward caches will never be consumed
+        return dy if input_grad else None
 
     def output_shape(self, input_shape):
         shape = tuple(input_shape)

@@ -191,8 +191,10 @@ class Module:
 
     # -- modes, gradients, dtype --------------------------------------------------------------
     def train(self, mode: bool = True) -> "Module":
+        """Training mode for this module and its children, except those with ``eval_locked``
+        set (e.g. BatchNorm kept on its pretrained statistics while fine-tuning)."""
         for m in self.modules():
-            m.training = bool(mode)
+            m.training = bool(mode) and not getattr(m, "eval_locked", False)
         return self
 
     def eval(self) -> "Module":

@@ -1,0 +1,338 @@
+"""``Graph``: a general DAG of modules (what ONNX import builds), and the merge layers it needs.
+
+A graph has one input tensor, named nodes in topological order and one or more output tensors::
+
+    g = Graph(input="x")
+    g.add_node("conv1", Conv2d(16, 16, 3, padding=1), "x")      # output tensor "conv1"
+    g.add_node("relu1", ReLU(), "conv1")
+    g.add_node("sum", Add(), ["relu1", "x"])                     # a residual connection
+    g.set_outputs("sum")
+
+Forward runs the nodes in order, keeping each tensor until its last consumer has run. Backward
+runs them in reverse; where a tensor fans out to several consumers their gradients are summed
+(the multivariate chain rule). Nodes whose output needs no gradient -- nothing trainable at or
+before them, and no input gradient asked for -- are skipped entirely, so a frozen prefix of a
+network costs no backward work at all.
+
+A node's module takes one input (every ordinary layer) or several (``Add``, ``Mul``, ``Cat``,
+the subclasses of :class:`MultiInputModule`, whose ``forward(*xs)`` returns one array and whose
+``backward(dy, input_grad)`` returns a tuple with one gradient per input).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from ..backend import array_module
+from .module import Module
+
+
+class Node(NamedTuple):
+    name: str                 # attribute name of the module on the graph (its state-dict prefix)
+    inputs: tuple[str, ...]   # tensor names consumed
+    output: str               # tensor name produced
+
+
+class MultiInputModule(Module):
+    """A module with several inputs: ``forward(*xs) -> y``, ``backward(dy) -> (dx0, dx1, ...)``.
+
+    ``output_shape(*shapes)`` takes one sample's shape per input.
+    """
+
+    def __call__(self, *xs):
+        return self.forward(*xs)
+
+
+def _is_trainable(module: Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+class Graph(Module):
+    """Modules wired as a directed acyclic graph over named tensors.
+
+    Args:
+        nodes: optional iterable of ``(name, module, inputs)`` or ``(name, module, inputs, output)``;
+            ``inputs`` is a tensor name or a list of names; ``output`` defaults to ``name``.
+        input: the name of the graph's input tensor.
+        outputs: the name (or names) of the output tensors; default: the last node's output.
+
+    Shape:
+        whatever the nodes make of it: ``output_shape`` propagates one sample's shape through them.
+    """
+
+    def __init__(self, nodes: Sequence = (), input: str = "input", outputs: str | Sequence[str] | None = None):
+        super().__init__()
+        if not isinstance(input, str) or not input:
+            raise ValueError(f"Graph: input must be a non-empty tensor name, got {input!r}")
+        self.input_name = input
+        self.nodes: list[Node] = []
+        self.output_names: list[str] = []
+        self._producers: dict[str, int] = {}
+        for spec in nodes:
+            if not 3 <= len(spec) <= 4:
+                raise ValueError(f"Graph: a node is (name, module, inputs[, output]), got {spec!r}")
+            self.add_node(*spec)
+        if outputs is not None:
+            self.set_outputs(outputs)
+
+    # -- building -----------------------------------------------------------------------------
+    def add_node(self, name: str, module: Module, inputs: str | Sequence[str], output: str | None = None) -> str:
+        """Append a node; returns the name of its output tensor (``output`` or ``name``)."""
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"Graph.add_node: node name must be a Python identifier (no dots), got {name!r}")
+        if not isinstance(module, Module):
+            raise TypeError(f"Graph.add_node: node {name!r} must hold a cnnkit Module, got {type(module).__name__}")
+        if name in vars(self) or hasattr(type(self), name):
+            raise ValueError(f"Graph.add_node: node name {name!r} is already used (by a node or a Graph attribute)")
+        inputs = (inputs,) if isinstance(inputs, str) else tuple(inputs)
+        if not inputs:
+            raise ValueError(f"Graph.add_node: node {name!r} needs at least one input tensor")
+        for tensor in inputs:
+            if tensor != self.input_name and tensor not in self._producers:
+                raise ValueError(
+                    f"Graph.add_node: node {name!r} reads tensor {tensor!r}, which no earlier node produces "
+                    f"(nodes must be added in topological order; known tensors: "
+                    f"{[self.input_name] + list(self._producers)})"
+                )
+        if len(inputs) > 1 and not isinstance(module, MultiInputModule):
+            raise ValueError(
+                f"Graph.add_node: node {name!r} has {len(inputs)} inputs but {type(module).__name__} takes one; "
+                "merge tensors with a MultiInputModule such as Add, Mul or Cat"
+            )
+        output = name if output is None else output
+        if output == self.input_name or output in self._producers:
+            raise ValueError(f"Graph.add_node: tensor {output!r} (output of node {name!r}) is already defined")
+        setattr(self, name, module)
+        self._producers[output] = len(self.nodes)
+        self.nodes.append(Node(name, inputs, output))
+        return output
+
+    def set_outputs(self, outputs: str | Sequence[str]) -> None:
+        outputs = [outputs] if isinstance(outputs, str) else list(outputs)
+        for tensor in outputs:
+            if tensor != self.input_name and tensor not in self._producers:
+                raise ValueError(f"Graph: output tensor {tensor!r} is not produced by any node")
+        if not outputs:
+            raise ValueError("Graph: at least one output tensor is needed")
+        self.output_names = outputs
+
+    def _outputs(self) -> list[str]:
+        if self.output_names:
+            return self.output_names
+        if not self.nodes:
+            return [self.input_name]
+        return [self.nodes[-1].output]
+
+    def _last_uses(self) -> dict[str, int]:
+        """For each tensor, the index of the last node reading it (graph outputs live to the end)."""
+        last = {}
+        for i, node in enumerate(self.nodes):
+            for tensor in node.inputs:
+                last[tensor] = i
+        for tensor in self._outputs():
+            last[tensor] = len(self.nodes)
+        return last
+
+    # -- forward / backward -------------------------------------------------------------------
+    def forward(self, x):
+        values = {self.input_name: x}
+        last_use = self._last_uses()
+        for i, node in enumerate(self.nodes):
+            module = getattr(self, node.name)
+            args = [values[t] for t in node.inputs]
+            values[node.output] = module(*args) if len(args) > 1 else module(args[0])
+            for tensor in node.inputs:  # free what no later node reads
+                if last_use.get(tensor) == i:
+                    values.pop(tensor, None)
+        self._save((x.shape, x.dtype))
+        outputs = self._outputs()
+        return values[outputs[0]] if len(outputs) == 1 else tuple(values[t] for t in outputs)
+
+    def _needs_grad(self, input_grad: bool) -> dict[str, bool]:
+        """Whether each tensor's gradient is needed: something trainable (or the input) lies behind it."""
+        needs = {self.input_name: bool(input_grad)}
+        for node in self.nodes:
+            needs[node.output] = _is_trainable(getattr(self, node.name)) or any(needs[t] for t in node.inputs)
+        return needs
+
+    def backward(self, dy, input_grad: bool = True):
+        input_shape, input_dtype = self._restore()
+        outputs = self._outputs()
+        dys = (dy,) if len(outputs) == 1 else tuple(dy)
+        if len(dys) != len(outputs):
+            raise ValueError(f"Graph.backward: {len(outputs)} outputs but {len(dys)} gradients")
+        grads: dict[str, object] = {}
+        for tensor, g in zip(outputs, dys):
+            if g is not None:
+                _accumulate(grads, tensor, g)
+        needs = self._needs_grad(input_grad)
+        for node in reversed(self.nodes):
+            module = getattr(self, node.name)
+            g = grads.pop(node.output, None)
+            if g is None or not needs[node.output]:
+                continue  # nothing flows here, or nothing behind this node wants a gradient
+            want_inputs = any(needs[t] for t in node.inputs)
+            result = module.backward(g, input_grad=want_inputs)
+            if not want_inputs:
+                continue
+            parts = (result,) if len(node.inputs) == 1 else tuple(result)
+            for tensor, part in zip(node.inputs, parts):
+                if part is not None and needs[tensor]:
+                    _accumulate(grads, tensor, part)
+        if not input_grad:
+            return None
+        dx = grads.get(self.input_name)
+        if dx is None:  # the outputs do not depend on the input
+            dx = array_module(dys[0]).zeros(input_shape, dtype=input_dtype)
+        return dx
+
+    def output_shape(self, input_shape):
+        shapes = {self.input_name: tuple(input_shape)}
+        for node in self.nodes:
+            module = getattr(self, node.name)
+            args = [shapes[t] for t in node.inputs]
+            try:
+                shapes[node.output] = tuple(module.output_shape(*args))
+            except ValueError as exc:
+                raise ValueError(f"Graph node {node.name!r} ({type(module).__name__}): {exc}") from exc
+        outputs = self._outputs()
+        return shapes[outputs[0]] if len(outputs) == 1 else tuple(shapes[t] for t in outputs)
+
+    def extra_repr(self) -> str:
+        return f"input={self.input_name!r}, outputs={self._outputs()}"
+
+    def __repr__(self) -> str:
+        lines = [f"Graph({self.extra_repr()}"]
+        for node in self.nodes:
+            body = repr(getattr(self, node.name)).replace("\n", "\n  ")
+            lines.append(f"  ({node.name}): {body}  <- {', '.join(node.inputs)}")
+        return "\n".join(lines) + "\n)"
+
+
+def _accumulate(grads: dict, tensor: str, g) -> None:
+    """Sum gradients arriving at a tensor from its several consumers (fan-out)."""
+    if tensor in grads:
+        grads[tensor] = grads[tensor] + g
+    else:
+        grads[tensor] = g
+
+
+# ---- merge layers ---------------------------------------------------------------------------------
+def unbroadcast(grad, shape):
+    """Sum ``grad`` over the axes that broadcasting expanded, so it gets ``shape`` back."""
+    shape = tuple(shape)
+    extra = grad.ndim - len(shape)
+    if extra > 0:
+        grad = grad.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, (g, s) in enumerate(zip(grad.shape, shape)) if s == 1 and g != 1)
+    if axes:
+        grad = grad.sum(axis=axes, keepdims=True)
+    return grad.reshape(shape)
+
+
+def _broadcast_shapes(layer: str, shapes) -> tuple:
+    try:
+        return tuple(np.broadcast_shapes(*[tuple(s) for s in shapes]))
+    except ValueError:
+        raise ValueError(f"{layer}: input shapes {[tuple(s) for s in shapes]} do not broadcast together") from None
+
+
+class Add(MultiInputModule):
+    """Element-wise sum of any number of inputs, with NumPy broadcasting (ONNX ``Add``/``Sum``).
+
+    Shape:
+        inputs broadcast together -> output of the broadcast shape
+    """
+
+    def forward(self, *xs):
+        if not xs:
+            raise ValueError("Add needs at least one input")
+        shape = _broadcast_shapes("Add", [x.shape for x in xs])
+        y = xs[0]
+        for x in xs[1:]:
+            y = y + x
+        self._save([x.shape for x in xs])
+        return y if y.shape == shape else array_module(y).broadcast_to(y, shape).copy()
+
+    def backward(self, dy, input_grad: bool = True):
+        shapes = self._restore()
+        if not input_grad:
+            return None
+        return tuple(unbroadcast(dy, s) for s in shapes)
+
+    def output_shape(self, *shapes):
+        return _broadcast_shapes("Add", shapes)
+
+
+class Mul(MultiInputModule):
+    """Element-wise product of two inputs, with broadcasting (ONNX ``Mul``); ``dx_a = dy * x_b``.
+
+    Shape:
+        inputs broadcast together -> output of the broadcast shape
+    """
+
+    def forward(self, a, b):
+        _broadcast_shapes("Mul", [a.shape, b.shape])
+        self._save((a, b))
+        return a * b
+
+    def backward(self, dy, input_grad: bool = True):
+        a, b = self._restore()
+        if not input_grad:
+            return None
+        return unbroadcast(dy * b, a.shape), unbroadcast(dy * a, b.shape)
+
+    def output_shape(self, a, b):
+        return _broadcast_shapes("Mul", [a, b])
+
+
+class Cat(MultiInputModule):
+    """Concatenate inputs along ``dim`` (default 1, channels), as ``torch.cat`` (ONNX ``Concat``).
+
+    ``dim`` counts the batch axis (0), as ``torch.cat``; ``output_shape`` works per sample.
+
+    Shape:
+        inputs agree on every axis but ``dim`` -> output with the sizes along ``dim`` summed
+    """
+
+    def __init__(self, dim: int = 1):
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+            raise ValueError(f"Cat: dim must be an int, got {dim!r}")
+        self.dim = int(dim)
+
+    def _axis(self, ndim: int) -> int:
+        axis = self.dim + ndim if self.dim < 0 else self.dim
+        if not 0 <= axis < ndim:
+            raise ValueError(f"Cat: dim={self.dim} is out of range for {ndim}-D inputs")
+        return axis
+
+    def forward(self, *xs):
+        axis = self._axis(xs[0].ndim)
+        rest = {tuple(s for i, s in enumerate(x.shape) if i != axis) for x in xs}
+        if len(rest) > 1 or len({x.ndim for x in xs}) > 1:
+            raise ValueError(f"Cat(dim={self.dim}): inputs differ outside dim: {[tuple(x.shape) for x in xs]}")
+        self._save((axis, [x.shape[axis] for x in xs]))
+        return array_module(xs[0]).concatenate(xs, axis=axis)
+
+    def backward(self, dy, input_grad: bool = True):
+        axis, widths = self._restore()
+        if not input_grad:
+            return None
+        bounds = np.cumsum(widths)[:-1]
+        return tuple(array_module(dy).split(dy, bounds, axis=axis))
+
+    def output_shape(self, *shapes):
+        axis = self._axis(len(shapes[0]) + 1) - 1
+        if axis < 0:
+            raise ValueError(f"Cat(dim={self.dim}) joins along the batch axis; no per-sample shape")
+        rest = {tuple(s for i, s in enumerate(shape) if i != axis) for shape in shapes}
+        if len(rest) > 1:
+            raise ValueError(f"Cat(dim={self.dim}): inputs differ outside dim: {list(shapes)}")
+        out = list(shapes[0])
+        out[axis] = sum(s[axis] for s in shapes)
+        return tuple(out)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
