@@ -39,11 +39,16 @@ def parse_args(argv=None):
     p.add_argument("--repeat", type=int, help="interleaved rounds per measurement (default 7, --quick 3)")
     p.add_argument("--output", default=os.path.join(ROOT, "BENCHMARKS.md"), help="the Markdown file to update")
     p.add_argument("--no-write", action="store_true", help="print the tables, do not touch BENCHMARKS.md")
+    p.add_argument("--render", metavar="JSON", help="only rewrite BENCHMARKS.md from a saved results file")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            write_section(args.output, render(json.load(f)))
+        return 0
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
     repeat = args.repeat or (3 if args.quick else 7)
     torch = common.setup_threads()
@@ -88,6 +93,36 @@ def main(argv=None) -> int:
         write_section(args.output, text)
         log(f"wrote {args.output} ({results['seconds']:.0f} s)")
     return 0
+
+
+NOTES = """### How cnnkit's convolution gets its speed, and what was measured
+
+* **Algorithms** (`Conv2d(..., algorithm="auto" | "im2col" | "flat")`, `last_algorithm` says which ran;
+  `cnnkit.functional.conv.set_benchmark(True)` times both once per shape, like cuDNN's benchmark mode).
+  `im2col` is the textbook reference: per-image columns `(N, C*kh*kw, P)` and a batched GEMM. `flat`
+  (`cnnkit/functional/conv_flat.py`) lays the padded input out channel-major over the whole batch, split
+  into stride phases, so that each im2col row is *one contiguous slice* (C*kh*kw memcpy's instead of
+  N*C*kh*kw*out_h short row copies) and the layer is one large GEMM; it computes the seam positions of the
+  padded grid too (1.13x the work at 32x32, 1.56x at 8x8) and drops them. `auto` takes `flat` for
+  `groups=1` and >= 8 input channels, `im2col` otherwise (first layers: 1-3 channels).
+* **Kept**: the weight-gradient GEMM as `(cols @ dY^T)^T` — OpenBLAS ran `dY @ cols^T` (long inner
+  dimension, 16x144 result) up to 9x slower (334 ms vs 36 ms, F=16, K=144, L=148k); this one change took
+  the ResNet-20 training step from 12x to 5x PyTorch's time. Reused buffers (`functional/workspace.py`):
+  a fresh 75 MB column array cost 58 ms against 22 ms for the same copy into a reused one (first-touch
+  page faults). Columns larger than 32 MB are not kept from forward to backward but rebuilt from the
+  9x smaller phase buffer (memory). im2col/col2im/layout copies are cut into channel chunks on a thread
+  pool (`functional/parallel.py`; NumPy releases the GIL in copies and adds).
+* **Measured and not kept**: chunking the flat GEMM into 4k-16k-column blocks (cache-resident columns):
+  1.5-3x slower under OpenBLAS; the `(L, F)` output orientation of the forward GEMM: no gain.
+* **Not done (yet)**: Winograd F(2x2,3x3) (2.25x fewer multiplications, but in NumPy its transforms are
+  extra full passes over 4x the input, and the small-channel layers here are bound by data movement, not
+  by the GEMM); FFT for 11x11; BatchNorm folding and fused ReLU for inference; pooling fast paths.
+* **What stands in the way**: PyTorch runs oneDNN direct convolutions (no columns, blocked layouts, JIT
+  AVX-512 kernels); for 16-64 channels a NumPy im2col conv writes and reads 9x the input and runs a GEMM
+  with M = 16-64 rows, which OpenBLAS executes at 20-40% of its square-matrix rate. The machine these
+  figures come from was shared with other jobs (load average 5-7 on 2 cores), which slows every
+  multithreaded call by scheduling waits; absolute times are several times the idle machine's.
+"""
 
 
 def render(results: dict) -> str:
@@ -148,6 +183,7 @@ def render(results: dict) -> str:
                  f"**{fmt_ratio(r['cnnkit_bwd'], r['torch_bwd'])}**"] for r in results["ops"]]
         out.append(markdown_table(["layer", "case", "input", "fwd cnnkit ms", "fwd PyTorch ms", "fwd ratio",
                                    "bwd cnnkit ms", "bwd PyTorch ms", "bwd ratio"], rows))
+    out += ["", NOTES.rstrip("\n")]
     return "\n".join(out) + "\n"
 
 
