@@ -12,13 +12,79 @@ forward's columns, kept in the cache), ``dcols = w^T @ dy`` then ``dx = col2im(d
 
 A 1x1 convolution without padding needs no columns: the input itself, ``x.reshape(N, C, H*W)``
 (subsampled first when strided), is already the column matrix.
+
+Algorithms (``algorithm=``): ``"im2col"`` is the kernel above, the readable reference and the
+default of these functions. ``"flat"`` (:mod:`cnnkit.functional.conv_flat`) lays the padded input
+out channel-major over the whole batch so that every im2col row is one contiguous slice and the
+convolution one large GEMM; it wins wherever there are more than a few input channels.
+``"auto"`` picks per shape with :func:`choose_algorithm` (the layers' default), or, after
+``set_benchmark(True)``, by timing each candidate once per shape and caching the winner, like
+cuDNN's benchmark mode.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import time
+
 from ..backend import array_module
+from ..profile import section
+from .conv_flat import FlatCache, conv2d_flat_backward, conv2d_flat_forward
 from .im2col import col2im, conv_geometry, im2col
+
+ALGORITHMS = ("auto", "im2col", "flat")
+
+# Columns bigger than this are not kept from forward to backward by "auto": backward rebuilds
+# them from the (kh*kw times smaller) phase buffer. Keeps a training step's memory near the
+# activations' size at the price of one more im2col copy in the largest layers.
+KEEP_COLUMNS_MAX_BYTES = 32 << 20
+
+_benchmark = False
+_benchmark_choices: dict = {}
+
+
+def set_benchmark(enabled: bool = True) -> None:
+    """Choose ``"auto"`` algorithms by timing the candidates once per shape (cached per process)."""
+    global _benchmark
+    _benchmark = bool(enabled)
+    _benchmark_choices.clear()
+
+
+def choose_algorithm(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1) -> str:
+    """The algorithm ``"auto"`` runs for this shape.
+
+    Rule, from the per-layer benchmark (``benchmarks/layers.py``): the flat kernel needs
+    ``groups=1`` and pays when there are at least 8 input channels (its copy is C*kh*kw long
+    rows instead of N*C*kh*kw*out_h short ones); with 1-3 channels (a network's first layer) the
+    per-image im2col is as fast and computes no seam positions.
+    """
+    if groups != 1 or x_shape[1] < 8:
+        return "im2col"
+    if _benchmark:
+        key = (tuple(x_shape), tuple(weight_shape), stride, padding, dilation)
+        if key not in _benchmark_choices:
+            _benchmark_choices[key] = _time_candidates(x_shape, weight_shape, stride, padding, dilation)
+        return _benchmark_choices[key]
+    return "flat"
+
+
+def _time_candidates(x_shape, weight_shape, stride, padding, dilation) -> str:
+    """Time forward + backward of each algorithm once (after a warm-up) on random data."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    weight = rng.standard_normal(weight_shape, dtype=np.float32)
+    best, best_time = "im2col", float("inf")
+    for name in ("im2col", "flat"):
+        for attempt in range(2):
+            start = time.perf_counter()
+            y, cache = conv2d_forward(x, weight, None, stride, padding, dilation, 1, algorithm=name)
+            conv2d_backward(y, cache)
+            elapsed = time.perf_counter() - start
+        if elapsed < best_time:
+            best, best_time = name, elapsed
+    return best
 
 
 class Conv2dCache(NamedTuple):
@@ -34,8 +100,13 @@ class Conv2dCache(NamedTuple):
     pointwise: bool  # 1x1 kernel, no padding: cols are the input, no im2col
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm="im2col",
+                   keep_columns=None, workspace=None):
     """Return ``(y, cache)`` for a grouped, strided, padded, dilated 2-D convolution.
+
+    ``algorithm``: ``"im2col"`` (default), ``"flat"`` or ``"auto"`` (see the module docstring);
+    the cache records which one ran (``conv2d_algorithm(cache)``). ``keep_columns`` and
+    ``workspace`` tune the flat kernel (``None``: keep columns up to ``KEEP_COLUMNS_MAX_BYTES``).
 
     ``stride``, ``padding`` and ``dilation`` are ints or ``(h, w)`` pairs; padding is zeros on both
     sides. No geometry check happens here (the layer runs it); windows that do not fit are dropped
@@ -45,6 +116,17 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
         x: (N, C, H, W), weight: (F, C/groups, kh, kw), bias: (F,) -> y: (N, F, out_h, out_w)
         out_h = floor((H + 2*ph - dh*(kh - 1) - 1) / sh) + 1, likewise out_w
     """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"conv2d: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    if algorithm == "auto":
+        algorithm = choose_algorithm(x.shape, weight.shape, stride, padding, dilation, groups)
+    if algorithm == "flat":
+        if groups != 1:
+            raise ValueError(f"conv2d: algorithm='flat' needs groups=1, got groups={groups}")
+        if keep_columns is None:
+            k = weight.shape[1] * weight.shape[2] * weight.shape[3]
+            keep_columns = k * x.shape[0] * x.shape[2] * x.shape[3] * x.dtype.itemsize <= KEEP_COLUMNS_MAX_BYTES
+        return conv2d_flat_forward(x, weight, bias, stride, padding, dilation, keep_columns, workspace)
     xp = array_module(x)
     n, c, h, w = x.shape
     f, cg, kh, kw = weight.shape
@@ -54,11 +136,13 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
         source = x if stride == (1, 1) else x[:, :, ::stride[0], ::stride[1]]
         cols = xp.ascontiguousarray(source).reshape(n, c, out_h * out_w)  # a view when stride 1
     else:
-        cols = im2col(x, kernel, stride, padding, dilation)
+        with section("im2col"):
+            cols = im2col(x, kernel, stride, padding, dilation)
     # Grouped GEMM: (G, Fg, Kg) @ (N, G, Kg, P) -> (N, G, Fg, P), broadcast over the batch. For
     # groups=1 this is (F, K) @ (N, K, P); the result is already NCHW (see im2col's layout note).
-    y = xp.matmul(weight.reshape(groups, f // groups, cg * kh * kw),
-                  cols.reshape(n, groups, cg * kh * kw, out_h * out_w))
+    with section("gemm"):
+        y = xp.matmul(weight.reshape(groups, f // groups, cg * kh * kw),
+                      cols.reshape(n, groups, cg * kh * kw, out_h * out_w))
     y = y.reshape(n, f, out_h, out_w)
     if bias is not None:
         y += bias.reshape(1, f, 1, 1)
@@ -72,6 +156,8 @@ def conv2d_backward(dy, cache: Conv2dCache, need_dx=True, need_dweight=True, nee
         dy: (N, F, out_h, out_w) -> dx: (N, C, H, W), dweight: (F, C/groups, kh, kw), dbias: (F,)
         dweight[g] = sum_n dy[n, g] @ cols[n, g]^T;  dcols = weight[g]^T @ dy[n, g];  dx = col2im(dcols)
     """
+    if isinstance(cache, FlatCache):
+        return conv2d_flat_backward(dy, cache, need_dx, need_dweight, need_dbias)
     xp = array_module(dy)
     cols, weight, input_shape = cache.cols, cache.weight, cache.input_shape
     groups = cache.groups
@@ -84,26 +170,36 @@ def conv2d_backward(dy, cache: Conv2dCache, need_dx=True, need_dweight=True, nee
 
     dweight = None
     if need_dweight:
-        cols_groups = cols.reshape(n, groups, kg, p)
-        if fg <= p:
-            # One (Fg, P) @ (P, Kg) product per image, then a sum over the batch: the
-            # intermediate (N, G, Fg, Kg) is no larger than the columns themselves.
-            dweight = xp.matmul(dy_groups, cols_groups.transpose(0, 1, 3, 2)).sum(axis=0)
-        else:
-            # Many filters, few positions (deep layers): one GEMM over all N*P positions is both
-            # faster and smaller than N products, at the price of one copy of the columns.
-            dy_flat = dy_groups.transpose(1, 2, 0, 3).reshape(groups, fg, n * p)
-            cols_flat = cols_groups.transpose(1, 2, 0, 3).reshape(groups, kg, n * p)
-            dweight = xp.matmul(dy_flat, cols_flat.transpose(0, 2, 1))
+        with section("gemm"):
+            cols_groups = cols.reshape(n, groups, kg, p)
+            if fg <= p:
+                # One (Fg, P) @ (P, Kg) product per image, then a sum over the batch: the
+                # intermediate (N, G, Fg, Kg) is no larger than the columns themselves.
+                dweight = xp.matmul(dy_groups, cols_groups.transpose(0, 1, 3, 2)).sum(axis=0)
+            else:
+                # Many filters, few positions (deep layers): one GEMM over all N*P positions is both
+                # faster and smaller than N products, at the price of one copy of the columns.
+                dy_flat = dy_groups.transpose(1, 2, 0, 3).reshape(groups, fg, n * p)
+                cols_flat = cols_groups.transpose(1, 2, 0, 3).reshape(groups, kg, n * p)
+                # cols @ dy^T, transposed: OpenBLAS runs this orientation of the long-inner-
+                # dimension GEMM much faster than dy @ cols^T (see conv_flat).
+                dweight = xp.matmul(cols_flat, dy_flat.transpose(0, 2, 1)).transpose(0, 2, 1)
         dweight = dweight.reshape(weight.shape)
 
     dx = None
     if need_dx:
         weight_t = weight.reshape(groups, fg, kg).transpose(0, 2, 1)  # (G, Kg, Fg), a view
-        dcols = xp.matmul(weight_t, dy_groups)  # (N, G, Kg, P)
+        with section("gemm"):
+            dcols = xp.matmul(weight_t, dy_groups)  # (N, G, Kg, P)
         if cache.pointwise and cache.stride == (1, 1):
             dx = dcols.reshape(input_shape)
         else:
-            dx = col2im(dcols.reshape(n, groups * kg, p), input_shape, (kh, kw),
-                        cache.stride, cache.padding, cache.dilation)
+            with section("col2im"):
+                dx = col2im(dcols.reshape(n, groups * kg, p), input_shape, (kh, kw),
+                            cache.stride, cache.padding, cache.dilation)
     return dx, dweight, dbias
+
+
+def conv2d_algorithm(cache) -> str:
+    """Which algorithm produced ``cache`` (``"im2col"`` or ``"flat"``)."""
+    return "flat" if isinstance(cache, FlatCache) else "im2col"

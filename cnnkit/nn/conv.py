@@ -14,7 +14,8 @@ from numbers import Integral
 import numpy as np
 
 from ..backend import DEFAULT_DTYPE
-from ..functional.conv import conv2d_backward, conv2d_forward
+from ..functional.conv import ALGORITHMS, conv2d_algorithm, conv2d_backward, conv2d_forward
+from ..functional.workspace import Workspace
 from ..functional.locally_connected import locally_connected2d_backward, locally_connected2d_forward
 from ..functional.shapes import check_positive, conv_output_size, pair
 from .init import default_weight_and_bias
@@ -62,8 +63,17 @@ class Conv2d(Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, *, check_geometry: bool = True, dtype=DEFAULT_DTYPE,
-                 generator: np.random.Generator | None = None):
+                 generator: np.random.Generator | None = None, algorithm: str = "auto"):
         super().__init__()
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"Conv2d: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+        if algorithm == "flat" and groups != 1:
+            raise ValueError(f"Conv2d: algorithm='flat' needs groups=1, got groups={groups!r}")
+        # "auto" picks per input shape (cnnkit.functional.conv.choose_algorithm); "im2col" is
+        # the reference kernel, always available. `last_algorithm` tells which one ran.
+        self.algorithm = algorithm
+        self.last_algorithm = None
+        self._workspace = Workspace()  # buffers reused from step to step (not in the state dict)
         self.in_channels = _positive_int(in_channels, "in_channels", "Conv2d")
         self.out_channels = _positive_int(out_channels, "out_channels", "Conv2d")
         self.groups = _positive_int(groups, "groups", "Conv2d")
@@ -112,7 +122,9 @@ class Conv2d(Module):
         check_input(x, "Conv2d", 4, self.in_channels, self.weight.dtype)
         self._output_hw(x.shape[2:])  # the clear geometry errors, before any array work
         y, cache = conv2d_forward(x, self.weight.data, None if self.bias is None else self.bias.data,
-                                  self.stride, self.padding, self.dilation, self.groups)
+                                  self.stride, self.padding, self.dilation, self.groups,
+                                  algorithm=self.algorithm, workspace=self._workspace)
+        self.last_algorithm = conv2d_algorithm(cache)
         self._save(cache)
         return y
 
@@ -142,6 +154,8 @@ class Conv2d(Module):
             text += f", groups={self.groups}"
         if self.bias is None:
             text += ", bias=False"
+        if self.algorithm != "auto":
+            text += f", algorithm={self.algorithm!r}"
         return text
 
 

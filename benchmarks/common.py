@@ -1,0 +1,153 @@
+"""Timing helpers shared by the speed benchmarks: thread setup, the machine's sgemm rate, and
+interleaved median timing of cnnkit against PyTorch in the same process.
+
+The machine is shared and small (2 cores), so a single timing means little. Every comparison here
+runs the candidates *interleaved* (cnnkit, torch, cnnkit, torch, ...) so that a burst of load from
+elsewhere hits both, takes the median of several repetitions, and reports the ratio
+``cnnkit time / PyTorch time``.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+
+THREADS = int(os.environ.get("CNNKIT_BENCH_THREADS", "2"))
+# BLAS reads these at load time: set them before NumPy is imported anywhere.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, str(THREADS))
+# PyTorch's OpenMP threads spin while they wait for work. On a machine shared with other jobs a
+# spinning thread steals the core its partner needs: LeNet-5's PyTorch training step measured
+# 177 ms with the default policy and 38 ms with PASSIVE under load (23 ms on one thread). PASSIVE
+# is PyTorch's best case here, so it is the default (set OMP_WAIT_POLICY to override).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+
+
+def setup_threads(threads: int = THREADS):
+    """Give NumPy's BLAS and PyTorch the same number of threads; return the torch module."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except ImportError:  # the environment variables above already did it
+        pass
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(1) if _interop_unset(torch) else None
+    return torch
+
+
+def _interop_unset(torch) -> bool:
+    # set_num_interop_threads may be called once, before any parallel work.
+    try:
+        return torch.get_num_interop_threads() != 1
+    except RuntimeError:
+        return False
+
+
+def blas_threads() -> int:
+    try:
+        from threadpoolctl import threadpool_info
+
+        return max((i.get("num_threads", 0) for i in threadpool_info() if i.get("user_api") == "blas"), default=THREADS)
+    except ImportError:
+        return THREADS
+
+
+def time_call(run, setup=None) -> float:
+    """Seconds taken by ``run(state)`` where ``state = setup()`` (setup is not timed)."""
+    state = setup() if setup is not None else None
+    start = time.perf_counter()
+    run(state)
+    return time.perf_counter() - start
+
+
+def interleaved(candidates: dict, repeat: int = 7, warmup: int = 1, min_seconds: float = 0.0) -> dict:
+    """Median seconds per candidate, timed in interleaved rounds.
+
+    ``candidates`` maps a name to ``run`` or to ``(setup, run)``: ``setup()`` (untimed) returns the
+    state that ``run(state)`` consumes, e.g. a forward pass before a timed backward. Each round
+    times every candidate once, in turn; at least ``repeat`` rounds run, more while the total time
+    stays below ``min_seconds`` (so very fast operations get more samples).
+    """
+    pairs = {k: (v if isinstance(v, tuple) else (None, v)) for k, v in candidates.items()}
+    samples = {k: [] for k in pairs}
+    for _ in range(warmup):
+        for setup, run in pairs.values():
+            time_call(run, setup)
+    started = time.perf_counter()
+    rounds = 0
+    while rounds < repeat or (time.perf_counter() - started < min_seconds and rounds < 50 * repeat):
+        for name, (setup, run) in pairs.items():
+            samples[name].append(time_call(run, setup))
+        rounds += 1
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def measure_sgemm(n: int = 2048, repeat: int = 7) -> float:
+    """The machine's float32 GEMM rate through NumPy (OpenBLAS), in GFLOP/s (median of runs)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    out = np.empty((n, n), dtype=np.float32)
+    np.matmul(a, b, out=out)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        np.matmul(a, b, out=out)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def machine_info(torch) -> dict:
+    """Machine, versions and BLAS: the header of BENCHMARKS.md."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    blas = "unknown"
+    try:
+        from threadpoolctl import threadpool_info
+
+        for info in threadpool_info():
+            if info.get("user_api") == "blas":
+                blas = f"{info.get('internal_api')} {info.get('version')} ({info.get('architecture')})"
+                break
+    except ImportError:
+        pass
+    import cnnkit
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": THREADS,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "blas": blas,
+        "torch": torch.__version__,
+        "cnnkit": cnnkit.__version__,
+    }
+
+
+def fmt_ms(seconds: float) -> str:
+    ms = seconds * 1e3
+    return f"{ms:.3f}" if ms < 1 else (f"{ms:.2f}" if ms < 100 else f"{ms:.0f}")
+
+
+def fmt_ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b > 0 else "n/a"
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,74 @@
+"""Run independent pieces of array work on several threads, so both cores copy and add.
+
+BLAS already spreads a GEMM over the cores, but NumPy's copies and ufuncs run on one thread. They
+do release the GIL while they work, so a thread pool lets the data-movement phases of a kernel
+(im2col copies, col2im adds, layout transposes) run on every core: the work is cut into disjoint
+chunks (channels, kernel taps) that never write the same memory.
+
+``CNNKIT_NUM_THREADS`` sets the number of threads (default: the CPU count); 1 runs everything
+inline. Small jobs always run inline (a thread hand-off costs tens of microseconds).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+MIN_PARALLEL_BYTES = 1 << 20  # below this much data per call, threads cost more than they save
+
+_pool = None
+_pool_lock = threading.Lock()
+_in_worker = threading.local()
+
+
+def num_threads() -> int:
+    """Threads used for data movement (``CNNKIT_NUM_THREADS``, else the CPU count)."""
+    value = os.environ.get("CNNKIT_NUM_THREADS")
+    if value:
+        try:
+            return max(1, int(value))
+        except ValueError:
+            raise ValueError(f"CNNKIT_NUM_THREADS must be a positive integer, got {value!r}") from None
+    return max(1, os.cpu_count() or 1)
+
+
+def _executor(threads: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers != threads:
+            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cnnkit")
+        return _pool
+
+
+def split(length: int, parts: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges cutting ``range(length)`` into at most ``parts`` even pieces."""
+    parts = max(1, min(parts, length))
+    bounds = [length * k // parts for k in range(parts + 1)]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def parallel_chunks(work, length: int, nbytes: int = MIN_PARALLEL_BYTES, xp=None) -> None:
+    """Call ``work(start, stop)`` over chunks of ``range(length)``, one chunk per thread.
+
+    ``nbytes`` (the data the whole job touches) decides whether threads pay; CuPy arrays
+    (``xp`` not NumPy) always run inline, their work is already asynchronous on the device.
+    """
+    threads = num_threads()
+    inline = (threads == 1 or length < 2 or nbytes < MIN_PARALLEL_BYTES or getattr(_in_worker, "active", False)
+              or (xp is not None and xp.__name__ != "numpy"))
+    if inline:
+        work(0, length)
+        return
+
+    def run(bounds):
+        _in_worker.active = True
+        try:
+            work(*bounds)
+        finally:
+            _in_worker.active = False
+
+    chunks = split(length, threads)
+    futures = [_executor(threads).submit(run, c) for c in chunks[1:]]
+    run(chunks[0])  # the calling thread takes the first chunk
+    for f in futures:
+        f.result()
