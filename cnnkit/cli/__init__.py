@@ -12,8 +12,9 @@ COMMANDS = {
     "evaluate": ("cnnkit.cli.evaluate", "accuracy, per-class accuracy and confusion matrix of checkpoint(s)"),
     "predict": ("cnnkit.cli.predict", "top-k classes of image files under checkpoint(s)"),
     "summary": ("cnnkit.cli.summary", "per-layer shapes, parameters, multiply-adds and memory of a model"),
-    "profile": ("cnnkit.cli.profile", "per-layer time, GFLOP/s, % of sgemm peak, conv algorithm and data-movement/GEMM split"),
+    "profile": ("cnnkit.cli.profile", "per-layer time, GFLOP/s, %% of sgemm peak, conv algorithm and data-movement/GEMM split"),
     "export": ("cnnkit.cli.export", "write a checkpoint or zoo model as an ONNX file (checked against onnxruntime)"),
+    "viz": ("cnnkit.cli.viz", "pictures: filters, activation maps, patches, saliency, conv demo, curves, report"),
 }
 
 EPILOG = """examples:
@@ -23,6 +24,7 @@ EPILOG = """examples:
   cnnkit predict runs/digits-digitnet/best.safetensors my_digit.png
   cnnkit summary vgg16 --input 3x224x224
   cnnkit profile resnet20 --batch-size 128
+  cnnkit viz activations runs/digits-digitnet/best.safetensors test:0
 """
 
 

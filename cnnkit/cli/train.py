@@ -49,6 +49,10 @@ def add_arguments(p):
     from ..finetune import add_finetune_arguments
 
     add_finetune_arguments(p)  # --init, --freeze, --freeze-bn, --num-classes
+    p.add_argument("--diagnostics", type=int, metavar="STEPS", help="record per-layer statistics (activations, "
+                   "dead ReLUs, gradient norms, update/weight ratios) every STEPS steps, into the history and "
+                   "diagnostics.png")
+    p.add_argument("--no-report", action="store_true", help="do not write report.html in the run directory")
 
 
 def argparse_bool():
@@ -156,6 +160,10 @@ def run(args) -> int:
     out_dir = Path(args.out or f"runs/{args.dataset}-{model_label}")
     checkpoint = Checkpoint(out_dir)
     callbacks = [HistoryWriter(out_dir), checkpoint]
+    if args.diagnostics:
+        from ..train.diagnostics import Diagnostics
+
+        callbacks.insert(0, Diagnostics(every=args.diagnostics, out_dir=out_dir))
     if args.early_stop:
         callbacks.append(EarlyStopping(patience=args.early_stop))
     trainer = Trainer(model, optimizer, scheduler=scheduler, callbacks=callbacks, progress=not args.no_progress)
@@ -184,4 +192,8 @@ def run(args) -> int:
     print(f"test accuracy {result['top1']:.2%}{top5} (loss {result['loss']:.4f}) after {trainer.epoch} epochs "
           f"in {elapsed:.1f}s")
     print(f"best checkpoint: {checkpoint.best_path}")
+    if not args.no_report:
+        from ..viz.report import write_report
+
+        print(f"report: {write_report(out_dir, data_dir=args.data_dir)}")
     return 0
