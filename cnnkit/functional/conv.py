@@ -34,10 +34,11 @@ from .im2col import col2im, conv_geometry, im2col
 
 ALGORITHMS = ("auto", "im2col", "flat")
 
-# Columns bigger than this are not kept from forward to backward by "auto": backward rebuilds
-# them from the (kh*kw times smaller) phase buffer. Keeps a training step's memory near the
-# activations' size at the price of one more im2col copy in the largest layers.
-KEEP_COLUMNS_MAX_BYTES = 32 << 20
+# Columns up to this size are kept from forward to backward by the flat kernel; bigger ones are
+# rebuilt in backward from the input (which the previous layer keeps anyway). Keeping the
+# columns of every layer made a ResNet-20 step hold twice PyTorch's memory; rebuilding them costs
+# one copy per layer, small beside the GEMMs. 0: never keep (the default).
+KEEP_COLUMNS_MAX_BYTES = 0
 
 _benchmark = False
 _benchmark_choices: dict = {}
@@ -65,6 +66,22 @@ def choose_algorithm(x_shape, weight_shape, stride=1, padding=0, dilation=1, gro
         if key not in _benchmark_choices:
             _benchmark_choices[key] = _time_candidates(x_shape, weight_shape, stride, padding, dilation)
         return _benchmark_choices[key]
+    return "flat"
+
+
+def planned_algorithm(algorithm, x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1) -> str:
+    """The algorithm a layer with ``algorithm=`` runs on ``x_shape``, without timing anything.
+
+    For static accounting (``cnnkit.summary``'s memory rules): in benchmark mode a shape not yet
+    timed is assumed to get the default choice.
+    """
+    if algorithm != "auto":
+        return algorithm
+    if groups != 1 or x_shape[1] < 8:
+        return "im2col"
+    if _benchmark:
+        key = (tuple(x_shape), tuple(weight_shape), stride, padding, dilation)
+        return _benchmark_choices.get(key, "flat")
     return "flat"
 
 
@@ -106,7 +123,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
 
     ``algorithm``: ``"im2col"`` (default), ``"flat"`` or ``"auto"`` (see the module docstring);
     the cache records which one ran (``conv2d_algorithm(cache)``). ``keep_columns`` and
-    ``workspace`` tune the flat kernel (``None``: keep columns up to ``KEEP_COLUMNS_MAX_BYTES``).
+    ``workspace`` tune the flat kernel (``None``: keep columns up to ``KEEP_COLUMNS_MAX_BYTES``, i.e. rebuild them in backward).
 
     ``stride``, ``padding`` and ``dilation`` are ints or ``(h, w)`` pairs; padding is zeros on both
     sides. No geometry check happens here (the layer runs it); windows that do not fit are dropped

@@ -107,23 +107,32 @@ def _channel_major(buffer, g: FlatGeometry, channels: int):
 def to_phases(x, g: FlatGeometry, out=None):
     """The phase buffer ``(phases, C, L + tail)``: padded, phase-split, channel-major ``x``.
 
-    ``out``, if given, must be zero outside the input's positions (a buffer made with zeros and
-    only ever filled by ``to_phases`` with this geometry): only those positions are written.
+    ``out`` (any contents, e.g. a shared scratch buffer) receives the result: the input's
+    positions are copied and only the padding around them (a thin frame) is zeroed, chunk by
+    chunk, never the whole buffer.
 
     Shape:
         x: (N, C, H, W) -> (len(g.phases), C, N*Hq*Wq + tail)
     """
     xp = array_module(x)
     n, c = x.shape[:2]
-    buffer = out if out is not None else xp.zeros((len(g.phases), c, g.length + g.tail), dtype=x.dtype)
+    buffer = out if out is not None else xp.empty((len(g.phases), c, g.length + g.tail), dtype=x.dtype)
     x_cn = x.transpose(1, 0, 2, 3)
     windows = [(p, _phase_window(g, phase)) for p, phase in enumerate(g.phases)]
 
     def fill(c0, c1):
         for p, window in windows:
-            if window is not None:
-                grid_rows, grid_cols, rows, cols = window
-                _channel_major(buffer[p, c0:c1], g, c1 - c0)[:, :, grid_rows, grid_cols] = x_cn[c0:c1, :, rows, cols]
+            buffer[p, c0:c1, g.length:] = 0  # the tail
+            images = _channel_major(buffer[p, c0:c1], g, c1 - c0)
+            if window is None:
+                images[...] = 0
+                continue
+            grid_rows, grid_cols, rows, cols = window
+            images[:, :, :grid_rows.start] = 0  # the padding frame: rows above, below, then the sides
+            images[:, :, grid_rows.stop:] = 0
+            images[:, :, grid_rows, :grid_cols.start] = 0
+            images[:, :, grid_rows, grid_cols.stop:] = 0
+            images[:, :, grid_rows, grid_cols] = x_cn[c0:c1, :, rows, cols]
 
     parallel_chunks(fill, c, buffer.nbytes, xp)
     return buffer
@@ -211,20 +220,29 @@ def scatter_columns(dcols, g: FlatGeometry, channels: int, out=None):
 
 
 class FlatCache(NamedTuple):
-    phases: object  # the phase buffer of the input (phases, C, L + tail)
-    cols: object  # (C*kh*kw, L) or None when not kept (recomputed from `phases` in backward)
+    x: object  # the input itself: the phase buffer is rebuilt from it in backward
+    cols: object  # (C*kh*kw, L), or None when not kept (rebuilt from `x` in backward)
     weight: object
     geometry: FlatGeometry
 
 
-def conv2d_flat_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, keep_columns=True, workspace=None):
+def _phase_buffer(x, g: FlatGeometry):
+    """``to_phases(x)`` into the shared scratch buffer."""
+    xp = array_module(x)
+    shape = (len(g.phases), x.shape[1], g.length + g.tail)
+    return to_phases(x, g, out=scratch("flat_phases", shape, x.dtype, xp))
+
+
+def conv2d_flat_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, keep_columns=False, workspace=None):
     """Convolution (``groups=1``) by one GEMM over the flattened phase buffer; ``(y, cache)``.
 
-    ``keep_columns=False`` keeps only the phase buffer (about ``kh*kw`` times smaller) and
-    rebuilds the columns in backward: less memory for one more im2col copy. ``workspace`` (a
-    :class:`~cnnkit.functional.workspace.Workspace` owned by the calling layer) holds the
-    buffers that live until backward, reused from step to step; transient buffers come from the
-    shared scratch pool.
+    The cache holds the input ``x`` itself, not a padded copy: the layer before (a ReLU, a
+    residual sum) keeps that array anyway, so the convolution adds nothing to a training step's
+    memory. Backward rebuilds the phase buffer and the columns from it (two copies, cheap
+    beside the GEMMs). ``keep_columns=True`` keeps the columns instead (``kh*kw`` times the
+    input's size) and skips the rebuild; ``workspace`` (a
+    :class:`~cnnkit.functional.workspace.Workspace` owned by the calling layer) then holds them
+    from step to step. Transient buffers come from the shared scratch pool.
 
     Shape:
         x: (N, C, H, W), weight: (F, C, kh, kw), bias: (F,) -> y: (N, F, out_h, out_w)
@@ -236,14 +254,16 @@ def conv2d_flat_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, k
     (oh, ow), (hq, wq), n = g.output, g.grid, x.shape[0]
     k = c * g.kernel[0] * g.kernel[1]
     with section("im2col"):
-        phase_shape = (len(g.phases), c, g.length + g.tail)
-        phases = to_phases(x, g, None if workspace is None else
-                           workspace.get("phases", phase_shape, x.dtype, xp, zero=True, tag=g))
+        phases = _phase_buffer(x, g)
         if keep_columns:
-            cols_out = None if workspace is None else workspace.get("cols", (k, g.length), x.dtype, xp)
+            cols_out = xp.empty((k, g.length), x.dtype) if workspace is None else \
+                workspace.get("cols", (k, g.length), x.dtype, xp)
         else:
             cols_out = scratch("flat_cols", (k, g.length), x.dtype, xp)
         cols = gather_columns(phases, g, out=cols_out)
+        if keep_columns and cols is not cols_out:  # 1x1: the columns are a view of the scratch phases
+            cols_out[...] = cols
+            cols = cols_out
     with section("gemm"):
         y_grid = xp.matmul(weight.reshape(f, k), cols, out=scratch("flat_y", (f, g.length), x.dtype, xp))
     with section("transpose"):
@@ -253,7 +273,7 @@ def conv2d_flat_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, k
             xp.add(y_valid, bias.reshape(1, f, 1, 1), out=y)  # the layout copy and the bias in one pass
         else:
             y[...] = y_valid
-    return y, FlatCache(phases, cols if keep_columns else None, weight, g)
+    return y, FlatCache(x, cols if keep_columns else None, weight, g)
 
 
 def conv2d_flat_backward(dy, cache: FlatCache, need_dx=True, need_dweight=True, need_dbias=True):
@@ -269,17 +289,21 @@ def conv2d_flat_backward(dy, cache: FlatCache, need_dx=True, need_dweight=True, 
     k = c * g.kernel[0] * g.kernel[1]
     n, (oh, ow), (hq, wq) = dy.shape[0], g.output, g.grid
     with section("transpose"):
-        # Zeros on the dropped seam positions mask the garbage columns there; only the valid
-        # corner is ever written, so the shared buffer stays zero elsewhere.
-        dy_grid = scratch("flat_dy", (f, g.length), dy.dtype, xp, zero=True, extra=(g.output, g.grid))
-        dy_grid.reshape(f, n, hq, wq)[:, :, :oh, :ow] = dy.transpose(1, 0, 2, 3)
+        # Zeros on the dropped seam positions mask the garbage columns there (the buffer is
+        # shared scratch: the seams are zeroed here, a thin frame beside the valid corner).
+        dy_grid = scratch("flat_dy", (f, g.length), dy.dtype, xp)
+        grid = dy_grid.reshape(f, n, hq, wq)
+        grid[:, :, oh:] = 0
+        grid[:, :, :oh, ow:] = 0
+        grid[:, :, :oh, :ow] = dy.transpose(1, 0, 2, 3)
     dbias = dy_grid.sum(axis=1) if need_dbias else None
     cols = cache.cols
     dweight = None
     if need_dweight:
         if cols is None:
             with section("im2col"):
-                cols = gather_columns(cache.phases, g, out=scratch("flat_cols", (k, g.length), dy.dtype, xp))
+                cols = gather_columns(_phase_buffer(cache.x, g), g,
+                                      out=scratch("flat_cols", (k, g.length), dy.dtype, xp))
         with section("gemm"):
             # (cols @ dY^T)^T, not dY @ cols^T: the same product, but OpenBLAS runs this
             # orientation of the long-inner-dimension GEMM up to 9x faster (measured at
