@@ -215,9 +215,11 @@ def _linear_memory(m, in_shape, out_shape, batch, itemsize) -> LayerMemory:
 
 
 def _batchnorm_memory(m, in_shape, out_shape, batch, itemsize) -> LayerMemory:
-    # functional.norm: the cache holds xhat (a new array the size of x) and (C,) statistics;
-    # neither x nor y is kept. Forward makes xhat then y; backward one temporary besides dx.
+    # functional.norm: in training the cache holds xc = x - mean (a new array the size of x) and
+    # (C,) statistics, neither x nor y; in eval (running statistics) it references x itself.
     size = batch * _numel(in_shape) * itemsize
+    if not m.training and getattr(m, "track_running_stats", True):
+        return LayerMemory(keeps_input=True)
     return LayerMemory(saved=size, backward_temp=0)
 
 
