@@ -194,10 +194,13 @@ def _conv_memory(m, in_shape, out_shape, batch, itemsize) -> LayerMemory:
 
 def _flat_conv_memory(m, in_shape, batch, itemsize) -> LayerMemory:
     # functional.conv_flat: the cache holds the input itself (plus the columns when they are
-    # small enough to keep). The phase buffer, the columns (C*kh*kw, L), the output grid
-    # (F, L), dy on the grid and the col2im sums are shared scratch buffers; backward rebuilds
-    # phases and columns into the same ones (the column buffer then receives dcols). Backward
-    # also makes dweight and its copy into .grad.
+    # small enough to keep). Shared scratch buffers: the phase buffer, the output grid (F, L),
+    # dy on the grid (with margins of `tail` zeros at stride 1), the col2im sums, and per
+    # thread one chunk of columns and of output (the columns are never built whole); a strided
+    # conv's backward also builds dcols (C*kh*kw, L).
+    from .functional.conv_flat import CHUNK_BYTES
+    from .functional.parallel import num_threads
+
     g = flat_geometry((batch,) + tuple(in_shape), m.kernel_size, m.stride, m.padding, m.dilation)
     f, c = m.weight.shape[:2]
     k = c * g.kernel[0] * g.kernel[1]
@@ -205,7 +208,12 @@ def _flat_conv_memory(m, in_shape, batch, itemsize) -> LayerMemory:
     cols = k * g.length * itemsize
     grid = f * g.length * itemsize
     kept = cols if cols <= KEEP_COLUMNS_MAX_BYTES else 0
-    scratch = {"flat_phases": phases, "flat_cols": cols, "flat_y": grid, "flat_dy": grid, "flat_dphases": phases}
+    threads = num_threads()
+    chunk = max(CHUNK_BYTES, 256 * max(k, f * len(g.taps)) * itemsize)
+    scratch = {"flat_phases": phases, "flat_y": grid, "flat_dy": f * (g.length + 2 * g.tail) * itemsize,
+               "flat_dphases": phases, "flat_chunk_cols": threads * chunk, "flat_chunk_out": threads * chunk}
+    if len(g.phases) > 1:
+        scratch["flat_cols"] = cols
     return LayerMemory(keeps_input=True, saved=kept, backward_temp=2 * m.weight.size * itemsize, scratch=scratch)
 
 

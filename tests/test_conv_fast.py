@@ -185,3 +185,20 @@ def test_scratch_names_share_one_arena():
     assert np.shares_memory(big, small)  # one name: the largest request's memory, reused
     assert scratch_nbytes() >= big.nbytes
     clear_scratch()
+
+
+@pytest.mark.parametrize("case", ["3x3 s1 p1", "3x3 s2 p1 odd input", "dilation 2", "1x1 s1 p1",
+                                  "rectangular everything", "many filters, few positions"])
+def test_flat_chunked_gemm_matches_naive(case, rng, threads, monkeypatch):
+    """Tiny chunks (7 grid columns), so every product is cut into many chunks over the threads."""
+    from cnnkit.functional import conv_flat
+
+    monkeypatch.setattr(conv_flat, "_chunk_length", lambda k, itemsize: 7)
+    layer, x = make(case, rng, n=3)
+    args = (layer.stride, layer.padding, layer.dilation, 1)
+    w, b = layer.weight.data, layer.bias.data
+    y, cache = conv2d_forward(x, w, b, *args, algorithm="flat")
+    np.testing.assert_allclose(y, conv2d_naive(x, w, b, *args), rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    for got, want in zip(conv2d_backward(dy, cache), conv2d_naive_backward(dy, x, w, *args)):
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)
