@@ -18,9 +18,16 @@ Stride ``s > 1`` is split into ``s*s`` *phases*: phase ``(a, b)`` holds padded r
 phase ``(i % s, j % s)`` at offset ``(i // s)*Wq + (j // s)`` with stride 1, so the same
 contiguous-slice im2col serves every stride and dilation (tap ``i`` then sits at ``i*d``).
 
-Backward mirrors it: ``dW = dY @ cols^T`` (zeros in ``dY`` mask the dropped positions),
-``dcols = W^T @ dY``, and col2im adds each tap's block back onto a contiguous slice of the
-phase buffer, then the phases are interleaved into ``dx``.
+The GEMM runs by cache-sized chunks of columns (:func:`tap_gemm`): each chunk is gathered and
+multiplied while it sits in L2, the chunks spread over the cores, so the ``kh*kw`` times larger
+column matrix is never written to memory. The cache keeps the input itself; backward rebuilds
+the phase buffer.
+
+Backward mirrors it: ``dW = dY @ cols^T`` (zeros in ``dY`` mask the dropped positions), chunked
+the same way. For stride 1, ``dx`` is itself a flat convolution of ``dY`` (padded with ``tail``
+zeros on both sides) with the taps mirrored; for larger strides ``dcols = W^T @ dY`` and
+col2im adds each tap's block back onto a contiguous slice of the phase buffer, then the phases
+are interleaved into ``dx``.
 
 Cost: the GEMM also computes the dropped seam positions, ``Hq*Wq / (out_h*out_w)`` times the
 useful work (1.13x at 32x32 with padding 1, 1.27x at 16x16, 1.56x at 8x8), so the layer picks
