@@ -314,13 +314,14 @@ def _phase_buffer(x, g: FlatGeometry):
 
 
 def conv2d_flat_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, keep_columns=False, workspace=None):
-    """Convolution (``groups=1``) by one GEMM over the flattened phase buffer; ``(y, cache)``.
+    """Convolution (``groups=1``) as a GEMM over the flattened phase buffer; ``(y, cache)``.
 
-    The cache holds the input ``x`` itself, not a padded copy: the layer before (a ReLU, a
-    residual sum) keeps that array anyway, so the convolution adds nothing to a training step's
-    memory. Backward rebuilds the phase buffer and the columns from it (two copies, cheap
-    beside the GEMMs). ``keep_columns=True`` keeps the columns instead (``kh*kw`` times the
-    input's size) and skips the rebuild; ``workspace`` (a
+    The GEMM runs by cache-sized chunks of columns (:func:`tap_gemm`). The cache holds the
+    input ``x`` itself, not a padded copy: the layer before (a ReLU, a residual sum) keeps that
+    array anyway, so the convolution adds nothing to a training step's memory; backward
+    rebuilds the phase buffer (one copy) and gathers the column chunks again.
+    ``keep_columns=True`` builds and keeps the whole column matrix instead (``kh*kw`` times the
+    input's size, one unchunked GEMM); ``workspace`` (a
     :class:`~cnnkit.functional.workspace.Workspace` owned by the calling layer) then holds them
     from step to step. Transient buffers come from the shared scratch pool.
 
