@@ -166,9 +166,14 @@ def run(torch, quick: bool, repeat: int, log=print) -> list[dict]:
         twin.eval()
         infer, tinfer = inference_fns(torch, model, twin, x)
         evals = interleaved({"cnnkit": infer, "torch": tinfer}, repeat=reps, warmup=1, min_seconds=1.0)
+        # cnnkit.nn.fuse: BatchNorm folded into the convs, ReLUs into the convs (PyTorch unfused).
+        from cnnkit.nn.fuse import fuse
+
+        fused_infer, _ = inference_fns(torch, fuse(model, case.input_shape), twin, x)
+        fused = interleaved({"cnnkit": fused_infer, "torch": tinfer}, repeat=reps, warmup=1, min_seconds=1.0)
         model.train()
         twin.train()
-        for mode, t in (("training step", train), ("inference", evals)):
+        for mode, t in (("training step", train), ("inference", evals), ("inference, fused", fused)):
             rows.append(dict(model=case.model, batch=case.batch, input="x".join(map(str, case.input_shape)),
                              mode=mode, cnnkit=t["cnnkit"], torch=t["torch"], logits_rel_diff=diff))
             log(f"  {case.model:9s} {mode:14s} cnnkit {t['cnnkit'] * 1e3:8.1f} ms  torch {t['torch'] * 1e3:8.1f} ms "

@@ -109,14 +109,24 @@ NOTES = """### How cnnkit's convolution gets its speed, and what was measured
   dimension, 16x144 result) up to 9x slower (334 ms vs 36 ms, F=16, K=144, L=148k); this one change took
   the ResNet-20 training step from 12x to 5x PyTorch's time. Reused buffers (`functional/workspace.py`):
   a fresh 75 MB column array cost 58 ms against 22 ms for the same copy into a reused one (first-touch
-  page faults). Columns larger than 32 MB are not kept from forward to backward but rebuilt from the
-  9x smaller phase buffer (memory). im2col/col2im/layout copies are cut into channel chunks on a thread
-  pool (`functional/parallel.py`; NumPy releases the GIL in copies and adds).
-* **Measured and not kept**: chunking the flat GEMM into 4k-16k-column blocks (cache-resident columns):
-  1.5-3x slower under OpenBLAS; the `(L, F)` output orientation of the forward GEMM: no gain.
+  page faults). im2col/col2im/layout copies are cut into channel chunks on a thread pool
+  (`functional/parallel.py`; NumPy releases the GIL in copies and adds).
+* **Cache-sized chunks, one BLAS thread each** (`conv_flat.tap_gemm`): the flat kernel never builds the
+  whole column matrix; ~1 MB chunks of columns are gathered and multiplied while in L2, the chunks spread
+  over the cores by the thread pool with OpenBLAS limited to one thread (`threadpoolctl`). An earlier try
+  at chunking was 1.5-3x *slower* because OpenBLAS split every small GEMM over its own threads again (8 ms
+  of hand-offs per 2 MFLOP chunk on this busy machine); on one thread per chunk, ResNet-20's training step
+  went from 3.4 s to 1.7 s and inference from 1.3 s to 0.6 s (interleaved runs, load ~4). Stride-1 `dx` is
+  the same kind of flat convolution of the zero-margined `dY` with the mirrored taps (no col2im adds).
+* **Memory**: a convolution keeps its *input* (the array the ReLU before it keeps anyway), not its padded
+  copy or its columns; backward rebuilds the phase buffer. Shared scratch buffers are one arena per name
+  (sized by the largest layer, not one per shape). ResNet-20 b128 step peak: 735 MB -> 274 MB.
+* **BatchNorm**: per-channel constants broadcast as contiguous `(C, H*W)` rows (NumPy's stride-0 inner
+  loop was 2-3x slower), the cache holds `x - mean` (one pass less), eval mode is one affine pass.
+* **Inference fusion** (`cnnkit.nn.fuse.fuse(model, input_shape)`): BatchNorm folded into the conv's
+  weight and bias, a following ReLU applied in place on the conv's output; the row "inference, fused".
 * **Not done (yet)**: Winograd F(2x2,3x3) (2.25x fewer multiplications, but in NumPy its transforms are
-  extra full passes over 4x the input, and the small-channel layers here are bound by data movement, not
-  by the GEMM); FFT for 11x11; BatchNorm folding and fused ReLU for inference; pooling fast paths.
+  extra full passes over 4x the input); FFT for 11x11; pooling fast paths.
 * **What stands in the way**: PyTorch runs oneDNN direct convolutions (no columns, blocked layouts, JIT
   AVX-512 kernels); for 16-64 channels a NumPy im2col conv writes and reads 9x the input and runs a GEMM
   with M = 16-64 rows, which OpenBLAS executes at 20-40% of its square-matrix rate. The machine these

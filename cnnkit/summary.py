@@ -60,6 +60,8 @@ from typing import Callable
 
 import numpy as np
 
+from .functional.conv import KEEP_COLUMNS_MAX_BYTES, planned_algorithm
+from .functional.conv_flat import flat_geometry
 from .nn.activation import Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .nn.conv import Conv2d, LocallyConnected2d
 from .nn.dropout import Dropout
@@ -88,7 +90,10 @@ class LayerMemory:
     ``aliases_input``: the output *is* the input (a view: Flatten, Identity);
     ``saved``: new arrays the cache holds until backward (im2col columns, switches, masks);
     ``forward_temp``/``backward_temp``: short-lived arrays at the layer's forward/backward peak,
-    beyond its input and output (forward) or ``dy`` and ``dx`` (backward).
+    beyond its input and output (forward) or ``dy`` and ``dx`` (backward);
+    ``scratch``: bytes per name of the shared scratch buffers the kernel uses
+    (:func:`cnnkit.functional.workspace.scratch`): they outlive the step, and each name holds as
+    much as its largest request, so the model counts the maximum per name once, all step long.
     """
 
     keeps_input: bool = False
@@ -97,6 +102,7 @@ class LayerMemory:
     saved: int = 0
     forward_temp: int = 0
     backward_temp: int = 0
+    scratch: dict = field(default_factory=dict)
 
 
 def _no_macs(module, in_shape, out_shape) -> int:
@@ -152,6 +158,13 @@ def _linear_macs(m, in_shape, out_shape) -> int:
 
 
 def _conv_memory(m, in_shape, out_shape, batch, itemsize) -> LayerMemory:
+    algorithm = getattr(m, "algorithm", "im2col")
+    if algorithm != "im2col":
+        stride, padding, dilation = (tuple(getattr(m, a)) for a in ("stride", "padding", "dilation"))
+        algorithm = planned_algorithm(algorithm, (batch,) + tuple(in_shape), m.weight.shape, stride, padding,
+                                      dilation, getattr(m, "groups", 1))
+    if algorithm == "flat":
+        return _flat_conv_memory(m, in_shape, batch, itemsize)
     # functional.conv: the cache holds the im2col columns (N, C*kh*kw, P); a 1x1 unpadded conv
     # uses the input itself (a view at stride 1, a subsampled copy otherwise) as its columns.
     c, h, w = in_shape
@@ -179,15 +192,42 @@ def _conv_memory(m, in_shape, out_shape, batch, itemsize) -> LayerMemory:
     return LayerMemory(saved=cols, forward_temp=padded, backward_temp=cols + dweight_work + weight)
 
 
+def _flat_conv_memory(m, in_shape, batch, itemsize) -> LayerMemory:
+    # functional.conv_flat: the cache holds the input itself (plus the columns when they are
+    # small enough to keep). Shared scratch buffers: the phase buffer, the output grid (F, L),
+    # dy on the grid (with margins of `tail` zeros at stride 1), the col2im sums, and per
+    # thread one chunk of columns and of output (the columns are never built whole); a strided
+    # conv's backward also builds dcols (C*kh*kw, L).
+    from .functional.conv_flat import CHUNK_BYTES
+    from .functional.parallel import num_threads
+
+    g = flat_geometry((batch,) + tuple(in_shape), m.kernel_size, m.stride, m.padding, m.dilation)
+    f, c = m.weight.shape[:2]
+    k = c * g.kernel[0] * g.kernel[1]
+    phases = len(g.phases) * c * (g.length + g.tail) * itemsize
+    cols = k * g.length * itemsize
+    grid = f * g.length * itemsize
+    kept = cols if cols <= KEEP_COLUMNS_MAX_BYTES else 0
+    threads = num_threads()
+    chunk = max(CHUNK_BYTES, 256 * max(k, f * len(g.taps)) * itemsize)
+    scratch = {"flat_phases": phases, "flat_y": grid, "flat_dy": f * (g.length + 2 * g.tail) * itemsize,
+               "flat_dphases": phases, "flat_chunk_cols": threads * chunk, "flat_chunk_out": threads * chunk}
+    if len(g.phases) > 1:
+        scratch["flat_cols"] = cols
+    return LayerMemory(keeps_input=True, saved=kept, backward_temp=2 * m.weight.size * itemsize, scratch=scratch)
+
+
 def _linear_memory(m, in_shape, out_shape, batch, itemsize) -> LayerMemory:
     # functional.linear caches (x, weight); backward makes dweight then copies it into .grad.
     return LayerMemory(keeps_input=True, backward_temp=2 * m.weight.size * itemsize)
 
 
 def _batchnorm_memory(m, in_shape, out_shape, batch, itemsize) -> LayerMemory:
-    # functional.norm: the cache holds xhat (a new array the size of x) and (C,) statistics;
-    # neither x nor y is kept. Forward makes xhat then y; backward one temporary besides dx.
+    # functional.norm: in training the cache holds xc = x - mean (a new array the size of x) and
+    # (C,) statistics, neither x nor y; in eval (running statistics) it references x itself.
     size = batch * _numel(in_shape) * itemsize
+    if not m.training and getattr(m, "track_running_stats", True):
+        return LayerMemory(keeps_input=True)
     return LayerMemory(saved=size, backward_temp=0)
 
 
@@ -468,7 +508,7 @@ class Summary:
             f"Peak {_bytes(t['total'])} at the {t['peak_at']}: parameters {_bytes(t['params'])} + optimizer "
             f"state {_bytes(t['optimizer_state'])} + input {_bytes(t['input'])} + activations "
             f"{_bytes(t['activations_at_peak'])} + gradients {_bytes(t['grads_at_peak'])} + workspace "
-            f"{_bytes(t['workspace'])}",
+            f"{_bytes(t['workspace'])} + kernel scratch {_bytes(t['scratch'])}",
         ]
         return buffer.getvalue() + "\n".join(lines)
 
@@ -579,7 +619,12 @@ def _training_memory(ctx: _Context, batch: int, optimizer: str, itemsize: int) -
     params = sum(ctx.param_sizes) * itemsize + ctx.buffer_bytes
     state = OPTIMIZER_STATE[optimizer] * sum(ctx.trainable_sizes) * itemsize
     input_bytes = tensor_bytes[0]
-    persistent = params + state + input_bytes
+    scratch: dict[str, int] = {}
+    for mem in memories:
+        for name, size in mem.scratch.items():
+            scratch[name] = max(scratch.get(name, 0), size)
+    scratch_bytes = sum(scratch.values())
+    persistent = params + state + input_bytes + scratch_bytes
 
     # Which arrays the caches keep, each attributed to the earliest leaf holding it (freed last).
     holder: dict[int, int] = {}
@@ -636,6 +681,7 @@ def _training_memory(ctx: _Context, batch: int, optimizer: str, itemsize: int) -
         "activations_at_peak": kept_at_peak,
         "grads_at_peak": grads_at_peak,
         "workspace": transient,                    # short-lived arrays at the peak
+        "scratch": scratch_bytes,                  # kernels' shared work buffers, all step long
         "total": total,
     }
 

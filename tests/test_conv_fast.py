@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from cnnkit.functional import conv as conv_module
 from cnnkit.functional import parallel
 from cnnkit.functional.conv import choose_algorithm, conv2d_backward, conv2d_forward
-from cnnkit.functional.conv_flat import flat_geometry
-from cnnkit.functional.workspace import Workspace, scratch
+from cnnkit.functional.conv_flat import flat_geometry, to_phases
+from cnnkit.functional.workspace import Workspace, clear_scratch, scratch, scratch_nbytes
 from cnnkit.nn.conv import Conv2d
 from cnnkit.testing import gradcheck
 from cnnkit.testing.reference.conv import conv2d_naive, conv2d_naive_backward
@@ -167,3 +167,38 @@ def test_scratch_buffers_are_shared_by_key():
     a = scratch("t", (3, 4), np.float32)
     assert scratch("t", (3, 4), np.float32) is a
     assert scratch("t", (3, 4), np.float64) is not a
+
+
+@pytest.mark.parametrize("stride, padding", [(1, 1), (2, 1), (2, 0), (3, 2)])
+def test_to_phases_overwrites_a_dirty_buffer(stride, padding, rng):
+    x = rng.standard_normal((2, 3, 7, 9))
+    g = flat_geometry(x.shape, (3, 3), stride, padding)
+    clean = to_phases(x, g, out=np.zeros((len(g.phases), 3, g.length + g.tail)))
+    dirty = to_phases(x, g, out=np.full_like(clean, np.nan))  # a reused scratch buffer's old contents
+    np.testing.assert_array_equal(dirty, clean)
+
+
+def test_scratch_names_share_one_arena():
+    clear_scratch()
+    big = scratch("arena-test", (8, 100), np.float32)
+    small = scratch("arena-test", (3, 7), np.float64)
+    assert np.shares_memory(big, small)  # one name: the largest request's memory, reused
+    assert scratch_nbytes() >= big.nbytes
+    clear_scratch()
+
+
+@pytest.mark.parametrize("case", ["3x3 s1 p1", "3x3 s2 p1 odd input", "dilation 2", "1x1 s1 p1",
+                                  "rectangular everything", "many filters, few positions"])
+def test_flat_chunked_gemm_matches_naive(case, rng, threads, monkeypatch):
+    """Tiny chunks (7 grid columns), so every product is cut into many chunks over the threads."""
+    from cnnkit.functional import conv_flat
+
+    monkeypatch.setattr(conv_flat, "_chunk_length", lambda k, itemsize: 7)
+    layer, x = make(case, rng, n=3)
+    args = (layer.stride, layer.padding, layer.dilation, 1)
+    w, b = layer.weight.data, layer.bias.data
+    y, cache = conv2d_forward(x, w, b, *args, algorithm="flat")
+    np.testing.assert_allclose(y, conv2d_naive(x, w, b, *args), rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    for got, want in zip(conv2d_backward(dy, cache), conv2d_naive_backward(dy, x, w, *args)):
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)

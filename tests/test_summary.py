@@ -8,6 +8,7 @@ import pytest
 
 import cnnkit
 import cnnkit.models as M
+from cnnkit.functional.workspace import clear_scratch
 from cnnkit.nn.activation import ReLU
 from cnnkit.nn.containers import Concat, Residual, Sequential
 from cnnkit.nn.conv import Conv2d
@@ -203,6 +204,7 @@ def _measured_peak(model, shape, batch, optimizer_cls, **opt_kwargs) -> int:
     ("resnet20", (3, 32, 32), 16, "momentum"),
 ])
 def test_training_memory_estimate_matches_tracemalloc(name, shape, batch, optimizer):
+    clear_scratch()  # kernels' shared work buffers left by earlier tests would hide this model's
     tracemalloc.start()  # before the model, so parameters and optimizer state are in the peak
     try:
         model = M.create(name, seed=0)

@@ -34,10 +34,11 @@ from .im2col import col2im, conv_geometry, im2col
 
 ALGORITHMS = ("auto", "im2col", "flat")
 
-# Columns bigger than this are not kept from forward to backward by "auto": backward rebuilds
-# them from the (kh*kw times smaller) phase buffer. Keeps a training step's memory near the
-# activations' size at the price of one more im2col copy in the largest layers.
-KEEP_COLUMNS_MAX_BYTES = 32 << 20
+# Columns up to this size are built whole and kept from forward to backward by the flat kernel;
+# otherwise it runs by cache-sized column chunks, gathered again in backward from the input
+# (which the previous layer keeps anyway). Keeping the columns of every layer made a ResNet-20
+# step hold twice PyTorch's memory, and the chunks are faster. 0: never keep (the default).
+KEEP_COLUMNS_MAX_BYTES = 0
 
 _benchmark = False
 _benchmark_choices: dict = {}
@@ -50,22 +51,56 @@ def set_benchmark(enabled: bool = True) -> None:
     _benchmark_choices.clear()
 
 
+# Below this many input channels the flat kernel still wins on large images (output positions
+# per image at least this many): measured, fwd + weight-only bwd, float32, 2 cores: ResNet-18 stem
+# 7x7/2 on 224x224 470 -> 195 ms, AlexNet conv1 11x11/4 423 -> 106-136 ms, VGG 3x3 3->64 on
+# 224x224 (batch 2) 1790 -> 50 ms; but LeNet-5 conv2 (6 channels, 10x10 out) 16-18 -> 20 ms and
+# the ResNet-20 stem (3 channels, 32x32) 9-12 -> 18 ms.
+FLAT_MIN_CHANNELS = 8
+FLAT_MIN_POSITIONS_FEW_CHANNELS = 2048
+
+
+def _static_choice(x_shape, weight_shape, stride, padding, dilation, groups) -> str:
+    """The rule ``"auto"`` follows without benchmark mode (see ``choose_algorithm``)."""
+    if groups != 1:
+        return "im2col"
+    if x_shape[1] >= FLAT_MIN_CHANNELS:
+        return "flat"
+    *_, (out_h, out_w) = conv_geometry(tuple(x_shape[2:]), tuple(weight_shape[2:]), stride, padding, dilation)
+    return "flat" if out_h * out_w >= FLAT_MIN_POSITIONS_FEW_CHANNELS else "im2col"
+
+
 def choose_algorithm(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1) -> str:
     """The algorithm ``"auto"`` runs for this shape.
 
     Rule, from the per-layer benchmark (``benchmarks/layers.py``): the flat kernel needs
     ``groups=1`` and pays when there are at least 8 input channels (its copy is C*kh*kw long
-    rows instead of N*C*kh*kw*out_h short ones); with 1-3 channels (a network's first layer) the
-    per-image im2col is as fast and computes no seam positions.
+    rows instead of N*C*kh*kw*out_h short ones), or, with fewer channels (a network's first
+    layer), on large images (at least 2048 output positions per image); on small images with
+    1-7 channels the per-image im2col is as fast and computes no seam positions.
     """
-    if groups != 1 or x_shape[1] < 8:
-        return "im2col"
-    if _benchmark:
+    choice = _static_choice(x_shape, weight_shape, stride, padding, dilation, groups)
+    if choice == "flat" and _benchmark:
         key = (tuple(x_shape), tuple(weight_shape), stride, padding, dilation)
         if key not in _benchmark_choices:
             _benchmark_choices[key] = _time_candidates(x_shape, weight_shape, stride, padding, dilation)
         return _benchmark_choices[key]
-    return "flat"
+    return choice
+
+
+def planned_algorithm(algorithm, x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1) -> str:
+    """The algorithm a layer with ``algorithm=`` runs on ``x_shape``, without timing anything.
+
+    For static accounting (``cnnkit.summary``'s memory rules): in benchmark mode a shape not yet
+    timed is assumed to get the default choice.
+    """
+    if algorithm != "auto":
+        return algorithm
+    choice = _static_choice(x_shape, weight_shape, stride, padding, dilation, groups)
+    if choice == "flat" and _benchmark:
+        key = (tuple(x_shape), tuple(weight_shape), stride, padding, dilation)
+        return _benchmark_choices.get(key, "flat")
+    return choice
 
 
 def _time_candidates(x_shape, weight_shape, stride, padding, dilation) -> str:
@@ -106,7 +141,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
 
     ``algorithm``: ``"im2col"`` (default), ``"flat"`` or ``"auto"`` (see the module docstring);
     the cache records which one ran (``conv2d_algorithm(cache)``). ``keep_columns`` and
-    ``workspace`` tune the flat kernel (``None``: keep columns up to ``KEEP_COLUMNS_MAX_BYTES``).
+    ``workspace`` tune the flat kernel (``None``: keep columns up to ``KEEP_COLUMNS_MAX_BYTES``, i.e. rebuild them in backward).
 
     ``stride``, ``padding`` and ``dilation`` are ints or ``(h, w)`` pairs; padding is zeros on both
     sides. No geometry check happens here (the layer runs it); windows that do not fit are dropped
@@ -173,9 +208,12 @@ def conv2d_backward(dy, cache: Conv2dCache, need_dx=True, need_dweight=True, nee
         with section("gemm"):
             cols_groups = cols.reshape(n, groups, kg, p)
             if fg <= p:
-                # One (Fg, P) @ (P, Kg) product per image, then a sum over the batch: the
-                # intermediate (N, G, Fg, Kg) is no larger than the columns themselves.
-                dweight = xp.matmul(dy_groups, cols_groups.transpose(0, 1, 3, 2)).sum(axis=0)
+                # One product per image, then a sum over the batch: the intermediate
+                # (N, G, Kg, Fg) is no larger than the columns themselves. Written as
+                # (cols @ dy^T)^T, the orientation OpenBLAS runs fast for a long inner
+                # dimension (see conv_flat): dy @ cols^T took 2.5-4 s against 0.3 s for the
+                # ResNet-18 stem (16x3x224x224, 7x7/2) on this machine.
+                dweight = xp.matmul(cols_groups, dy_groups.transpose(0, 1, 3, 2)).sum(axis=0).transpose(0, 2, 1)
             else:
                 # Many filters, few positions (deep layers): one GEMM over all N*P positions is both
                 # faster and smaller than N products, at the price of one copy of the columns.

@@ -73,6 +73,9 @@ class Conv2d(Module):
         # the reference kernel, always available. `last_algorithm` tells which one ran.
         self.algorithm = algorithm
         self.last_algorithm = None
+        # Set by cnnkit.nn.fuse: a ReLU applied in place on the output this layer just made
+        # (one pass over memory the layer owns, instead of a ReLU layer's new array).
+        self.fused_relu = False
         self._workspace = Workspace()  # buffers reused from step to step (not in the state dict)
         self.in_channels = _positive_int(in_channels, "in_channels", "Conv2d")
         self.out_channels = _positive_int(out_channels, "out_channels", "Conv2d")
@@ -125,11 +128,17 @@ class Conv2d(Module):
                                   self.stride, self.padding, self.dilation, self.groups,
                                   algorithm=self.algorithm, workspace=self._workspace)
         self.last_algorithm = conv2d_algorithm(cache)
+        if self.fused_relu:
+            np.maximum(y, 0, out=y)  # y is the kernel's new array: nobody else holds it yet
+            cache = (cache, y)
         self._save(cache)
         return y
 
     def backward(self, dy, input_grad: bool = True):
         cache = self._restore()
+        if self.fused_relu:
+            cache, y = cache
+            dy = dy * (y > 0)
         dx, dweight, dbias = conv2d_backward(
             dy, cache, need_dx=input_grad, need_dweight=self.weight.requires_grad,
             need_dbias=self.bias is not None and self.bias.requires_grad,
@@ -156,6 +165,8 @@ class Conv2d(Module):
             text += ", bias=False"
         if self.algorithm != "auto":
             text += f", algorithm={self.algorithm!r}"
+        if self.fused_relu:
+            text += ", fused_relu=True"
         return text
 
 
