@@ -5,6 +5,7 @@ from .containers import Concat, Residual, Sequential
 from .conv import Conv2d, LocallyConnected2d
 from .dropout import Dropout
 from .flatten import Flatten
+from .fuse import fold_batchnorm, fuse
 from .graph import Add, Cat, Graph, Mul, MultiInputModule
 from .linear import Linear
 from .loss import CrossEntropyLoss, MultiMarginLoss
@@ -15,6 +16,7 @@ from .pooling import AdaptiveAvgPool2d, AvgPool2d, LPPool2d, MaxPool2d
 __all__ = [
     "Module", "Parameter", "no_grad", "is_grad_enabled", "init",
     "Sequential", "Residual", "Concat", "Graph", "MultiInputModule", "Add", "Mul", "Cat",
+    "fuse", "fold_batchnorm",
     "Conv2d", "LocallyConnected2d", "Linear", "Flatten", "Dropout",
     "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Softmax", "LogSoftmax", "Identity",
     "CrossEntropyLoss", "MultiMarginLoss",
