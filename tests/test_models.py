@@ -14,34 +14,6 @@ from cnnkit.nn.normalization import BatchNorm2d
 from cnnkit.summary import ShapeError, summary
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """OpenBLAS threads spin-waiting on a busy 2-core machine made these runs 10-25x slower."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
-@pytest.fixture
-def cheap_weights(monkeypatch):
-    """Build the big nets without drawing 100M random numbers: zero weights, no re-init.
-
-    Parameter counts and shapes do not depend on the values; np.zeros is lazily allocated.
-    """
-    def zeros(weight_shape, bias_size, dtype, generator):
-        return np.zeros(weight_shape, dtype), (np.zeros(bias_size, dtype) if bias_size else None)
-
-    monkeypatch.setattr(cnnkit.nn.linear, "default_weight_and_bias", zeros)
-    monkeypatch.setattr(cnnkit.nn.conv, "default_weight_and_bias", zeros)
-    monkeypatch.setattr(cnnkit.nn.init, "kaiming_normal_", lambda p, *a, **k: p)
-    monkeypatch.setattr(cnnkit.nn.init, "normal_", lambda p, *a, **k: p)
-
-
 def n_params(model) -> int:
     return sum(p.size for p in model.parameters())
 

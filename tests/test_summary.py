@@ -19,31 +19,6 @@ from cnnkit.optim import SGD, Adam
 from cnnkit.summary import ShapeError, register_layer, summary, summary_main
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """OpenBLAS threads spin-waiting on a busy 2-core machine made these runs 10-25x slower."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
-@pytest.fixture
-def cheap_weights(monkeypatch):
-    """Zero weights without re-init: the figures here depend on shapes only."""
-    def zeros(weight_shape, bias_size, dtype, generator):
-        return np.zeros(weight_shape, dtype), (np.zeros(bias_size, dtype) if bias_size else None)
-
-    monkeypatch.setattr(cnnkit.nn.linear, "default_weight_and_bias", zeros)
-    monkeypatch.setattr(cnnkit.nn.conv, "default_weight_and_bias", zeros)
-    monkeypatch.setattr(cnnkit.nn.init, "kaiming_normal_", lambda p, *a, **k: p)
-    monkeypatch.setattr(cnnkit.nn.init, "normal_", lambda p, *a, **k: p)
-
-
 def test_rows_cover_every_module_with_depth_and_totals_count_leaves_once(cheap_weights):
     model = M.resnet18()
     s = summary(model, (3, 224, 224))

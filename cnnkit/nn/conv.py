@@ -140,13 +140,10 @@ class Conv2d(Module):
             cache, y = cache
             dy = dy * (y > 0)
         dx, dweight, dbias = conv2d_backward(
-            dy, cache, need_dx=input_grad, need_dweight=self.weight.requires_grad,
-            need_dbias=self.bias is not None and self.bias.requires_grad,
+            dy, cache, need_dx=input_grad, need_dweight=self._wants_grad("weight"),
+            need_dbias=self._wants_grad("bias"),
         )
-        if dweight is not None:
-            self.weight.accumulate_grad(dweight)
-        if dbias is not None:
-            self.bias.accumulate_grad(dbias)
+        self._accumulate_grads(weight=dweight, bias=dbias)
         return dx
 
     def output_shape(self, input_shape):
@@ -224,13 +221,10 @@ class LocallyConnected2d(Module):
     def backward(self, dy, input_grad: bool = True):
         cache = self._restore()
         dx, dweight, dbias = locally_connected2d_backward(
-            dy, cache, need_dx=input_grad, need_dweight=self.weight.requires_grad,
-            need_dbias=self.bias is not None and self.bias.requires_grad,
+            dy, cache, need_dx=input_grad, need_dweight=self._wants_grad("weight"),
+            need_dbias=self._wants_grad("bias"),
         )
-        if dweight is not None:
-            self.weight.accumulate_grad(dweight)
-        if dbias is not None:
-            self.bias.accumulate_grad(dbias)
+        self._accumulate_grads(weight=dweight, bias=dbias)
         return dx
 
     def output_shape(self, input_shape):

@@ -124,6 +124,17 @@ class Module:
         """Keep ``cache`` for backward, unless inside ``no_grad`` (inference caches nothing)."""
         self._cache = cache if is_grad_enabled() else None
 
+    def _wants_grad(self, name: str) -> bool:
+        """Whether parameter ``name`` exists and is trainable, i.e. its gradient is worth computing."""
+        param = getattr(self, name, None)
+        return param is not None and param.requires_grad
+
+    def _accumulate_grads(self, **grads) -> None:
+        """Add each gradient that was computed (not ``None``) to the parameter of that name."""
+        for name, grad in grads.items():
+            if grad is not None:
+                getattr(self, name).accumulate_grad(grad)
+
     def _restore(self):
         """Take the cache of the last forward; backward frees it (one backward per forward)."""
         cache = self._cache

@@ -113,13 +113,10 @@ class _BatchNorm(Module):
         cache = self._restore()
         dx, dweight, dbias = batch_norm_backward(
             dy, cache, need_dx=input_grad,
-            need_dweight=self.weight is not None and self.weight.requires_grad,
-            need_dbias=self.bias is not None and self.bias.requires_grad,
+            need_dweight=self._wants_grad("weight"),
+            need_dbias=self._wants_grad("bias"),
         )
-        if dweight is not None:
-            self.weight.accumulate_grad(dweight)
-        if dbias is not None:
-            self.bias.accumulate_grad(dbias)
+        self._accumulate_grads(weight=dweight, bias=dbias)
         return dx
 
     def output_shape(self, input_shape):
