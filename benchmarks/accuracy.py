@@ -116,7 +116,8 @@ def main():
         rows.append({"run": f"MNIST, ensemble of {len(dirs)} LeNet-5 (single models: "
                             + ", ".join(f"{a:.2%}" for a in single) + ")",
                      "command": "cnnkit evaluate " + " ".join(str(d) for d in dirs),
-                     "accuracy": f"{acc:.2%} of {n}", "time": f"+{total / 60:.1f} min"})
+                     "accuracy": f"{acc:.2%} of {n}",
+                     "time": f"+{total / 60:.1f} min" if total else "(reuses the runs above and earlier ones)"})
         print(rows[-1], flush=True)
     note = (f"Measured {dt.date.today()} on {platform.machine()} ({platform.processor() or 'cpu'}), "
             f"cnnkit {cnnkit.__version__}, NumPy {np.__version__}, 2 cores shared with other work, so wall "
