@@ -18,7 +18,7 @@ COMMANDS = {
 }
 
 EPILOG = """examples:
-  cnnkit train                                   # small ConvNet on the bundled 8x8 digits (~30 s)
+  cnnkit train                                   # small ConvNet on the bundled 8x8 digits (seconds)
   cnnkit train --dataset mnist --data-dir DIR    # LeNet-5 on MNIST (files in DIR/mnist/)
   cnnkit evaluate runs/digits-digitnet/best.safetensors
   cnnkit predict runs/digits-digitnet/best.safetensors my_digit.png

@@ -1,7 +1,7 @@
 """Train a model on a dataset and report its test accuracy.
 
-With no arguments: a small ConvNet on scikit-learn's bundled 8x8 digits (no download), about
-half a minute on 2 cores. Each dataset has a default recipe (model, epochs, batch size, learning
+With no arguments: a small ConvNet on scikit-learn's bundled 8x8 digits (no download), a few
+seconds on 2 cores. Each dataset has a default recipe (model, epochs, batch size, learning
 rate, schedule, augmentation); any option given on the command line overrides it. The run
 directory gets history.csv/json, best.safetensors (best validation accuracy) and last.safetensors (resumable
 with --resume).
