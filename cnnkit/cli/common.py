@@ -37,3 +37,14 @@ def _parameters(name: str):
     from ..models.registry import _MODELS
 
     return inspect.signature(_MODELS[name]).parameters
+
+
+def dataset_for(args, config: dict):
+    """The dataset a command works on: ``--dataset`` if given, else the one the checkpoint was
+    trained on. Returns ``(name, dataset)`` with ``args.split`` loaded from ``args.data_dir``."""
+    from .. import data
+
+    name = getattr(args, "dataset", None) or config.get("dataset")
+    if not name:
+        raise ValueError("the checkpoint does not record its dataset: pass --dataset")
+    return name, data.load(name, args.split, root=args.data_dir)

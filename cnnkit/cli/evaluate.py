@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .common import dataset_for
+
 
 def add_arguments(p):
     p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint file(s); several = an ensemble")
@@ -25,16 +27,12 @@ def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .. import data
     from ..data import DataLoader
     from ..data.transforms import Normalize
     from ..train import confusion_matrix, per_class_accuracy, predict_proba
 
     models, configs = load_models(args.checkpoints)
-    dataset = args.dataset or configs[0].get("dataset")
-    if dataset is None:
-        raise ValueError("the checkpoint does not record its dataset: pass --dataset")
-    ds = data.load(dataset, args.split, root=args.data_dir)
+    dataset, ds = dataset_for(args, configs[0])
     loader = DataLoader(ds, args.batch_size, transform=Normalize.for_dataset(dataset))
     probs, labels = predict_proba(models, loader)
     pred = probs.argmax(axis=1)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .common import dataset_for
+
 
 def add_arguments(p):
     sub = p.add_subparsers(dest="picture", metavar="PICTURE")
@@ -192,15 +194,11 @@ def _activations(args):
 
 
 def _patches(args):
-    from .. import data
     from ..viz.layers import resolve_layer
     from ..viz.patches import plot_patches
 
     model, config = _load(args.checkpoint)
-    dataset = args.dataset or config.get("dataset")
-    if not dataset:
-        raise ValueError("the checkpoint does not record its dataset: pass --dataset")
-    ds = data.load(dataset, args.split, root=args.data_dir)
+    dataset, ds = dataset_for(args, config)
     n = min(args.limit, len(ds)) if args.limit else len(ds)
     name = resolve_layer(model, args.layer)[0]
     path = _default_out(args, f"patches-{name}-ch{args.channel}")
@@ -273,15 +271,11 @@ def _curves(args):
 
 
 def _confusion(args):
-    from .. import data
     from ..viz.curves import plot_confusion
     from ..viz.report import confusion_on
 
     model, config = _load(args.checkpoint)
-    dataset = args.dataset or config.get("dataset")
-    if not dataset:
-        raise ValueError("the checkpoint does not record its dataset: pass --dataset")
-    ds = data.load(dataset, args.split, root=args.data_dir)
+    dataset, ds = dataset_for(args, config)
     cm = confusion_on(model, ds, dataset, args.limit)
     path = _default_out(args, f"confusion-{dataset}-{args.split}")
     plot_confusion(cm, ds.classes, path=path,
