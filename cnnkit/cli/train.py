@@ -8,6 +8,7 @@ with --resume).
 """
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def add_arguments(p):
     p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule; plateau divides the rate "
                    "by 10 when validation accuracy stops improving")
     p.add_argument("--warmup-epochs", type=int, default=0, help="linear learning-rate warmup before the schedule")
-    p.add_argument("--augment", action=argparse_bool(), default=None,
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crops (padding 4 for 32 px, 2 otherwise) and horizontal flips (CIFAR only)")
     p.add_argument("--val-split", type=float, default=0.1, help="fraction of the training set held out for "
                    "validation (default 0.1; 0 uses the test set for validation)")
@@ -53,12 +54,6 @@ def add_arguments(p):
                    "dead ReLUs, gradient norms, update/weight ratios) every STEPS steps, into the history and "
                    "diagnostics.png")
     p.add_argument("--no-report", action="store_true", help="do not write report.html in the run directory")
-
-
-def argparse_bool():
-    import argparse
-
-    return argparse.BooleanOptionalAction
 
 
 def _split(dataset, fraction: float, seed: int):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from ..backend import array_module
 from .module import Module
 
 
@@ -143,8 +144,6 @@ class Concat(Module):
             setattr(self, name, m)
 
     def forward(self, x):
-        from ..backend import array_module
-
         outputs = [branch(x) for branch in self.children()]
         rest = {tuple(o.shape[:1] + o.shape[2:]) for o in outputs}
         if len(rest) > 1:

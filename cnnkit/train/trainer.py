@@ -196,7 +196,7 @@ class Trainer:
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         self.train_loader = train_loader
-        num_classes = None
+        classes = getattr(getattr(val_loader, "dataset", None), "classes", None)
         for cb in self.callbacks:
             if hasattr(cb, "on_train_begin"):
                 cb.on_train_begin(self)
@@ -207,9 +207,8 @@ class Trainer:
                 logs.update(self.train_epoch(train_loader))
                 if val_loader is not None:
                     val = self.evaluate(val_loader)
-                    num_classes = num_classes or getattr(getattr(val_loader, "dataset", None), "classes", None)
                     logs.update({f"val_{k}": v for k, v in val.items()})
-                    if num_classes is not None and len(num_classes) <= 10:
+                    if classes is not None and len(classes) <= 10:  # top-5 says little for 10 classes
                         logs.pop("val_top5", None)
                 self.epoch += 1
                 if self.scheduler is not None and self.scheduler_interval == "epoch":
