@@ -29,6 +29,8 @@ CASES = {
     "1x1 s2": (5, 3, (5, 6), 1, 2, 0, 1),
     "1x1 s1 p1": (3, 2, (4, 4), 1, 1, 1, 1),
     "rectangular everything": (2, 3, (8, 11), (3, 2), (2, 3), (1, 2), (2, 1)),
+    "rectangular, stride 1": (2, 3, (7, 10), (3, 5), 1, (2, 1), (1, 2)),
+    "padding beyond the kernel's reach": (2, 3, (5, 6), 3, 1, 3, 1),
     "11x11 s4 (AlexNet-like)": (3, 4, (23, 23), 11, 4, 2, 1),
     "many filters, few positions": (3, 32, (3, 3), 2, 1, 0, 1),
 }
@@ -161,6 +163,14 @@ def test_flat_geometry_grid_and_taps():
     g = flat_geometry((2, 3, 32, 32), (3, 3), 2, 1)
     assert g.output == (16, 16) and g.grid == (17, 17) and len(g.phases) == 4
     assert g.taps[0] == (0, 0) and g.taps[8] == (0, 18)  # tap (2, 2): phase (0, 0), one row + one column on
+
+
+def test_flat_geometry_stride_one_shares_padding_between_neighbours():
+    g = flat_geometry((2, 16, 8, 8), (3, 3), 1, 1)
+    assert g.output == (8, 8) and g.grid == (9, 9)  # not 10x10: one zero row/column between neighbours
+    assert g.taps[8] == (0, 2 * 9 + 2) and g.tail == 20
+    g = flat_geometry((1, 1, 5, 6), (3, 3), 1, 3)
+    assert g.output == (9, 10) and g.grid == (9, 10)  # padding wider than the kernel: the output decides
 
 
 def test_scratch_buffers_are_shared_by_key():

@@ -11,7 +11,9 @@ long memcpy's and the convolution one GEMM::
     Y (F, L) = W (F, C*kh*kw) @ cols (C*kh*kw, L)
 
 computed on the padded grid; the ``out_h x out_w`` corner of each ``Hq x Wq`` image is the output
-(the other positions read across the row/image seams and are dropped).
+(the other positions read across the row/image seams and are dropped). Neighbouring rows and
+images share their zero padding: a tap reading past the right edge of a row lands in the left
+padding of the next row, so ``Wq = W + pw`` (not ``W + 2*pw``) and ``Hq = H + ph``.
 
 Stride ``s > 1`` is split into ``s*s`` *phases*: phase ``(a, b)`` holds padded rows
 ``a, a+s, a+2s, ...`` and columns ``b, b+s, ...``. Tap ``(i, j)`` of a strided convolution reads
@@ -30,7 +32,8 @@ col2im adds each tap's block back onto a contiguous slice of the phase buffer, t
 are interleaved into ``dx``.
 
 Cost: the GEMM also computes the dropped seam positions, ``Hq*Wq / (out_h*out_w)`` times the
-useful work (1.13x at 32x32 with padding 1, 1.27x at 16x16, 1.56x at 8x8), so the layer picks
+useful work (3x3, stride 1, padding 1: 1.06x at 32x32, 1.13x at 16x16, 1.27x at 8x8; with
+separate padding per image it was 1.13x, 1.27x and 1.56x), so the layer picks
 this kernel only where the cheaper copy wins (see ``cnnkit.functional.conv``). ``groups`` must
 be 1.
 """
@@ -67,13 +70,22 @@ def flat_geometry(input_shape, kernel, stride=1, padding=0, dilation=1) -> FlatG
     """The phase grid, the taps' phases and offsets, for ``conv_geometry``'s arguments.
 
     Shape:
-        grid Hq = out_h + max_i((i*dh) // sh), likewise Wq; L = N*Hq*Wq
+        stride 1: grid Hq = max(out_h, H + ph), likewise Wq (padding shared between neighbours)
+        stride > 1: grid Hq = out_h + max_i((i*dh) // sh), likewise Wq
+        L = N*Hq*Wq
     """
     n, c, h, w = input_shape
     kernel, stride, padding, dilation, output = conv_geometry((h, w), kernel, stride, padding, dilation)
     (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, output
-    hq = oh + (dh * (kh - 1)) // sh
-    wq = ow + (dw * (kw - 1)) // sw
+    (ph, pw) = padding
+    if (sh, sw) == (1, 1):
+        # Neighbouring rows and images share their zero padding: a read past the right edge of
+        # a row wraps to the left padding of the next row, one past the bottom of an image into
+        # the top padding of the next, so one margin of `pw` columns and `ph` rows suffices.
+        hq, wq = max(oh, h + ph), max(ow, w + pw)
+    else:
+        hq = oh + (dh * (kh - 1)) // sh
+        wq = ow + (dw * (kw - 1)) // sw
     phases, taps = [], []
     for i in range(kh):
         for j in range(kw):
@@ -235,7 +247,35 @@ def _chunk_length(k: int, itemsize: int) -> int:
     return max(256, CHUNK_BYTES // (k * itemsize))
 
 
-def tap_gemm(weight_mat, buffer, taps, length: int, out):
+def _tap_grid_view(buffer, taps, kernel, length: int):
+    """``buffer`` seen as ``(C, kh, kw, length)`` whose ``[c, i, j, q]`` is tap ``(i, j)``'s column ``q``.
+
+    Possible when every tap reads the same phase at ``off(i, j) = off(0, 0) + i*si + j*sj``
+    (stride 1 with any dilation, and the mirrored taps of the direct ``dx``): one strided copy
+    then gathers a chunk's columns, instead of one NumPy call per tap (each call is microseconds
+    of Python, which the threads take turns at under the GIL). ``None`` otherwise.
+    """
+    if kernel is None:
+        return None
+    kh, kw = kernel
+    phase, base = taps[0]
+    step_i = taps[kw][1] - base if kh > 1 else 0
+    step_j = taps[1][1] - base if kw > 1 else 0
+    expected = [(phase, base + i * step_i + j * step_j) for i in range(kh) for j in range(kw)]
+    if list(taps) != expected:
+        return None
+    rows = buffer[phase]
+    item = rows.itemsize
+    # The view starts at tap (0, 0)'s offset; negative steps (mirrored taps) read lower offsets of
+    # the same rows, never outside the buffer.
+    xp = array_module(buffer)
+    read_only = {"writeable": False} if xp.__name__ == "numpy" else {}
+    return xp.lib.stride_tricks.as_strided(rows[:, base:], shape=(rows.shape[0], kh, kw, length),
+                                           strides=(rows.strides[0], step_i * item, step_j * item, item),
+                                           **read_only)
+
+
+def tap_gemm(weight_mat, buffer, taps, length: int, out, kernel=None):
     """``out[:, :length] = weight_mat @ cols`` with ``cols[c*T + t, q] = buffer[p_t, c, off_t + q]``.
 
     The columns are never materialised whole: chunks of about ``CHUNK_BYTES`` are gathered and
@@ -251,6 +291,7 @@ def tap_gemm(weight_mat, buffer, taps, length: int, out):
     channels, ntaps, f = buffer.shape[1], len(taps), weight_mat.shape[0]
     k = channels * ntaps
     chunk = _chunk_length(k, buffer.itemsize)
+    grid_view = _tap_grid_view(buffer, taps, kernel, length)
 
     def work(first, stop):
         cols_buffer = scratch("flat_chunk_cols", (k * chunk,), buffer.dtype, xp)
@@ -259,8 +300,11 @@ def tap_gemm(weight_mat, buffer, taps, length: int, out):
             l0 = i * chunk
             l1 = min(length, l0 + chunk)
             cols = cols_buffer[: k * (l1 - l0)].reshape(channels, ntaps, l1 - l0)
-            for t, (p, offset) in enumerate(taps):
-                cols[:, t] = buffer[p, :, offset + l0:offset + l1]
+            if grid_view is not None:
+                cols.reshape(grid_view.shape[:3] + (l1 - l0,))[...] = grid_view[..., l0:l1]
+            else:
+                for t, (p, offset) in enumerate(taps):
+                    cols[:, t] = buffer[p, :, offset + l0:offset + l1]
             # into a contiguous buffer first: BLAS cannot write a column slice of `out` directly
             out[:, l0:l1] = xp.matmul(weight_mat, cols.reshape(k, l1 - l0),
                                       out=out_buffer[: f * (l1 - l0)].reshape(f, l1 - l0))
@@ -270,7 +314,7 @@ def tap_gemm(weight_mat, buffer, taps, length: int, out):
     return out
 
 
-def tap_weight_gradient(buffer, taps, dy_grid, length: int):
+def tap_weight_gradient(buffer, taps, dy_grid, length: int, kernel=None):
     """``dy_grid[:, :length] @ cols^T`` (the weight gradient ``(F, C*T)``), by cached chunks.
 
     Same columns as :func:`tap_gemm`; each thread sums its chunks' ``(C*T, F)`` products, the
@@ -280,6 +324,7 @@ def tap_weight_gradient(buffer, taps, dy_grid, length: int):
     channels, ntaps, f = buffer.shape[1], len(taps), dy_grid.shape[0]
     k = channels * ntaps
     chunk = _chunk_length(k, buffer.itemsize)
+    grid_view = _tap_grid_view(buffer, taps, kernel, length)
     partials = {}
 
     def work(first, stop):
@@ -289,8 +334,11 @@ def tap_weight_gradient(buffer, taps, dy_grid, length: int):
             l0 = i * chunk
             l1 = min(length, l0 + chunk)
             cols = cols_buffer[: k * (l1 - l0)].reshape(channels, ntaps, l1 - l0)
-            for t, (p, offset) in enumerate(taps):
-                cols[:, t] = buffer[p, :, offset + l0:offset + l1]
+            if grid_view is not None:
+                cols.reshape(grid_view.shape[:3] + (l1 - l0,))[...] = grid_view[..., l0:l1]
+            else:
+                for t, (p, offset) in enumerate(taps):
+                    cols[:, t] = buffer[p, :, offset + l0:offset + l1]
             total += xp.matmul(cols.reshape(k, l1 - l0), dy_grid[:, l0:l1].T)
         partials[first] = total
 
@@ -350,14 +398,18 @@ def conv2d_flat_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, k
         with section("im2col"):
             phases = _phase_buffer(x, g)
         with section("gemm"):
-            tap_gemm(weight.reshape(f, k), phases, g.taps, g.length, y_grid)
+            tap_gemm(weight.reshape(f, k), phases, g.taps, g.length, y_grid, g.kernel)
     with section("transpose"):
         y = xp.empty((n, f, oh, ow), dtype=x.dtype)
         y_valid = y_grid.reshape(f, n, hq, wq)[:, :, :oh, :ow].transpose(1, 0, 2, 3)
-        if bias is not None:
-            xp.add(y_valid, bias.reshape(1, f, 1, 1), out=y)  # the layout copy and the bias in one pass
-        else:
-            y[...] = y_valid
+
+        def copy_out(n0, n1):  # the layout copy, then the bias on contiguous rows (a broadcast add
+            y[n0:n1] = y_valid[n0:n1]  # from the transposed view was 2x slower than the copy)
+            if bias is not None:
+                y_rows = y[n0:n1].reshape(n1 - n0, f, oh * ow)
+                y_rows += bias.reshape(1, f, 1)
+
+        parallel_chunks(copy_out, n, y.nbytes * 2, xp)
     return y, FlatCache(x, cols_out if keep_columns else None, weight, g)
 
 
@@ -391,9 +443,14 @@ def conv2d_flat_backward(dy, cache: FlatCache, need_dx=True, need_dweight=True, 
         dy_padded[:, margin + g.length:] = 0
         dy_grid = dy_padded[:, margin:margin + g.length]
         grid = dy_grid.reshape(f, n, hq, wq)
-        grid[:, :, oh:] = 0
-        grid[:, :, :oh, ow:] = 0
-        grid[:, :, :oh, :ow] = dy.transpose(1, 0, 2, 3)
+        dy_cn = dy.transpose(1, 0, 2, 3)
+
+        def copy_in(f0, f1):
+            grid[f0:f1, :, oh:] = 0
+            grid[f0:f1, :, :oh, ow:] = 0
+            grid[f0:f1, :, :oh, :ow] = dy_cn[f0:f1]
+
+        parallel_chunks(copy_in, f, dy.nbytes * 2, xp)
     dbias = _channel_sums(xp, dy) if need_dbias else None
     dweight = None
     if need_dweight:
@@ -407,7 +464,7 @@ def conv2d_flat_backward(dy, cache: FlatCache, need_dx=True, need_dweight=True, 
             with section("im2col"):
                 phases = _phase_buffer(cache.x, g)
             with section("gemm"):
-                dweight = tap_weight_gradient(phases, g.taps, dy_grid, g.length).reshape(weight.shape)
+                dweight = tap_weight_gradient(phases, g.taps, dy_grid, g.length, g.kernel).reshape(weight.shape)
     dx = None
     if direct_dx:
         ntaps = len(g.taps)
@@ -417,7 +474,7 @@ def conv2d_flat_backward(dy, cache: FlatCache, need_dx=True, need_dweight=True, 
         taps = tuple((0, margin - offset) for _, offset in g.taps)
         dphases = scratch("flat_dphases", (1, c, g.length + g.tail), dy.dtype, xp)
         with section("gemm"):
-            tap_gemm(xp.ascontiguousarray(mirrored), dy_padded[None], taps, g.length + g.tail, dphases[0])
+            tap_gemm(xp.ascontiguousarray(mirrored), dy_padded[None], taps, g.length + g.tail, dphases[0], g.kernel)
         with section("col2im"):
             dx = from_phases(dphases, g)
     elif need_dx:
