@@ -385,29 +385,3 @@ def test_float32_stays_float32_without_affine_or_buffers(rng):
     y = layer(x)
     assert y.dtype == np.float32 and layer.backward(np.ones_like(y)).dtype == np.float32
     assert layer(x.astype(np.float64)).dtype == np.float64  # no arrays of its own: any float works
-
-
-@pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_batchnorm_channel_blocks_on_threads_match_torch(training, dtype, rng, monkeypatch):
-    # Tiny blocks and no size threshold, so the blocked, threaded path runs on a small input:
-    # several channel blocks per thread, the last one shorter.
-    from cnnkit.functional import parallel
-
-    monkeypatch.setattr(fast, "BLOCK_BYTES", 2 * 3 * 5 * np.dtype(dtype).itemsize * 2)
-    monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 0)
-    monkeypatch.setenv("CNNKIT_NUM_THREADS", "2")
-    layer, ref = make_pair(BatchNorm2d, torch.nn.BatchNorm2d, 7, dtype, rng)
-    layer.train(training)
-    ref.train(training)
-    x = random_input(rng, (2, 7, 3, 5), dtype)
-    dy = rng.standard_normal(x.shape).astype(dtype)
-    y = layer(x)
-    dx = layer.backward(dy)
-    ty, tdx = forward_backward_torch(ref, x, dy)
-    close(y, ty, dtype)
-    close(dx, tdx, dtype)
-    close(layer.weight.grad, to_numpy(ref.weight.grad), dtype, scale=10)
-    close(layer.bias.grad, to_numpy(ref.bias.grad), dtype, scale=10)
-    close(layer.running_mean, to_numpy(ref.running_mean), dtype)
-    close(layer.running_var, to_numpy(ref.running_var), dtype)

@@ -21,8 +21,6 @@ Both kernels view an input ``(N, C, *)`` as ``(N, C, L)`` (``L`` = product of th
 from __future__ import annotations
 
 from ..backend import array_module
-from .parallel import parallel_chunks
-from .workspace import scratch
 
 
 def _as_ncl(x):
@@ -44,6 +42,11 @@ def _channel_dot(xp, a, b):
     return xp.einsum("ncl,ncl->c", a, b)
 
 
+def _per_channel(v):
+    """Reshape a ``(C,)`` vector to ``(C, 1)`` so it broadcasts against ``(N, C, L)``."""
+    return v[:, None]
+
+
 def _rows(xp, v, length: int):
     """A ``(C,)`` vector as a contiguous ``(C, L)`` array (each value repeated along its row).
 
@@ -52,36 +55,6 @@ def _rows(xp, v, length: int):
     2-3x faster on 128x16x32x32 float32. The array is ``C*L`` values, small and cache resident.
     """
     return xp.repeat(v[:, None], length, axis=1) if length > 1 else v[:, None]
-
-
-# Channels are processed in blocks of about this many bytes of input: a block stays in the 4 MB
-# L2 cache of this machine between the passes over it (statistics, centring, output), so only the
-# first pass reads memory. Blocks are spread over the cores with ``parallel_chunks``.
-BLOCK_BYTES = 1 << 19
-
-
-def _over_channel_blocks(xp, x3, block_work) -> None:
-    """Call ``block_work(c0, c1)`` for cache-sized channel blocks, on every core.
-
-    ``parallel_chunks`` cuts the channels into one range per thread; each thread walks its range
-    in blocks of ``BLOCK_BYTES``. Blocks write disjoint channels of the outputs.
-    """
-    n, c, length = x3.shape
-    per_channel = max(1, n * length * x3.dtype.itemsize)
-    block = max(1, BLOCK_BYTES // per_channel)
-
-    def work(start, stop):
-        for c0 in range(start, stop, block):
-            block_work(c0, min(c0 + block, stop))
-
-    parallel_chunks(work, c, nbytes=x3.nbytes, xp=xp)
-
-
-def _centered_block(xp, x3, shift, c0, c1):
-    """``x3[:, c0:c1] - shift[c0:c1]`` in this thread's scratch buffer (valid until the next call)."""
-    n, _, length = x3.shape
-    out = scratch("batch_norm_centered", (n, c1 - c0, length), x3.dtype, xp)
-    return xp.subtract(x3[:, c0:c1], _rows(xp, shift[c0:c1], length), out=out)
 
 
 def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
@@ -98,13 +71,10 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     With ``training=False`` the running statistics normalise ``x`` and nothing is updated.
     ``weight``/``bias`` may be ``None`` (``affine=False``).
 
-    Training works per cache-sized block of channels (``BLOCK_BYTES``), on both cores: the mean
-    (a sum), ``xc = x - mean`` into the output block, the variance (a dot of ``xc`` with itself:
-    the two-pass formula, exact enough in float32), then ``y = xc * (weight * inv_std) + bias`` in place.
-    Only the first pass over a block reads memory; ``xc`` is not kept (backward recomputes it
-    from ``x`` and the mean, cheaper than writing and re-reading an array the size of ``x``).
-    Eval is only the affine map ``y = x * scale + shift`` with the statistics folded in. Either
-    way the cache references ``x`` itself (no layer writes into its input).
+    Passes over the data: training, a sum, ``xc = x - mean`` (kept for backward), a dot for
+    the variance, then ``y = xc * (weight * inv_std) + bias``; eval, only the affine map
+    ``y = x * scale + shift`` with the statistics folded into ``scale`` and ``shift`` (the cache
+    then references ``x`` itself).
 
     Shape:
         x: (N, C), (N, C, L) or (N, C, H, W); weight, bias, running_mean, running_var: (C,)
@@ -112,31 +82,16 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     """
     xp = array_module(x)
     x3 = _as_ncl(x)
-    channels, length = x3.shape[1:]
+    length = x3.shape[2]
     m = x3.shape[0] * length
-    y3 = xp.empty(x3.shape, dtype=x3.dtype)
     if training:
         if m < 2:
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
             )
-        mean = xp.empty(channels, dtype=x3.dtype)
-        var = xp.empty(channels, dtype=x3.dtype)
-
-        def normalise_block(c0, c1):
-            mean[c0:c1] = _channel_sum(xp, x3[:, c0:c1]) / m
-            # the output block holds xc = x - mean first, then is scaled in place (in-place
-            # ufuncs on two operands measured about twice as fast as three-operand ones)
-            out = xp.subtract(x3[:, c0:c1], _rows(xp, mean[c0:c1], length), out=y3[:, c0:c1])
-            var[c0:c1] = _channel_dot(xp, out, out) / m  # biased: it normalises this batch
-            scale = 1 / xp.sqrt(var[c0:c1] + eps)
-            if weight is not None:
-                scale *= weight[c0:c1]
-            out *= _rows(xp, scale, length)
-            if bias is not None:
-                out += _rows(xp, bias[c0:c1], length)
-
-        _over_channel_blocks(xp, x3, normalise_block)
+        mean = _channel_sum(xp, x3) / m
+        centered = xp.subtract(x3, _rows(xp, mean, length))
+        var = _channel_dot(xp, centered, centered) / m  # biased: it normalises this batch
         if running_mean is not None:
             running_mean *= 1 - momentum
             running_mean += momentum * mean
@@ -144,21 +99,20 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
             running_var *= 1 - momentum
             running_var += (momentum * m / (m - 1)) * var  # unbiased, as PyTorch
         inv_std = 1 / xp.sqrt(var + eps)
-        cache = (x3, mean, inv_std, weight, True, x.shape)
+        scale = inv_std if weight is None else weight * inv_std
+        y = xp.multiply(centered, _rows(xp, scale, length))
+        if bias is not None:
+            y += _rows(xp, bias, length)
+        cache = (centered, None, inv_std, weight, True, x.shape)
     else:
         inv_std = 1 / xp.sqrt(running_var + eps)
         scale = inv_std if weight is None else weight * inv_std
         shift = -running_mean * scale if bias is None else bias - running_mean * scale
-
-        def affine_block(c0, c1):
-            out = y3[:, c0:c1]
-            xp.multiply(x3[:, c0:c1], _rows(xp, scale[c0:c1], length), out=out)
-            out += _rows(xp, shift[c0:c1], length)
-
-        _over_channel_blocks(xp, x3, affine_block)
-        # a copy of the mean x is centred on (the buffer may change before backward)
+        y = xp.multiply(x3, _rows(xp, scale, length))
+        y += _rows(xp, shift, length)
+        # x itself, and a copy of the mean it is centred on (the buffer may change later).
         cache = (x3, running_mean.copy(), inv_std, weight, False, x.shape)
-    return y3.reshape(x.shape), cache
+    return y.reshape(x.shape), cache
 
 
 def batch_norm_backward(dy, cache, need_dx=True, need_dweight=True, need_dbias=True):
@@ -172,12 +126,10 @@ def batch_norm_backward(dy, cache, need_dx=True, need_dweight=True, need_dbias=T
            = weight * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat))
 
     (the second line uses ``sum(dxhat) = weight * sum(dy)``, so the two per-channel sums are the
-    ones ``dbias`` and ``dweight`` need anyway). The cache holds ``x`` and the mean; per
-    cache-sized channel block (both cores) ``xc = x - mean`` is rebuilt, in training in the dx
-    block itself, which the two sums read and the per-channel constants then turn into dx in
-    place (in eval, when the weight gradient is wanted, in a scratch buffer).
-    In eval mode the statistics are constants and the layer is the affine map
-    ``dx = dy * weight * inv_std``.
+    ones ``dbias`` and ``dweight`` need anyway). The cache holds ``xc = x - mean`` rather than
+    ``xhat = xc * inv_std`` (one pass less in forward), so ``inv_std`` is applied to the
+    per-channel sums instead. In eval mode the statistics are constants and the layer is the
+    affine map ``dx = dy * weight * inv_std``.
 
     Shape:
         dy: same as x -> dx: same as x; dweight, dbias: (C,)
@@ -185,39 +137,29 @@ def batch_norm_backward(dy, cache, need_dx=True, need_dweight=True, need_dbias=T
     source, shift, inv_std, weight, training, x_shape = cache
     xp = array_module(dy)
     dy3 = _as_ncl(dy)
-    channels, length = dy3.shape[1:]
+    length = dy3.shape[2]
     m = dy3.shape[0] * length
     scale = inv_std if weight is None else weight * inv_std
 
-    need_sum_dy = need_dbias or (need_dx and training)
-    need_sum_dy_xc = need_dweight or (need_dx and training)
-    sum_dy = xp.empty(channels, dtype=dy3.dtype) if need_sum_dy else None
-    sum_dy_xhat = xp.empty(channels, dtype=dy3.dtype) if need_sum_dy_xc else None
-    dx3 = xp.empty(dy3.shape, dtype=dy3.dtype) if need_dx else None
+    need_sums = need_dx and training
+    sum_dy = _channel_sum(xp, dy3) if (need_dbias or need_sums) else None
+    sum_dy_xhat = None
+    if need_dweight or need_sums:
+        # eval: source is x, centred here (a temporary; eval-mode backward is the rare case)
+        centered = source if shift is None else xp.subtract(source, _rows(xp, shift, length))
+        sum_dy_xhat = _channel_dot(xp, dy3, centered) * inv_std
 
-    def gradient_block(c0, c1):
-        dyb = dy3[:, c0:c1]
-        if need_sum_dy:
-            sum_dy[c0:c1] = _channel_sum(xp, dyb)
-        if need_dx and training:
-            # dx = s * (dy - mean(dy) - xc * inv_std * mean(dy * xhat)), built in place on the
-            # dx block, which first holds xc (in-place ufuncs on two operands are the cheap ones)
-            out = xp.subtract(source[:, c0:c1], _rows(xp, shift[c0:c1], length), out=dx3[:, c0:c1])
-            sum_dy_xhat[c0:c1] = _channel_dot(xp, dyb, out) * inv_std[c0:c1]
-            out *= _rows(xp, -inv_std[c0:c1] * sum_dy_xhat[c0:c1] / m, length)
-            out += dyb
-            out -= _rows(xp, sum_dy[c0:c1] / m, length)
-            out *= _rows(xp, scale[c0:c1], length)
-            return
-        if need_sum_dy_xc:
-            # eval, or no dx wanted: xc only for the dot, in this thread's scratch buffer
-            centered = _centered_block(xp, source, shift, c0, c1)
-            sum_dy_xhat[c0:c1] = _channel_dot(xp, dyb, centered) * inv_std[c0:c1]
-        if need_dx:
-            xp.multiply(dyb, _rows(xp, scale[c0:c1], length), out=dx3[:, c0:c1])
-
-    _over_channel_blocks(xp, dy3, gradient_block)
-    dx = dx3.reshape(x_shape) if need_dx else None
+    dx = None
+    if need_dx:
+        if training:
+            # scale * (dy - mean(dy) - xc * inv_std * mean(dy * xhat)), in place on the new dx
+            dx = xp.multiply(source, _rows(xp, -inv_std * sum_dy_xhat / m, length))
+            dx += dy3
+            dx -= _rows(xp, sum_dy / m, length)
+            dx *= _rows(xp, scale, length)
+        else:
+            dx = xp.multiply(dy3, _rows(xp, scale, length))
+        dx = dx.reshape(x_shape)
     dweight = sum_dy_xhat if need_dweight else None
     dbias = sum_dy if need_dbias else None
     return dx, dweight, dbias
