@@ -409,3 +409,35 @@ def test_float32_stays_float32_in_kernels(rng):
         y, cache = forward(x, *args)
         assert y.dtype == np.float32
         assert backward(np.ones_like(y), cache).dtype == np.float32
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("k, s, p, ceil, shape", [
+    (2, 2, 0, False, (2, 3, 6, 8)),  # windows tile the input: dx written per offset, no scatter
+    (2, 2, 0, False, (3, 2, 7, 9)),  # tiles, with a last row and column no window covers
+    ((3, 2), (3, 2), 0, False, (1, 3, 7, 5)),  # rectangular tiles, batch of 1
+    (3, 2, 1, False, (2, 3, 9, 8)),  # overlapping, padded (ResNet stem)
+    (3, 2, 0, True, (2, 2, 8, 7)),  # ceil-mode overhang
+])
+def test_plane_blocks_on_threads_match_torch_and_naive(k, s, p, ceil, shape, ties, dtype, rng, monkeypatch):
+    # One or two planes per block and no size threshold, so the blocked, threaded paths run here.
+    from cnnkit.functional import parallel
+
+    monkeypatch.setattr(fast, "BLOCK_BYTES", shape[2] * shape[3] * np.dtype(dtype).itemsize * 2)
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 0)
+    monkeypatch.setenv("CNNKIT_NUM_THREADS", "2")
+    x = (rng.integers(0, 3, shape) if ties else rng.standard_normal(shape)).astype(dtype)
+    y, cache = fast.max_pool2d_forward(x, k, s, p, 1, ceil)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = fast.max_pool2d_backward(dy, cache)
+    ty, tdx = torch_forward_backward(lambda t: F.max_pool2d(t, k, s, p, ceil_mode=ceil), x, dy)
+    np.testing.assert_array_equal(y, ty)
+    np.testing.assert_allclose(dx, tdx, **tolerance(dtype))
+    np.testing.assert_allclose(dx, naive.max_pool2d_backward(dy, x, k, s, p, 1, ceil), **tolerance(dtype))
+
+    y, cache = fast.avg_pool2d_forward(x, k, s, p, ceil)
+    dx = fast.avg_pool2d_backward(dy, cache)
+    ty, tdx = torch_forward_backward(lambda t: F.avg_pool2d(t, k, s, p, ceil_mode=ceil), x, dy)
+    np.testing.assert_allclose(y, ty, **tolerance(dtype))
+    np.testing.assert_allclose(dx, tdx, **tolerance(dtype))

@@ -24,7 +24,9 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import array_module
+from .parallel import parallel_chunks
 from .shapes import check_positive, conv_output_size, pair
+from .workspace import scratch
 
 
 class PoolGeometry(NamedTuple):
@@ -108,22 +110,52 @@ def _pad(x, geometry: PoolGeometry, fill):
     return padded
 
 
-def _scatter_windows(dy_per_offset, geometry: PoolGeometry, dtype, xp):
+def _tiles_input(g: PoolGeometry) -> bool:
+    """Whether the windows tile the input without overlap or padding (e.g. 2x2/2 on an even size).
+
+    Then every input position lies in at most one window, at one kernel offset, and backward can
+    write each offset's gradient straight into its strided view of ``dx``.
+    """
+    return (g.stride == g.kernel and g.dilation == (1, 1) and g.padding == (0, 0) and g.pad_end == (0, 0))
+
+
+def _scatter_windows(gradient_of_offset, geometry: PoolGeometry, dtype, xp):
     """col2im for pooling: add each offset's output-shaped gradient back onto its input view.
 
-    ``dy_per_offset(k)`` returns the gradient that kernel offset ``k`` sends to its inputs (an
-    array of the output shape). Overlapping windows add up because each offset is added in its
-    own step, and within one offset distinct outputs hit distinct inputs, so ``+=`` is exact.
+    ``gradient_of_offset(k, out)`` returns the gradient that kernel offset ``k`` sends to its
+    inputs (an array of the output shape); it may write it into ``out`` (a buffer of that shape,
+    possibly a strided view of ``dx``) and return ``out``, which saves a copy.
 
-    Strided read-modify-writes are slow, so the padded gradient is kept as its ``SH*SW`` stride
-    phases (rows ``a::SH``, columns ``b::SW``): every offset then adds onto a unit-stride slice of
-    one phase, and the phases are interleaved once at the end (3x3/2 average-pooling backward
-    measured about 30% faster than adding onto strided views, on one busy core).
+    Non-overlapping windows (``_tiles_input``): each offset writes straight into its strided view
+    of ``dx``, and only positions no window covers (the rows/columns a floor-mode output drops)
+    are zeroed: no zero-fill of the whole gradient, no read-modify-write.
+
+    Otherwise overlapping windows add up because each offset is added in its own step, and
+    within one offset distinct outputs hit distinct inputs, so ``+=`` is exact. Strided
+    read-modify-writes are slow, so the padded gradient is kept as its ``SH*SW`` stride phases
+    (rows ``a::SH``, columns ``b::SW``): every offset then adds onto a unit-stride slice of one
+    phase, and the phases are interleaved once at the end, straight into the unpadded ``dx``
+    (3x3/2 average-pooling backward measured about 30% faster than adding onto strided views,
+    on one busy core).
     """
     n, c, h, w = geometry.input_shape
     (ph, pw), (sh, sw), (dh, dw), (oh, ow) = geometry.padding, geometry.stride, geometry.dilation, geometry.output
+    if _tiles_input(geometry):
+        dx = xp.empty((n, c, h, w), dtype=dtype)
+        for k, rows, cols in geometry.offsets():
+            view = dx[:, :, rows, cols]
+            gradient = gradient_of_offset(k, view)
+            if gradient is not view:
+                xp.copyto(view, gradient)
+        covered_h, covered_w = oh * sh, ow * sw
+        if covered_h < h:
+            dx[:, :, covered_h:] = 0
+        if covered_w < w:
+            dx[:, :, :covered_h, covered_w:] = 0
+        return dx
     padded_h, padded_w = geometry.padded_shape[2:]
     phases = {}
+    routed = xp.empty((n, c, oh, ow), dtype=dtype)
     for k, _, _ in geometry.offsets():
         i, j = divmod(k, geometry.kernel[1])
         row0, row_phase = divmod(i * dh, sh)  # tap row i*dh + o*sh is row row0 + o of phase row_phase
@@ -131,17 +163,64 @@ def _scatter_windows(dy_per_offset, geometry: PoolGeometry, dtype, xp):
         if (row_phase, col_phase) not in phases:
             phase_shape = (n, c, -(-(padded_h - row_phase) // sh), -(-(padded_w - col_phase) // sw))
             phases[row_phase, col_phase] = xp.zeros(phase_shape, dtype=dtype)
-        phases[row_phase, col_phase][:, :, row0:row0 + oh, col0:col0 + ow] += dy_per_offset(k)
+        phases[row_phase, col_phase][:, :, row0:row0 + oh, col0:col0 + ow] += gradient_of_offset(k, routed)
     if (sh, sw) == (1, 1):
         dx_padded = phases[0, 0]
-    else:
-        every_phase_hit = len(phases) == sh * sw
-        dx_padded = (xp.empty if every_phase_hit else xp.zeros)(geometry.padded_shape, dtype=dtype)
-        for (row_phase, col_phase), phase in phases.items():
-            dx_padded[:, :, row_phase::sh, col_phase::sw] = phase
-    if dx_padded.shape == (n, c, h, w):
-        return dx_padded
-    return xp.ascontiguousarray(dx_padded[:, :, ph:ph + h, pw:pw + w])
+        if dx_padded.shape == (n, c, h, w):
+            return dx_padded
+        return xp.ascontiguousarray(dx_padded[:, :, ph:ph + h, pw:pw + w])
+    # Interleave the phases straight into the unpadded dx (the padding's gradient is dropped on
+    # the way): input row r is padded row r + PH, i.e. row (r + PH) // SH of phase (r + PH) % SH.
+    every_phase_hit = len(phases) == sh * sw
+    dx = (xp.empty if every_phase_hit else xp.zeros)((n, c, h, w), dtype=dtype)
+    for (row_phase, col_phase), phase in phases.items():
+        first_row, first_col = (row_phase - ph) % sh, (col_phase - pw) % sw
+        rows, cols = len(range(first_row, h, sh)), len(range(first_col, w, sw))
+        if rows and cols:
+            t0, u0 = (first_row + ph) // sh, (first_col + pw) // sw
+            dx[:, :, first_row::sh, first_col::sw] = phase[:, :, t0:t0 + rows, u0:u0 + cols]
+    return dx
+
+
+# Pooling works on blocks of whole (sample, channel) planes of about this many input bytes: a
+# block's temporaries stay in the (4 MB) L2 cache across the KH*KW offset passes, and the
+# blocks are spread over the cores with ``parallel_chunks``.
+BLOCK_BYTES = 1 << 19
+
+
+def _over_plane_blocks(xp, planes: int, plane_bytes: int, block_work) -> None:
+    """Call ``block_work(start, stop)`` over blocks of the ``N*C`` planes, on every core."""
+    block = max(1, BLOCK_BYTES // max(1, plane_bytes))
+
+    def work(start, stop):
+        for first in range(start, stop, block):
+            block_work(first, min(first + block, stop))
+
+    parallel_chunks(work, planes, nbytes=planes * plane_bytes, xp=xp)
+
+
+def _planes(a):
+    """View ``(N, C, H, W)`` as ``(N*C, 1, H, W)`` (a copy only if ``a`` is not contiguous)."""
+    n, c, h, w = a.shape
+    return a.reshape(n * c, 1, h, w)
+
+
+def _block_geometry(g: PoolGeometry, planes: int) -> PoolGeometry:
+    """The geometry of a block of ``planes`` planes, viewed as ``(planes, 1, H, W)``."""
+    return g._replace(input_shape=(planes, 1) + tuple(g.input_shape[2:]))
+
+
+def _backward_by_blocks(dy, g: PoolGeometry, block_gradient):
+    """Run ``block_gradient(start, stop, block_geometry) -> dx block`` over plane blocks into ``dx``."""
+    xp = array_module(dy)
+    n, c, h, w = g.input_shape
+    dx = xp.empty((n * c, 1, h, w), dtype=dy.dtype)
+
+    def block_work(start, stop):
+        dx[start:stop] = block_gradient(start, stop, _block_geometry(g, stop - start))
+
+    _over_plane_blocks(xp, n * c, h * w * dy.dtype.itemsize, block_work)
+    return dx.reshape(n, c, h, w)
 
 
 # -- max pooling --------------------------------------------------------------------------------
@@ -167,22 +246,37 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     xp = array_module(x)
     g = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode,
                       check_geometry=check_geometry, layer=layer)
-    n, c = x.shape[:2]
+    n, c, h, w = x.shape
     (kh, kw), (oh, ow) = g.kernel, g.output
-    x_padded = _pad(x, g, -np.inf)
-
     # PyTorch's scan: best = -inf and the switch on the window's first real tap, then a tap wins
     # when it is strictly greater (first maximum wins ties) or NaN. Padding (-inf) never wins.
     first_tap = (_first_real_tap(oh, g.stride[0], g.padding[0], g.dilation[0])[:, None] * kw
                  + _first_real_tap(ow, g.stride[1], g.padding[1], g.dilation[1])[None, :])
     switch_dtype = np.uint8 if kh * kw <= 256 else np.int32
-    switches = xp.empty((n, c, oh, ow), dtype=switch_dtype)
-    switches[...] = xp.asarray(first_tap.astype(switch_dtype))
-    y = xp.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
-    window = xp.empty_like(y)  # each strided window is copied once; the ops below then run contiguous
-    wins = xp.empty((n, c, oh, ow), dtype=bool)
-    won = xp.empty_like(switches)
+    first_tap = xp.asarray(first_tap.astype(switch_dtype))
     has_nan = bool(xp.isnan(x).any())  # one pass here saves a NaN test per offset
+    x_planes = _planes(x)
+    y = xp.empty((n * c, 1, oh, ow), dtype=x.dtype)
+    switches = xp.empty((n * c, 1, oh, ow), dtype=switch_dtype)
+
+    def block_work(start, stop):
+        bg = _block_geometry(g, stop - start)
+        _max_pool_block(_pad(x_planes[start:stop], bg, -np.inf), bg, y[start:stop], switches[start:stop],
+                        first_tap, has_nan, xp)
+
+    _over_plane_blocks(xp, n * c, h * w * x.dtype.itemsize, block_work)
+    return y.reshape(n, c, oh, ow), (switches.reshape(n, c, oh, ow), g)
+
+
+def _max_pool_block(x_padded, g: PoolGeometry, y, switches, first_tap, has_nan, xp) -> None:
+    """The offset loop of max pooling on one block of planes, writing ``y`` and ``switches``."""
+    switch_dtype = switches.dtype.type
+    switches[...] = first_tap
+    y.fill(-np.inf)
+    # each strided window is copied once; the ops below then run contiguous (thread scratch)
+    window = scratch("max_pool_window", y.shape, y.dtype, xp)
+    wins = scratch("max_pool_wins", y.shape, bool, xp)
+    won = scratch("max_pool_won", y.shape, switches.dtype, xp)
     for k, rows, cols in g.offsets():
         xp.copyto(window, x_padded[:, :, rows, cols])
         xp.greater(window, y, out=wins)
@@ -194,34 +288,37 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
         xp.multiply(wins, switch_dtype(k), out=won)
         xp.maximum(switches, won, out=switches)
         xp.maximum(y, window, out=y)  # NaN-propagating, like the scan above
-    return y, (switches, g)
 
 
 def max_pool2d_backward(dy, cache):
     """Route each output's gradient to the one input its switch chose; return ``dx``.
 
-    Scatter choice: a loop over the ``KH*KW`` kernel offsets, adding ``dy`` masked by
-    ``switches == k`` onto that offset's input view (``_scatter_windows``). Within one offset no
-    two outputs share an input and overlapping windows meet in different offsets, so ``+=`` is
-    exact without ``np.add.at``. Chosen over ``np.bincount`` on flat indices, which works in
-    float64 (twice the memory and a cast back) and needs int64 index arithmetic: the loop keeps
-    the dtype, runs unchanged on CuPy and is the same code as average pooling's backward. On a
-    busy 2-core machine (32x64x56x56 float32, 3x3/2) bincount took about 0.8x the time of this
-    loop; for 2x2/2 they were about equal.
+    Scatter choice: a loop over the ``KH*KW`` kernel offsets, routing ``dy`` masked by
+    ``switches == k`` to that offset's input view (``_scatter_windows``): written straight into
+    ``dx`` when the windows tile the input (2x2/2), added onto stride phases when they overlap.
+    Within one offset no two outputs share an input and overlapping windows meet in different
+    offsets, so ``+=`` is exact without ``np.add.at``. Chosen over ``np.bincount`` on flat
+    indices, which works in float64 (twice the memory and a cast back) and needs int64 index
+    arithmetic. The work runs per cache-sized block of planes on every core.
 
     Shape:
         dy: (N, C, OH, OW) -> dx: (N, C, H, W)
     """
     switches, g = cache
     xp = array_module(dy)
-    chosen = xp.empty(switches.shape, dtype=bool)
-    routed = xp.empty_like(dy)
+    dy_planes, switch_planes = _planes(dy), _planes(switches)
 
-    def gradient_of_offset(k):
-        xp.equal(switches, k, out=chosen)
-        return xp.multiply(dy, chosen, out=routed)
+    def block_gradient(start, stop, bg):
+        block_dy, block_switches = dy_planes[start:stop], switch_planes[start:stop]
+        chosen = scratch("max_pool_chosen", block_dy.shape, bool, xp)
 
-    return _scatter_windows(gradient_of_offset, g, dy.dtype, xp)
+        def gradient_of_offset(k, out):
+            xp.equal(block_switches, k, out=chosen)
+            return xp.multiply(block_dy, chosen, out=out)
+
+        return _scatter_windows(gradient_of_offset, bg, dy.dtype, xp)
+
+    return _backward_by_blocks(dy, g, block_gradient)
 
 
 def max_pool2d_indices(cache):
@@ -297,8 +394,14 @@ def avg_pool2d_backward(dy, cache):
     """
     divisor, g = cache
     xp = array_module(dy)
-    share = dy / divisor
-    return _scatter_windows(lambda k: share, g, dy.dtype, xp)
+    share = _planes(dy / divisor)
+
+    def block_gradient(start, stop, bg):
+        block_share = share[start:stop]
+
+        return _scatter_windows(lambda k, out: block_share, bg, dy.dtype, xp)
+
+    return _backward_by_blocks(dy, g, block_gradient)
 
 
 # -- LP (power-average) pooling -----------------------------------------------------------------
