@@ -195,9 +195,8 @@ def _conv_memory(m, in_shape, out_shape, batch, itemsize) -> LayerMemory:
 def _flat_conv_memory(m, in_shape, batch, itemsize) -> LayerMemory:
     # functional.conv_flat: the cache holds the input itself (plus the columns when they are
     # small enough to keep). Shared scratch buffers: the phase buffer, the output grid (F, L),
-    # dy on the grid (with margins of `tail` zeros at stride 1), the col2im sums, and per
-    # thread one chunk of columns and of output (the columns are never built whole); a strided
-    # conv's backward also builds dcols (C*kh*kw, L).
+    # dy on the grid with margins of `tail` zeros, the phases of dx, and per thread one chunk
+    # of columns and of output (the columns are never built whole).
     from .functional.conv_flat import CHUNK_BYTES
     from .functional.parallel import num_threads
 
@@ -212,8 +211,6 @@ def _flat_conv_memory(m, in_shape, batch, itemsize) -> LayerMemory:
     chunk = max(CHUNK_BYTES, 256 * max(k, f * len(g.taps)) * itemsize)
     scratch = {"flat_phases": phases, "flat_y": grid, "flat_dy": f * (g.length + 2 * g.tail) * itemsize,
                "flat_dphases": phases, "flat_chunk_cols": threads * chunk, "flat_chunk_out": threads * chunk}
-    if len(g.phases) > 1:
-        scratch["flat_cols"] = cols
     return LayerMemory(keeps_input=True, saved=kept, backward_temp=2 * m.weight.size * itemsize, scratch=scratch)
 
 

@@ -222,3 +222,24 @@ def test_flatten_output_shape_and_errors():
 def test_sequential_with_activations_gradcheck(rng):
     net = Sequential(Flatten(), Tanh(), Softmax(), LeakyReLU(0.3))
     assert cnnkit.gradcheck(net, rng.standard_normal((3, 2, 2, 2))) < 1e-7
+
+
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_relu_on_threads_matches_torch(contiguous, rng, monkeypatch):
+    """The ReLU kernels cut the flat array over threads; forced on (3 threads, tiny jobs), also
+    for a transposed (non-contiguous) input and gradient."""
+    from cnnkit.functional import parallel
+
+    monkeypatch.setenv("CNNKIT_NUM_THREADS", "3")
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 0)
+    x = rng.standard_normal((3, 4, 5, 7)).astype(np.float32)
+    dy = rng.standard_normal((3, 4, 5, 7)).astype(np.float32)
+    if not contiguous:
+        x, dy = x.transpose(0, 1, 3, 2), dy.transpose(0, 1, 3, 2)
+    y, cache = F.relu_forward(x)
+    dx = F.relu_backward(dy, cache)
+    tx = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_()
+    ty = torch.relu(tx)
+    ty.backward(torch.from_numpy(np.ascontiguousarray(dy)))
+    np.testing.assert_array_equal(y, ty.detach().numpy())
+    np.testing.assert_array_equal(dx, tx.grad.numpy())

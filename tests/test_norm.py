@@ -385,3 +385,30 @@ def test_float32_stays_float32_without_affine_or_buffers(rng):
     y = layer(x)
     assert y.dtype == np.float32 and layer.backward(np.ones_like(y)).dtype == np.float32
     assert layer(x.astype(np.float64)).dtype == np.float64  # no arrays of its own: any float works
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_on_threads_matches_torch(training, rng, monkeypatch):
+    """BatchNorm's passes run over slices of the batch on threads; forced on (3 threads for 5
+    images, tiny jobs), forward, running statistics and every gradient still match PyTorch."""
+    from cnnkit.functional import parallel
+    from cnnkit.functional.norm import batch_norm_backward, batch_norm_forward
+
+    monkeypatch.setenv("CNNKIT_NUM_THREADS", "3")
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 0)
+    x = rng.standard_normal((5, 4, 3, 6))
+    dy = rng.standard_normal((5, 4, 3, 6))
+    weight, bias = rng.standard_normal(4), rng.standard_normal(4)
+    running_mean, running_var = rng.standard_normal(4), rng.uniform(0.5, 2, 4)
+    t_mean, t_var = torch.from_numpy(running_mean.copy()), torch.from_numpy(running_var.copy())
+    y, cache = batch_norm_forward(x, weight, bias, running_mean, running_var, training)
+    dx, dweight, dbias = batch_norm_backward(dy, cache)
+
+    tx, tw, tb = (torch.from_numpy(a.copy()).requires_grad_() for a in (x, weight, bias))
+    ty = torch.nn.functional.batch_norm(tx, t_mean, t_var, tw, tb, training=training)
+    ty.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(running_mean, t_mean.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(running_var, t_var.numpy(), rtol=1e-12)
+    for ours, theirs in ((dx, tx), (dweight, tw), (dbias, tb)):
+        np.testing.assert_allclose(ours, theirs.grad.numpy(), rtol=1e-9, atol=1e-11)

@@ -31,6 +31,7 @@ from ..backend import array_module
 from ..profile import section
 from .conv_flat import FlatCache, conv2d_flat_backward, conv2d_flat_forward
 from .im2col import col2im, conv_geometry, im2col
+from .parallel import threaded_matmul
 
 ALGORITHMS = ("auto", "im2col", "flat")
 
@@ -176,7 +177,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     # Grouped GEMM: (G, Fg, Kg) @ (N, G, Kg, P) -> (N, G, Fg, P), broadcast over the batch. For
     # groups=1 this is (F, K) @ (N, K, P); the result is already NCHW (see im2col's layout note).
     with section("gemm"):
-        y = xp.matmul(weight.reshape(groups, f // groups, cg * kh * kw),
+        y = threaded_matmul(weight.reshape(groups, f // groups, cg * kh * kw),
                       cols.reshape(n, groups, cg * kh * kw, out_h * out_w))
     y = y.reshape(n, f, out_h, out_w)
     if bias is not None:
@@ -213,7 +214,7 @@ def conv2d_backward(dy, cache: Conv2dCache, need_dx=True, need_dweight=True, nee
                 # (cols @ dy^T)^T, the orientation OpenBLAS runs fast for a long inner
                 # dimension (see conv_flat): dy @ cols^T took 2.5-4 s against 0.3 s for the
                 # ResNet-18 stem (16x3x224x224, 7x7/2) on this machine.
-                dweight = xp.matmul(cols_groups, dy_groups.transpose(0, 1, 3, 2)).sum(axis=0).transpose(0, 2, 1)
+                dweight = threaded_matmul(cols_groups, dy_groups.transpose(0, 1, 3, 2)).sum(axis=0).transpose(0, 2, 1)
             else:
                 # Many filters, few positions (deep layers): one GEMM over all N*P positions is both
                 # faster and smaller than N products, at the price of one copy of the columns.
@@ -221,14 +222,14 @@ def conv2d_backward(dy, cache: Conv2dCache, need_dx=True, need_dweight=True, nee
                 cols_flat = cols_groups.transpose(1, 2, 0, 3).reshape(groups, kg, n * p)
                 # cols @ dy^T, transposed: OpenBLAS runs this orientation of the long-inner-
                 # dimension GEMM much faster than dy @ cols^T (see conv_flat).
-                dweight = xp.matmul(cols_flat, dy_flat.transpose(0, 2, 1)).transpose(0, 2, 1)
+                dweight = threaded_matmul(cols_flat, dy_flat.transpose(0, 2, 1)).transpose(0, 2, 1)
         dweight = dweight.reshape(weight.shape)
 
     dx = None
     if need_dx:
         weight_t = weight.reshape(groups, fg, kg).transpose(0, 2, 1)  # (G, Kg, Fg), a view
         with section("gemm"):
-            dcols = xp.matmul(weight_t, dy_groups)  # (N, G, Kg, P)
+            dcols = threaded_matmul(weight_t, dy_groups)  # (N, G, Kg, P)
         if cache.pointwise and cache.stride == (1, 1):
             dx = dcols.reshape(input_shape)
         else:

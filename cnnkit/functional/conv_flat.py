@@ -25,11 +25,12 @@ multiplied while it sits in L2, the chunks spread over the cores, so the ``kh*kw
 column matrix is never written to memory. The cache keeps the input itself; backward rebuilds
 the phase buffer.
 
-Backward mirrors it: ``dW = dY @ cols^T`` (zeros in ``dY`` mask the dropped positions), chunked
-the same way. For stride 1, ``dx`` is itself a flat convolution of ``dY`` (padded with ``tail``
-zeros on both sides) with the taps mirrored; for larger strides ``dcols = W^T @ dY`` and
-col2im adds each tap's block back onto a contiguous slice of the phase buffer, then the phases
-are interleaved into ``dx``.
+Backward mirrors it. Phase by phase, ``dx`` is itself a flat convolution of ``dY`` (padded
+with ``tail`` zeros on both sides) with that phase's taps mirrored, and the phases are then
+interleaved into ``dx``: no column matrix, no col2im adds. ``dW = dY @ cols^T`` (zeros in ``dY``
+mask the dropped positions) comes out of the same pass: written as ``sum_p dY[f, p - off_t]
+X[c, p]``, it multiplies the very columns of ``dY`` just gathered for ``dx`` by the input's phase
+buffer (:func:`tap_gemm_and_correlate`).
 
 Cost: the GEMM also computes the dropped seam positions, ``Hq*Wq / (out_h*out_w)`` times the
 useful work (3x3, stride 1, padding 1: 1.06x at 32x32, 1.13x at 16x16, 1.27x at 8x8; with
@@ -44,7 +45,7 @@ from typing import NamedTuple
 from ..backend import array_module
 from ..profile import section
 from .im2col import conv_geometry
-from .parallel import parallel_chunks, single_threaded_blas
+from .parallel import parallel_chunks, single_threaded_blas, threaded_matmul
 from .workspace import scratch
 
 
@@ -214,31 +215,6 @@ def gather_columns(buffer, g: FlatGeometry, out=None):
 
     parallel_chunks(copy, c, cols.nbytes, xp)
     return cols.reshape(c * len(taps), length)
-
-
-def scatter_columns(dcols, g: FlatGeometry, channels: int, out=None):
-    """col2im on the phase buffer (adjoint of ``gather_columns``): add each tap's block back.
-
-    ``out`` (any contents) receives the result; it is zeroed here, chunk by chunk.
-
-    Shape:
-        dcols (C*kh*kw, L) -> buffer (phases, C, L + tail)
-    """
-    xp = array_module(dcols)
-    taps, length = g.taps, g.length
-    if len(taps) == 1 and taps[0][1] == 0:
-        return dcols.reshape(1, channels, length)
-    blocks = dcols.reshape(channels, len(taps), length)
-    shape = (len(g.phases), channels, length + g.tail)
-    buffer = out if out is not None else xp.empty(shape, dtype=dcols.dtype)
-
-    def add(c0, c1):
-        buffer[:, c0:c1] = 0
-        for t, (p, offset) in enumerate(taps):
-            buffer[p, c0:c1, offset:offset + length] += blocks[c0:c1, t]
-
-    parallel_chunks(add, channels, dcols.nbytes * 2, xp)
-    return buffer
 
 
 # Columns per chunk: the chunk's columns take about this many bytes, so they are gathered into
@@ -461,7 +437,7 @@ def conv2d_flat_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, k
                 cols_out[...] = cols
                 cols = cols_out
         with section("gemm"):
-            xp.matmul(weight.reshape(f, k), cols, out=y_grid)
+            threaded_matmul(weight.reshape(f, k), cols, out=y_grid)
     else:
         with section("im2col"):
             phases = _phase_buffer(x, g)
@@ -486,22 +462,29 @@ def _channel_sums(xp, dy):
     return xp.einsum("nfhw->f", dy)
 
 
+def _phase_kernel(g: FlatGeometry, members):
+    """The ``(rows, cols)`` lattice the kernel taps ``members`` (one phase's, in order) fill, else None."""
+    kw = g.kernel[1]
+    rows = {t // kw for t in members}
+    cols = {t % kw for t in members}
+    return (len(rows), len(cols)) if len(rows) * len(cols) == len(members) else None
+
+
 def conv2d_flat_backward(dy, cache: FlatCache, need_dx=True, need_dweight=True, need_dbias=True):
     """Return ``(dx, dweight, dbias)`` of ``conv2d_flat_forward``; ``None`` for what is not asked.
 
     Shape:
         dy: (N, F, out_h, out_w) -> dx: (N, C, H, W), dweight: (F, C, kh, kw), dbias: (F,)
-        dY = dy on the grid (zeros elsewhere); dweight = dY @ cols^T; dx = col2im(W^T @ dY)
+        dY = dy on the grid (zeros elsewhere); dweight = dY @ cols^T; dx = col2im(W^T @ dY),
+        computed per phase p as dphase_p = W_p^T-mirrored flat convolution of dY
     """
     xp = array_module(dy)
     weight, g = cache.weight, cache.geometry
     f, c = weight.shape[:2]
-    k = c * g.kernel[0] * g.kernel[1]
     n, (oh, ow), (hq, wq) = dy.shape[0], g.output, g.grid
-    # Stride 1 (one phase): dx is itself a flat convolution of dY, padded by `tail` zeros on
-    # both sides, with the taps mirrored, chunked like forward. Otherwise: dcols, then col2im.
-    direct_dx = need_dx and len(g.phases) == 1
-    margin = g.tail if direct_dx else 0
+    # dx, phase by phase, is a flat convolution of dY (padded by `tail` zeros on both sides) with
+    # the phase's taps mirrored, chunked like forward: no column matrix, no col2im adds.
+    margin = g.tail if need_dx else 0
     with section("transpose"):
         # Zeros on the dropped seam positions mask the garbage columns there (the buffer is
         # shared scratch: the seams and margins are zeroed here, a thin frame beside the
@@ -521,48 +504,46 @@ def conv2d_flat_backward(dy, cache: FlatCache, need_dx=True, need_dweight=True, 
         parallel_chunks(copy_in, f, dy.nbytes * 2, xp)
     dbias = _channel_sums(xp, dy) if need_dbias else None
     dweight = None
-    # Stride 1 without kept columns: dW comes out of the dx pass, from the same gathered columns
-    # of dY (tap_gemm_and_correlate), instead of a second gather of the input's columns.
-    together = direct_dx and need_dweight and cache.cols is None
+    # Without kept columns, dW comes out of the dx pass, from the same gathered columns of dY
+    # (tap_gemm_and_correlate), instead of a second gather of the input's columns.
+    together = need_dx and need_dweight and cache.cols is None
     if need_dweight and not together:
         if cache.cols is not None:
             with section("gemm"):
                 # (cols @ dY^T)^T, not dY @ cols^T: the same product, but OpenBLAS runs this
                 # orientation of the long-inner-dimension GEMM up to 9x faster (measured at
                 # F=16, K=144, L=148k: 36 ms against 334 ms).
-                dweight = xp.matmul(cache.cols, dy_grid.T).T.reshape(weight.shape)
+                dweight = threaded_matmul(cache.cols, dy_grid.T).T.reshape(weight.shape)
         else:
             with section("im2col"):
                 phases = _phase_buffer(cache.x, g)
             with section("gemm"):
                 dweight = tap_weight_gradient(phases, g.taps, dy_grid, g.length, g.kernel).reshape(weight.shape)
     dx = None
-    if direct_dx:
+    if need_dx:
         ntaps = len(g.taps)
-        # dphase[c, q] = sum_{f, t} W[f, c, t] * dY[f, q - off_t]: rows (f, t) of the mirrored
-        # weight read dY_padded at margin - off_t + q.
-        mirrored = weight.reshape(f, c, ntaps).transpose(1, 0, 2).reshape(c, f * ntaps)
-        taps = tuple((0, margin - offset) for _, offset in g.taps)
-        dphases = scratch("flat_dphases", (1, c, g.length + g.tail), dy.dtype, xp)
-        mirrored = xp.ascontiguousarray(mirrored)
+        weight_taps = weight.reshape(f, c, ntaps)
+        dphases = scratch("flat_dphases", (len(g.phases), c, g.length + g.tail), dy.dtype, xp)
         if together:
             with section("im2col"):
                 phases = _phase_buffer(cache.x, g)
+            dweight_taps = xp.empty((f, c, ntaps), dtype=weight.dtype)
+        for p in range(len(g.phases)):
+            members = [t for t, (phase, _) in enumerate(g.taps) if phase == p]
+            # dphase_p[c, q] = sum_{f, t in p} W[f, c, t] * dY[f, q - off_t]: rows (f, t) of the
+            # mirrored weight read dY_padded at margin - off_t + q.
+            mirrored = xp.ascontiguousarray(weight_taps[:, :, members].transpose(1, 0, 2).reshape(c, -1))
+            taps = tuple((0, margin - g.taps[t][1]) for t in members)
+            kernel = _phase_kernel(g, members)
             with section("gemm"):
-                dweight_rows = tap_gemm_and_correlate(mirrored, dy_padded[None], taps, g.length + g.tail,
-                                                      dphases[0], phases[0], g.kernel)  # rows (f, t)
-            dweight = dweight_rows.reshape(f, ntaps, c).transpose(0, 2, 1).reshape(weight.shape)
-        else:
-            with section("gemm"):
-                tap_gemm(mirrored, dy_padded[None], taps, g.length + g.tail, dphases[0], g.kernel)
+                if together:
+                    rows = tap_gemm_and_correlate(mirrored, dy_padded[None], taps, g.length + g.tail,
+                                                  dphases[p], phases[p], kernel)  # rows (f, t)
+                    dweight_taps[:, :, members] = rows.reshape(f, len(members), c).transpose(0, 2, 1)
+                else:
+                    tap_gemm(mirrored, dy_padded[None], taps, g.length + g.tail, dphases[p], kernel)
+        if together:
+            dweight = dweight_taps.reshape(weight.shape)
         with section("col2im"):
             dx = from_phases(dphases, g)
-    elif need_dx:
-        with section("gemm"):
-            dcols = xp.matmul(weight.reshape(f, k).T, dy_grid,
-                              out=scratch("flat_cols", (k, g.length), dy.dtype, xp))  # (C*kh*kw, L)
-        with section("col2im"):
-            buffer = scatter_columns(dcols, g, c, out=scratch("flat_dphases", (len(g.phases), c, g.length + g.tail),
-                                                               dy.dtype, xp))
-            dx = from_phases(buffer, g)
     return dx, dweight, dbias

@@ -1,5 +1,11 @@
-"""Fully connected layer: ``y = x W^T + b``, one GEMM forward and two GEMMs backward."""
+"""Fully connected layer: ``y = x W^T + b``, one GEMM forward and two GEMMs backward.
+
+The GEMMs go through ``threaded_matmul`` (one BLAS thread per core, split by cnnkit), like
+every GEMM of a training step; see :mod:`cnnkit.functional.parallel` for why.
+"""
 from __future__ import annotations
+
+from .parallel import threaded_matmul
 
 
 def linear_forward(x, weight, bias=None):
@@ -9,7 +15,7 @@ def linear_forward(x, weight, bias=None):
         x: (N, in_features), weight: (out_features, in_features), bias: (out_features,)
         y: (N, out_features)
     """
-    y = x @ weight.T
+    y = threaded_matmul(x, weight.T)
     if bias is not None:
         y += bias
     return y, (x, weight)
@@ -22,7 +28,7 @@ def linear_backward(dy, cache, need_dx=True, need_dweight=True, need_dbias=True)
         dy: (N, out_features) -> dx: (N, in_features), dweight: (out, in), dbias: (out,)
     """
     x, weight = cache
-    dx = dy @ weight if need_dx else None
-    dweight = dy.T @ x if need_dweight else None
+    dx = threaded_matmul(dy, weight) if need_dx else None
+    dweight = threaded_matmul(dy.T, x) if need_dweight else None
     dbias = dy.sum(axis=0) if need_dbias else None
     return dx, dweight, dbias

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 from ..backend import array_module
 from .im2col import col2im, sliding_windows
+from .parallel import threaded_matmul
 
 
 class LocallyConnected2dCache(NamedTuple):
@@ -55,7 +56,7 @@ def locally_connected2d_forward(x, weight, bias=None, stride=1, padding=0, dilat
     cols[...] = windows.transpose(4, 5, 0, 1, 2, 3)
     cols = cols.reshape(p, n, k)
     weight_pfk = weight.reshape(p, f, k)
-    y_pnf = xp.matmul(cols, weight_pfk.transpose(0, 2, 1))  # (P, N, F)
+    y_pnf = threaded_matmul(cols, weight_pfk.transpose(0, 2, 1))  # (P, N, F)
     y = xp.ascontiguousarray(y_pnf.transpose(1, 2, 0)).reshape(n, f, out_h, out_w)
     if bias is not None:
         y += bias
@@ -82,10 +83,10 @@ def locally_connected2d_backward(dy, cache: LocallyConnected2dCache, need_dx=Tru
     dy_pnf = xp.ascontiguousarray(dy.reshape(n, f, p).transpose(2, 0, 1))  # (P, N, F)
     dweight = None
     if need_dweight:
-        dweight = xp.matmul(dy_pnf.transpose(0, 2, 1), cols).reshape(weight.shape)
+        dweight = threaded_matmul(dy_pnf.transpose(0, 2, 1), cols).reshape(weight.shape)
     dx = None
     if need_dx:
-        dcols = xp.matmul(dy_pnf, weight.reshape(p, f, k))  # (P, N, K)
+        dcols = threaded_matmul(dy_pnf, weight.reshape(p, f, k))  # (P, N, K)
         # A view in col2im's (N, C, kh, kw, out_h, out_w) order; col2im accepts any strides.
         dcols = dcols.reshape(out_h, out_w, n, c, kh, kw).transpose(2, 3, 4, 5, 0, 1)
         dx = col2im(dcols, cache.input_shape, (kh, kw), cache.stride, cache.padding, cache.dilation)

@@ -21,6 +21,7 @@ Both kernels view an input ``(N, C, *)`` as ``(N, C, L)`` (``L`` = product of th
 from __future__ import annotations
 
 from ..backend import array_module
+from .parallel import parallel_chunks
 
 
 def _as_ncl(x):
@@ -57,6 +58,19 @@ def _rows(xp, v, length: int):
     return xp.repeat(v[:, None], length, axis=1) if length > 1 else v[:, None]
 
 
+def _over_batch(work, x3) -> list:
+    """Run ``work(n0, n1)`` over slices of the batch axis on every core; return its results.
+
+    NumPy's element-wise passes run on one core; on two, a BatchNorm2d forward + backward of
+    128x16x32x32 float32 measured 18 -> 9 ms. The slices are whole images, so per-channel
+    sums are the sum of the slices' sums.
+    """
+    results = []
+    parallel_chunks(lambda n0, n1: results.append(work(n0, n1)), x3.shape[0], 2 * x3.nbytes,
+                    array_module(x3))
+    return results
+
+
 def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
     """Return ``(y, cache)``; in training mode update ``running_mean``/``running_var`` in place.
 
@@ -74,7 +88,8 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     Passes over the data: training, a sum, ``xc = x - mean`` (kept for backward), a dot for
     the variance, then ``y = xc * (weight * inv_std) + bias``; eval, only the affine map
     ``y = x * scale + shift`` with the statistics folded into ``scale`` and ``shift`` (the cache
-    then references ``x`` itself).
+    then references ``x`` itself). Every pass runs over slices of the batch on both cores
+    (:func:`_over_batch`); per-channel sums are summed over the slices.
 
     Shape:
         x: (N, C), (N, C, L) or (N, C, H, W); weight, bias, running_mean, running_var: (C,)
@@ -84,14 +99,21 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     x3 = _as_ncl(x)
     length = x3.shape[2]
     m = x3.shape[0] * length
+    y = xp.empty(x3.shape, dtype=x.dtype)
     if training:
         if m < 2:
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
             )
-        mean = _channel_sum(xp, x3) / m
-        centered = xp.subtract(x3, _rows(xp, mean, length))
-        var = _channel_dot(xp, centered, centered) / m  # biased: it normalises this batch
+        mean = sum(_over_batch(lambda n0, n1: _channel_sum(xp, x3[n0:n1]), x3)) / m
+        mean_rows = _rows(xp, mean, length)
+        centered = xp.empty(x3.shape, dtype=x.dtype)
+
+        def center(n0, n1):
+            xp.subtract(x3[n0:n1], mean_rows, out=centered[n0:n1])
+            return _channel_dot(xp, centered[n0:n1], centered[n0:n1])
+
+        var = sum(_over_batch(center, x3)) / m  # biased: it normalises this batch
         if running_mean is not None:
             running_mean *= 1 - momentum
             running_mean += momentum * mean
@@ -100,18 +122,24 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
             running_var += (momentum * m / (m - 1)) * var  # unbiased, as PyTorch
         inv_std = 1 / xp.sqrt(var + eps)
         scale = inv_std if weight is None else weight * inv_std
-        y = xp.multiply(centered, _rows(xp, scale, length))
-        if bias is not None:
-            y += _rows(xp, bias, length)
+        source, shift = centered, bias
         cache = (centered, None, inv_std, weight, True, x.shape)
     else:
         inv_std = 1 / xp.sqrt(running_var + eps)
         scale = inv_std if weight is None else weight * inv_std
+        source = x3
         shift = -running_mean * scale if bias is None else bias - running_mean * scale
-        y = xp.multiply(x3, _rows(xp, scale, length))
-        y += _rows(xp, shift, length)
         # x itself, and a copy of the mean it is centred on (the buffer may change later).
         cache = (x3, running_mean.copy(), inv_std, weight, False, x.shape)
+    scale_rows = _rows(xp, scale, length)
+    shift_rows = None if shift is None else _rows(xp, shift, length)
+
+    def affine(n0, n1):
+        xp.multiply(source[n0:n1], scale_rows, out=y[n0:n1])
+        if shift_rows is not None:
+            y[n0:n1] += shift_rows
+
+    _over_batch(affine, x3)
     return y.reshape(x.shape), cache
 
 
@@ -142,23 +170,43 @@ def batch_norm_backward(dy, cache, need_dx=True, need_dweight=True, need_dbias=T
     scale = inv_std if weight is None else weight * inv_std
 
     need_sums = need_dx and training
-    sum_dy = _channel_sum(xp, dy3) if (need_dbias or need_sums) else None
-    sum_dy_xhat = None
-    if need_dweight or need_sums:
-        # eval: source is x, centred here (a temporary; eval-mode backward is the rare case)
-        centered = source if shift is None else xp.subtract(source, _rows(xp, shift, length))
-        sum_dy_xhat = _channel_dot(xp, dy3, centered) * inv_std
+    want_sum_dy = need_dbias or need_sums
+    want_dot = need_dweight or need_sums
+    shift_rows = None if shift is None else _rows(xp, shift, length)
+
+    def sums(n0, n1):
+        sum_dy = _channel_sum(xp, dy3[n0:n1]) if want_sum_dy else 0
+        dot = 0
+        if want_dot:
+            # eval: source is x, centred here (a temporary; eval-mode backward is the rare case)
+            centered = source[n0:n1] if shift_rows is None else xp.subtract(source[n0:n1], shift_rows)
+            dot = _channel_dot(xp, dy3[n0:n1], centered)
+        return sum_dy, dot
+
+    parts = _over_batch(sums, dy3) if (want_sum_dy or want_dot) else []
+    sum_dy = sum(p[0] for p in parts) if want_sum_dy else None
+    sum_dy_xhat = sum(p[1] for p in parts) * inv_std if want_dot else None
 
     dx = None
     if need_dx:
+        dx = xp.empty(dy3.shape, dtype=dy.dtype)
+        scale_rows = _rows(xp, scale, length)
         if training:
             # scale * (dy - mean(dy) - xc * inv_std * mean(dy * xhat)), in place on the new dx
-            dx = xp.multiply(source, _rows(xp, -inv_std * sum_dy_xhat / m, length))
-            dx += dy3
-            dx -= _rows(xp, sum_dy / m, length)
-            dx *= _rows(xp, scale, length)
+            xhat_coef_rows = _rows(xp, -inv_std * sum_dy_xhat / m, length)
+            mean_dy_rows = _rows(xp, sum_dy / m, length)
+
+            def gradient(n0, n1):
+                out = dx[n0:n1]
+                xp.multiply(source[n0:n1], xhat_coef_rows, out=out)
+                out += dy3[n0:n1]
+                out -= mean_dy_rows
+                out *= scale_rows
         else:
-            dx = xp.multiply(dy3, _rows(xp, scale, length))
+            def gradient(n0, n1):
+                xp.multiply(dy3[n0:n1], scale_rows, out=dx[n0:n1])
+
+        _over_batch(gradient, dy3)
         dx = dx.reshape(x_shape)
     dweight = sum_dy_xhat if need_dweight else None
     dbias = sum_dy if need_dbias else None
