@@ -197,7 +197,7 @@ def _flat_conv_memory(m, in_shape, batch, itemsize) -> LayerMemory:
     # small enough to keep). Shared scratch buffers: the phase buffer, the output grid (F, L),
     # dy on the grid with margins of `tail` zeros, the phases of dx, and per thread one chunk
     # of columns and of output (the columns are never built whole).
-    from .functional.conv_flat import CHUNK_BYTES
+    from .functional.conv_flat import _chunk_length
     from .functional.parallel import num_threads
 
     g = flat_geometry((batch,) + tuple(in_shape), m.kernel_size, m.stride, m.padding, m.dilation)
@@ -208,9 +208,13 @@ def _flat_conv_memory(m, in_shape, batch, itemsize) -> LayerMemory:
     grid = f * g.length * itemsize
     kept = cols if cols <= KEEP_COLUMNS_MAX_BYTES else 0
     threads = num_threads()
-    chunk = max(CHUNK_BYTES, 256 * max(k, f * len(g.taps)) * itemsize)
+    # forward: (F, K) @ chunks of the input's columns; backward: (C, F*T) @ chunks of dY's
+    forward_chunk = _chunk_length(k, itemsize, f, g.length)
+    backward_chunk = _chunk_length(f * len(g.taps), itemsize, c, g.length + g.tail)
+    chunk_cols = max(k * forward_chunk, f * len(g.taps) * backward_chunk) * itemsize
+    chunk_out = max(f * forward_chunk, c * backward_chunk) * itemsize
     scratch = {"flat_phases": phases, "flat_y": grid, "flat_dy": f * (g.length + 2 * g.tail) * itemsize,
-               "flat_dphases": phases, "flat_chunk_cols": threads * chunk, "flat_chunk_out": threads * chunk}
+               "flat_dphases": phases, "flat_chunk_cols": threads * chunk_cols, "flat_chunk_out": threads * chunk_out}
     return LayerMemory(keeps_input=True, saved=kept, backward_temp=2 * m.weight.size * itemsize, scratch=scratch)
 
 

@@ -52,14 +52,19 @@ def torch_grads(layer, x, dy):
     return ty.detach().numpy(), tx.grad.numpy(), tw.grad.numpy(), tb.grad.numpy()
 
 
-@pytest.fixture(params=["inline", "threads"])
+@pytest.fixture(params=["inline, direct dx", "threads, direct dx", "threads, col2im dx"])
 def threads(request, monkeypatch):
-    """Run each test once inline and once with the data movement cut into 3 thread chunks."""
-    if request.param == "threads":
+    """Run each test inline and with the work cut into 3 thread chunks, and through both ways
+    the flat kernel computes dx (direct per-phase convolution of dY, or dcols then col2im)."""
+    from cnnkit.functional import conv_flat
+
+    if request.param.startswith("threads"):
         monkeypatch.setenv("CNNKIT_NUM_THREADS", "3")
         monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 0)
+        monkeypatch.setattr(parallel, "MIN_SPLIT_MACS", 0)
     else:
         monkeypatch.setenv("CNNKIT_NUM_THREADS", "1")
+    monkeypatch.setattr(conv_flat, "DIRECT_DX_MIN_CHANNELS", 1 if "direct" in request.param else 10**6)
     return request.param
 
 
@@ -203,7 +208,7 @@ def test_flat_chunked_gemm_matches_naive(case, rng, threads, monkeypatch):
     """Tiny chunks (7 grid columns), so every product is cut into many chunks over the threads."""
     from cnnkit.functional import conv_flat
 
-    monkeypatch.setattr(conv_flat, "_chunk_length", lambda k, itemsize: 7)
+    monkeypatch.setattr(conv_flat, "_chunk_length", lambda *args: 7)
     layer, x = make(case, rng, n=3)
     args = (layer.stride, layer.padding, layer.dilation, 1)
     w, b = layer.weight.data, layer.bias.data

@@ -441,3 +441,19 @@ def test_plane_blocks_on_threads_match_torch_and_naive(k, s, p, ceil, shape, tie
     ty, tdx = torch_forward_backward(lambda t: F.avg_pool2d(t, k, s, p, ceil_mode=ceil), x, dy)
     np.testing.assert_allclose(y, ty, **tolerance(dtype))
     np.testing.assert_allclose(dx, tdx, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("kernel, stride, padding, ceil_mode", [(2, 2, 0, False), (3, 2, 1, False), (3, 2, 0, True)])
+def test_max_pool_without_switches_gives_the_same_maxima(kernel, stride, padding, ceil_mode, rng):
+    """Inference (no_grad) skips the switches; the maxima, NaN included, stay PyTorch's."""
+    import cnnkit
+    from cnnkit.nn.pooling import MaxPool2d
+
+    x = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
+    x[0, 1, 2, 3] = np.nan
+    layer = MaxPool2d(kernel, stride, padding, ceil_mode=ceil_mode, check_geometry=False)
+    with cnnkit.no_grad():
+        y = layer(x)
+    expected = torch.nn.functional.max_pool2d(torch.from_numpy(x), kernel, stride, padding, ceil_mode=ceil_mode)
+    np.testing.assert_array_equal(y, expected.numpy())
+    np.testing.assert_array_equal(y, layer(x))  # the training-mode kernel agrees

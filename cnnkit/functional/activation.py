@@ -18,6 +18,7 @@ numbers, which NumPy never lets upcast an array.
 from __future__ import annotations
 
 from ..backend import array_module
+from . import parallel
 from .parallel import parallel_chunks
 
 
@@ -29,6 +30,9 @@ def relu_forward(x):
         x: any shape -> y: same shape as x
     """
     xp = array_module(x)
+    if x.nbytes < parallel.MIN_PARALLEL_BYTES:  # small: one call, no thread bookkeeping
+        y = xp.maximum(x, 0)
+        return y, y
     y = xp.empty(x.shape, dtype=x.dtype)  # C order, so that its flat view is a view
     flat_x, flat_y = x.reshape(-1), y.reshape(-1)
 
@@ -46,6 +50,8 @@ def relu_backward(dy, cache):
         dy: same shape as y -> dx: same shape as x
     """
     y = cache
+    if dy.nbytes < parallel.MIN_PARALLEL_BYTES:
+        return dy * (y > 0)
     xp = array_module(dy)
     dx = xp.empty(dy.shape, dtype=dy.dtype)
     flat_dy, flat_y, flat_dx = dy.reshape(-1), y.reshape(-1), dx.reshape(-1)

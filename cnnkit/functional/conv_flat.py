@@ -45,7 +45,7 @@ from typing import NamedTuple
 from ..backend import array_module
 from ..profile import section
 from .im2col import conv_geometry
-from .parallel import parallel_chunks, single_threaded_blas, threaded_matmul
+from .parallel import num_threads, parallel_chunks, single_threaded_blas, threaded_matmul
 from .workspace import scratch
 
 
@@ -217,13 +217,55 @@ def gather_columns(buffer, g: FlatGeometry, out=None):
     return cols.reshape(c * len(taps), length)
 
 
+def scatter_columns(dcols, g: FlatGeometry, channels: int, out=None):
+    """col2im on the phase buffer (adjoint of ``gather_columns``): add each tap's block back.
+
+    ``out`` (any contents) receives the result; it is zeroed here, chunk by chunk.
+
+    Shape:
+        dcols (C*kh*kw, L) -> buffer (phases, C, L + tail)
+    """
+    xp = array_module(dcols)
+    taps, length = g.taps, g.length
+    if len(taps) == 1 and taps[0][1] == 0:
+        return dcols.reshape(1, channels, length)
+    blocks = dcols.reshape(channels, len(taps), length)
+    shape = (len(g.phases), channels, length + g.tail)
+    buffer = out if out is not None else xp.empty(shape, dtype=dcols.dtype)
+
+    def add(c0, c1):
+        buffer[:, c0:c1] = 0
+        for t, (p, offset) in enumerate(taps):
+            buffer[p, c0:c1, offset:offset + length] += blocks[c0:c1, t]
+
+    parallel_chunks(add, channels, dcols.nbytes * 2, xp)
+    return buffer
+
+
 # Columns per chunk: the chunk's columns take about this many bytes, so they are gathered into
 # and read by the GEMM while still in the core's L2 cache (4 MB per core here).
 CHUNK_BYTES = 1 << 20
+# ... but at least this many columns per row of the fixed GEMM operand (the weight), up to
+# MAX_MIN_COLUMNS: OpenBLAS packs that operand again for every chunk, which chunks of a few
+# hundred columns do not amortise. Measured (forward GEMM, 2 threads): 2x512x28x28 -> 512,
+# 90 ms with 256-column chunks, 53 ms with 1024 (one 2-thread GEMM of the whole matrix: 49 ms);
+# 16x256x14x14 -> 256, 55 -> 30 ms (26 ms).
+COLUMNS_PER_ROW = 8
+MIN_COLUMNS, MAX_MIN_COLUMNS = 256, 1024
 
 
-def _chunk_length(k: int, itemsize: int) -> int:
-    return max(256, CHUNK_BYTES // (k * itemsize))
+def _chunk_length(k: int, itemsize: int, rows: int, length: int) -> int:
+    """Columns per chunk for ``rows x k`` times ``k x length``: cache-sized, then evened out.
+
+    The chunk count is rounded up to a multiple of the thread count so that every thread gets
+    the same work (two unequal chunks for two threads left one core idle half the time).
+    """
+    target = max(CHUNK_BYTES // (k * itemsize), min(max(MIN_COLUMNS, COLUMNS_PER_ROW * rows), MAX_MIN_COLUMNS))
+    threads = num_threads()
+    count = -(-length // target)
+    if length >= threads * MIN_COLUMNS:
+        count = -(-count // threads) * threads
+    return max(1, -(-length // count))
 
 
 def _tap_blocks(buffer, taps, kernel, length: int):
@@ -292,7 +334,7 @@ def _gather_blocks(cols, blocks, kernel, l0: int, l1: int) -> None:
         cols4[:, row_slice, col_slice] = view[..., l0:l1]
 
 
-def _over_column_chunks(buffer, taps, kernel, length: int, visit) -> list:
+def _over_column_chunks(buffer, taps, kernel, length: int, visit, rows: int = 0) -> list:
     """Gather the columns ``cols[c*T + t, q] = buffer[p_t, c, off_t + q]`` chunk by chunk, on every core.
 
     Calls ``visit(cols, l0, l1, mine)`` for each chunk of columns ``l0:l1`` (``cols`` is
@@ -303,7 +345,7 @@ def _over_column_chunks(buffer, taps, kernel, length: int, visit) -> list:
     """
     xp = array_module(buffer)
     k = buffer.shape[1] * len(taps)
-    chunk = _chunk_length(k, buffer.itemsize)
+    chunk = _chunk_length(k, buffer.itemsize, rows, length)
     blocks = _tap_blocks(buffer, taps, kernel, length)
     results = []
 
@@ -353,7 +395,7 @@ def tap_gemm(weight_mat, buffer, taps, length: int, out, kernel=None):
     def visit(cols, l0, l1, mine):
         _product_into(out, weight_mat, cols, l0, l1, mine)
 
-    _over_column_chunks(buffer, taps, kernel, length, visit)
+    _over_column_chunks(buffer, taps, kernel, length, visit, rows=weight_mat.shape[0])
     return out
 
 
@@ -367,7 +409,8 @@ def tap_weight_gradient(buffer, taps, dy_grid, length: int, kernel=None):
     def visit(cols, l0, l1, mine):
         _accumulate(mine, "sum", array_module(cols).matmul(cols, dy_grid[:, l0:l1].T))
 
-    return sum(mine["sum"] for mine in _over_column_chunks(buffer, taps, kernel, length, visit)).T
+    return sum(mine["sum"] for mine in _over_column_chunks(buffer, taps, kernel, length, visit,
+                                                             rows=dy_grid.shape[0])).T
 
 
 def tap_gemm_and_correlate(weight_mat, buffer, taps, length: int, out, other, kernel=None):
@@ -388,7 +431,8 @@ def tap_gemm_and_correlate(weight_mat, buffer, taps, length: int, out, other, ke
         _product_into(out, weight_mat, cols, l0, l1, mine)
         _accumulate(mine, "sum", xp.matmul(cols, other[:, l0:l1].T))
 
-    return sum(mine["sum"] for mine in _over_column_chunks(buffer, taps, kernel, length, visit))
+    return sum(mine["sum"] for mine in _over_column_chunks(buffer, taps, kernel, length, visit,
+                                                         rows=weight_mat.shape[0]))
 
 
 class FlatCache(NamedTuple):
@@ -462,6 +506,10 @@ def _channel_sums(xp, dy):
     return xp.einsum("nfhw->f", dy)
 
 
+# Below this many input channels, dx goes through dcols and col2im (see conv2d_flat_backward).
+DIRECT_DX_MIN_CHANNELS = 8
+
+
 def _phase_kernel(g: FlatGeometry, members):
     """The ``(rows, cols)`` lattice the kernel taps ``members`` (one phase's, in order) fill, else None."""
     kw = g.kernel[1]
@@ -484,7 +532,7 @@ def conv2d_flat_backward(dy, cache: FlatCache, need_dx=True, need_dweight=True, 
     n, (oh, ow), (hq, wq) = dy.shape[0], g.output, g.grid
     # dx, phase by phase, is a flat convolution of dY (padded by `tail` zeros on both sides) with
     # the phase's taps mirrored, chunked like forward: no column matrix, no col2im adds.
-    margin = g.tail if need_dx else 0
+    margin = g.tail if need_dx and c >= DIRECT_DX_MIN_CHANNELS else 0
     with section("transpose"):
         # Zeros on the dropped seam positions mask the garbage columns there (the buffer is
         # shared scratch: the seams and margins are zeroed here, a thin frame beside the
@@ -504,9 +552,12 @@ def conv2d_flat_backward(dy, cache: FlatCache, need_dx=True, need_dweight=True, 
         parallel_chunks(copy_in, f, dy.nbytes * 2, xp)
     dbias = _channel_sums(xp, dy) if need_dbias else None
     dweight = None
-    # Without kept columns, dW comes out of the dx pass, from the same gathered columns of dY
-    # (tap_gemm_and_correlate), instead of a second gather of the input's columns.
-    together = need_dx and need_dweight and cache.cols is None
+    # With few input channels the direct dx is a GEMM of only C rows, which OpenBLAS runs at a
+    # crawl: then dcols = W^T @ dY (C*kh*kw rows) and col2im adds instead.
+    direct_dx = need_dx and c >= DIRECT_DX_MIN_CHANNELS
+    # Without kept columns, dW comes out of the direct dx pass, from the same gathered columns
+    # of dY (tap_gemm_and_correlate), instead of a second gather of the input's columns.
+    together = direct_dx and need_dweight and cache.cols is None
     if need_dweight and not together:
         if cache.cols is not None:
             with section("gemm"):
@@ -520,7 +571,15 @@ def conv2d_flat_backward(dy, cache: FlatCache, need_dx=True, need_dweight=True, 
             with section("gemm"):
                 dweight = tap_weight_gradient(phases, g.taps, dy_grid, g.length, g.kernel).reshape(weight.shape)
     dx = None
-    if need_dx:
+    if need_dx and not direct_dx:
+        with section("gemm"):
+            dcols = threaded_matmul(weight.reshape(f, -1).T, dy_grid,
+                                    out=scratch("flat_cols", (c * len(g.taps), g.length), dy.dtype, xp))
+        with section("col2im"):
+            buffer = scatter_columns(dcols, g, c, out=scratch("flat_dphases", (len(g.phases), c, g.length + g.tail),
+                                                               dy.dtype, xp))
+            dx = from_phases(buffer, g)
+    elif need_dx:
         ntaps = len(g.taps)
         weight_taps = weight.reshape(f, c, ntaps)
         dphases = scratch("flat_dphases", (len(g.phases), c, g.length + g.tail), dy.dtype, xp)

@@ -10,9 +10,12 @@ inline. Small jobs always run inline (a thread hand-off costs tens of microsecon
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 
 MIN_PARALLEL_BYTES = 1 << 20  # below this much data per call, threads cost more than they save
 
@@ -97,8 +100,12 @@ def single_threaded_blas():
     return _blas_controller.limit(limits=1, user_api="blas")
 
 
-# Below this many multiply-adds a product runs in one piece (still on one BLAS thread).
-MIN_SPLIT_MACS = 1 << 21
+# Below this many multiply-adds a product runs in one piece (still on one BLAS thread): a
+# thread hand-off costs tens of microseconds, ~1 MFLOP of GEMM.
+MIN_SPLIT_MACS = 1 << 24
+# Below this many, OpenBLAS itself runs one thread (its multithreading threshold), so the call
+# goes straight to NumPy without switching the BLAS thread count (~25 microseconds).
+BLAS_SINGLE_THREAD_MACS = 1 << 18
 
 
 def threaded_matmul(a, b, out=None):
@@ -118,18 +125,19 @@ def threaded_matmul(a, b, out=None):
     from ..backend import array_module
 
     xp = array_module(a)
-    if xp.__name__ != "numpy":
-        return xp.matmul(a, b, out=out)
     (m, k), n = a.shape[-2:], b.shape[-1]
-    batch = tuple(xp.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+    batch = a.shape[:-2] if b.ndim == 2 else tuple(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+    total = math.prod(batch) * m * n * k
+    if xp is not np or total < BLAS_SINGLE_THREAD_MACS:
+        return xp.matmul(a, b, out=out)
+    threads = num_threads()
+    if total < MIN_SPLIT_MACS or threads == 1:
+        with single_threaded_blas():
+            return xp.matmul(a, b, out=out)
     if out is None:  # else a C-contiguous array of the result's shape and dtype
         out = xp.empty(batch + (m, n), dtype=xp.result_type(a, b))
-    total = int(xp.prod(batch, dtype=xp.int64)) * m * n * k
-    threads = num_threads()
     with single_threaded_blas():
-        if total < MIN_SPLIT_MACS or threads == 1:
-            xp.matmul(a, b, out=out)
-        elif batch and batch[0] >= threads:
+        if batch and batch[0] >= threads:
             def part(i0, i1):  # operands broadcast along this axis are taken whole
                 xp.matmul(_leading(a, len(batch) + 2, i0, i1), _leading(b, len(batch) + 2, i0, i1), out=out[i0:i1])
             parallel_chunks(part, batch[0], MIN_PARALLEL_BYTES)

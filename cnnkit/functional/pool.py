@@ -184,8 +184,10 @@ def _scatter_windows(gradient_of_offset, geometry: PoolGeometry, dtype, xp):
 
 # Pooling works on blocks of whole (sample, channel) planes of about this many input bytes: a
 # block's temporaries stay in the (4 MB) L2 cache across the KH*KW offset passes, and the
-# blocks are spread over the cores with ``parallel_chunks``.
-BLOCK_BYTES = 1 << 19
+# blocks are spread over the cores with ``parallel_chunks``. Measured, max pooling forward /
+# backward: 512 KB blocks 2.6 / 1.7 ms on LeNet-5's 128x6x28x28 and 85 / 74 ms on the
+# ResNet-18 stem's 16x64x112x112; 2 MB blocks 1.7 / 1.3 and 54 / 53 ms (fewer NumPy calls).
+BLOCK_BYTES = 1 << 21
 
 
 def _over_plane_blocks(xp, planes: int, plane_bytes: int, block_work) -> None:
@@ -232,8 +234,11 @@ def _first_real_tap(out: int, stride: int, padding: int, dilation: int) -> np.nd
 
 
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
-                       check_geometry=False, layer="max_pool2d"):
+                       check_geometry=False, layer="max_pool2d", need_switches=True):
     """Max pooling; return ``(y, cache)``. The cache holds the argmax "switches".
+
+    ``need_switches=False`` (inference: nothing will run backward) computes only the maxima,
+    a third of the passes, and returns ``cache=None``.
 
     The switches are stored as the kernel offset ``k = i*KW + j`` of the chosen tap (uint8 for
     kernels up to 16x16): one byte per output instead of eight, and backward needs nothing else.
@@ -254,17 +259,24 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
                  + _first_real_tap(ow, g.stride[1], g.padding[1], g.dilation[1])[None, :])
     switch_dtype = np.uint8 if kh * kw <= 256 else np.int32
     first_tap = xp.asarray(first_tap.astype(switch_dtype))
-    has_nan = bool(xp.isnan(x).any())  # one pass here saves a NaN test per offset
+    has_nan = need_switches and bool(xp.isnan(x).any())  # one pass here saves a NaN test per offset
     x_planes = _planes(x)
     y = xp.empty((n * c, 1, oh, ow), dtype=x.dtype)
-    switches = xp.empty((n * c, 1, oh, ow), dtype=switch_dtype)
+    switches = xp.empty((n * c, 1, oh, ow), dtype=switch_dtype) if need_switches else None
 
     def block_work(start, stop):
         bg = _block_geometry(g, stop - start)
-        _max_pool_block(_pad(x_planes[start:stop], bg, -np.inf), bg, y[start:stop], switches[start:stop],
-                        first_tap, has_nan, xp)
+        x_padded = _pad(x_planes[start:stop], bg, -np.inf)
+        if switches is None:
+            y[start:stop] = -np.inf
+            for _, rows, cols in bg.offsets():
+                xp.maximum(y[start:stop], x_padded[:, :, rows, cols], out=y[start:stop])  # NaN-propagating
+            return
+        _max_pool_block(x_padded, bg, y[start:stop], switches[start:stop], first_tap, has_nan, xp)
 
     _over_plane_blocks(xp, n * c, h * w * x.dtype.itemsize, block_work)
+    if switches is None:
+        return y.reshape(n, c, oh, ow), None
     return y.reshape(n, c, oh, ow), (switches.reshape(n, c, oh, ow), g)
 
 

@@ -24,7 +24,7 @@ from ..functional.pool import (
     max_pool2d_indices,
 )
 from ..functional.shapes import check_positive, conv_output_size, pair
-from .module import Module
+from .module import Module, is_grad_enabled
 from .validation import check_input
 
 
@@ -96,7 +96,8 @@ class MaxPool2d(_WindowPool2d):
     def forward(self, x):
         check_input(x, "MaxPool2d", 4)
         y, cache = max_pool2d_forward(x, self._kernel, self._stride, self._padding, self._dilation, self.ceil_mode,
-                                      check_geometry=self.check_geometry, layer="MaxPool2d")
+                                      check_geometry=self.check_geometry, layer="MaxPool2d",
+                                      need_switches=is_grad_enabled())
         self._save(cache)
         return y
 
