@@ -55,9 +55,10 @@ def set_benchmark(enabled: bool = True) -> None:
 # Below this many input channels the flat kernel still wins on large images (output positions
 # per image at least this many): measured, fwd + weight-only bwd, float32, 2 cores: ResNet-18 stem
 # 7x7/2 on 224x224 470 -> 195 ms, AlexNet conv1 11x11/4 423 -> 106-136 ms, VGG 3x3 3->64 on
-# 224x224 (batch 2) 1790 -> 50 ms; but LeNet-5 conv2 (6 channels, 10x10 out) 16-18 -> 20 ms and
-# the ResNet-20 stem (3 channels, 32x32) 9-12 -> 18 ms.
-FLAT_MIN_CHANNELS = 8
+# 224x224 (batch 2) 1790 -> 50 ms; but the ResNet-20 stem (3 channels, 32x32) im2col 9.7 ms,
+# flat 19.7 ms. From 6 channels flat wins: LeNet-5 conv2 (6 -> 16, 5x5, batch 128) forward +
+# full backward 20.4 -> 14.7 ms (at 4 channels it depends on the shape).
+FLAT_MIN_CHANNELS = 6
 FLAT_MIN_POSITIONS_FEW_CHANNELS = 2048
 
 
@@ -75,10 +76,10 @@ def choose_algorithm(x_shape, weight_shape, stride=1, padding=0, dilation=1, gro
     """The algorithm ``"auto"`` runs for this shape.
 
     Rule, from the per-layer benchmark (``benchmarks/layers.py``): the flat kernel needs
-    ``groups=1`` and pays when there are at least 8 input channels (its copy is C*kh*kw long
+    ``groups=1`` and pays when there are at least 6 input channels (its copy is C*kh*kw long
     rows instead of N*C*kh*kw*out_h short ones), or, with fewer channels (a network's first
     layer), on large images (at least 2048 output positions per image); on small images with
-    1-7 channels the per-image im2col is as fast and computes no seam positions.
+    1-5 channels the per-image im2col is as fast and computes no seam positions.
     """
     choice = _static_choice(x_shape, weight_shape, stride, padding, dilation, groups)
     if choice == "flat" and _benchmark:
