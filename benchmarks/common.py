@@ -66,13 +66,24 @@ def time_call(run, setup=None) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(candidates: dict, repeat: int = 7, warmup: int = 1, min_seconds: float = 0.0) -> dict:
+# Untimed pause after every timed call. PyTorch's OpenMP threads (GNU libgomp) spin-wait after each
+# parallel region (GOMP_SPINCOUNT, ~300k pause instructions, tens of milliseconds here), and
+# OpenBLAS's workers do the same after a multi-threaded GEMM; whichever framework ran next
+# found both cores busy (measured: cnnkit's 128x16x32x32 convolution 15 ms alone, 21 ms right
+# after a PyTorch call). The pause lets each framework run on an idle machine, as a user's
+# program would, while the rounds stay interleaved against the machine's drift.
+SETTLE_SECONDS = 0.03
+
+
+def interleaved(candidates: dict, repeat: int = 7, warmup: int = 1, min_seconds: float = 0.0,
+                settle: float = SETTLE_SECONDS) -> dict:
     """Median seconds per candidate, timed in interleaved rounds.
 
     ``candidates`` maps a name to ``run`` or to ``(setup, run)``: ``setup()`` (untimed) returns the
     state that ``run(state)`` consumes, e.g. a forward pass before a timed backward. Each round
-    times every candidate once, in turn; at least ``repeat`` rounds run, more while the total time
-    stays below ``min_seconds`` (so very fast operations get more samples).
+    times every candidate once, in turn, with ``settle`` seconds of untimed pause after each call
+    (see ``SETTLE_SECONDS``); at least ``repeat`` rounds run, more while the total time stays
+    below ``min_seconds`` (so very fast operations get more samples).
     """
     pairs = {k: (v if isinstance(v, tuple) else (None, v)) for k, v in candidates.items()}
     samples = {k: [] for k in pairs}
@@ -84,6 +95,7 @@ def interleaved(candidates: dict, repeat: int = 7, warmup: int = 1, min_seconds:
     while rounds < repeat or (time.perf_counter() - started < min_seconds and rounds < 50 * repeat):
         for name, (setup, run) in pairs.items():
             samples[name].append(time_call(run, setup))
+            time.sleep(settle)
         rounds += 1
     return {k: statistics.median(v) for k, v in samples.items()}
 

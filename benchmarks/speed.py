@@ -101,37 +101,57 @@ NOTES = """### How cnnkit's convolution gets its speed, and what was measured
   `cnnkit.functional.conv.set_benchmark(True)` times both once per shape, like cuDNN's benchmark mode).
   `im2col` is the textbook reference: per-image columns `(N, C*kh*kw, P)` and a batched GEMM. `flat`
   (`cnnkit/functional/conv_flat.py`) lays the padded input out channel-major over the whole batch, split
-  into stride phases, so that each im2col row is *one contiguous slice* (C*kh*kw memcpy's instead of
-  N*C*kh*kw*out_h short row copies) and the layer is one large GEMM; it computes the seam positions of the
-  padded grid too (1.13x the work at 32x32, 1.56x at 8x8) and drops them. `auto` takes `flat` for
-  `groups=1` and >= 8 input channels, `im2col` otherwise (first layers: 1-3 channels).
-* **Kept**: the weight-gradient GEMM as `(cols @ dY^T)^T` — OpenBLAS ran `dY @ cols^T` (long inner
-  dimension, 16x144 result) up to 9x slower (334 ms vs 36 ms, F=16, K=144, L=148k); this one change took
-  the ResNet-20 training step from 12x to 5x PyTorch's time. Reused buffers (`functional/workspace.py`):
-  a fresh 75 MB column array cost 58 ms against 22 ms for the same copy into a reused one (first-touch
-  page faults). im2col/col2im/layout copies are cut into channel chunks on a thread pool
-  (`functional/parallel.py`; NumPy releases the GIL in copies and adds).
-* **Cache-sized chunks, one BLAS thread each** (`conv_flat.tap_gemm`): the flat kernel never builds the
-  whole column matrix; ~1 MB chunks of columns are gathered and multiplied while in L2, the chunks spread
-  over the cores by the thread pool with OpenBLAS limited to one thread (`threadpoolctl`). An earlier try
-  at chunking was 1.5-3x *slower* because OpenBLAS split every small GEMM over its own threads again (8 ms
-  of hand-offs per 2 MFLOP chunk on this busy machine); on one thread per chunk, ResNet-20's training step
-  went from 3.4 s to 1.7 s and inference from 1.3 s to 0.6 s (interleaved runs, load ~4). Stride-1 `dx` is
-  the same kind of flat convolution of the zero-margined `dY` with the mirrored taps (no col2im adds).
+  into stride phases, so that each im2col row is *one contiguous slice* of it and the layer is one GEMM
+  over all images. `auto` takes `flat` for `groups=1` and >= 6 input channels (LeNet-5 conv2, 6 -> 16:
+  20.4 -> 14.7 ms forward + backward), `im2col` for the 1-3 channel first layers of small images.
+* **Seams**: the flat GEMM also computes the positions between images and rows and drops them. At
+  stride 1 neighbouring rows and images now share their zero padding (a read past a row's right edge
+  lands in the next row's left padding), so the waste is 1.06x / 1.13x / 1.27x at 32 / 16 / 8 px instead
+  of 1.13x / 1.27x / 1.56x.
+* **Cache-sized chunks, one BLAS thread each** (`conv_flat._over_column_chunks`): the column matrix is
+  never built; ~1 MB chunks are gathered and multiplied while in L2, the chunks spread over the cores by
+  cnnkit's thread pool with OpenBLAS on one thread. A chunk is gathered by one strided copy per stride
+  phase (NumPy `as_strided` views of the phase buffer) instead of one copy per kernel tap: each NumPy call
+  is microseconds of Python that the threads take turns at under the GIL (ResNet-20's 16-channel layer,
+  forward + backward: 48.6 -> 36.1 ms). Chunks have at least 8 columns per weight row (up to 1024),
+  because OpenBLAS packs the weight again for every chunk, and their count is a multiple of the thread
+  count (VGG 512-channel forward GEMM 90 -> 53 ms, against 49 ms for one 2-thread GEMM of the whole
+  column matrix).
+* **Backward**: phase by phase, `dx` is itself a flat convolution of `dY` with that phase's taps
+  mirrored (no column matrix, no col2im adds), and `dW[f, c, t] = sum_p dY[f, p - off_t] X[c, p]`
+  multiplies the *same* gathered columns of `dY` by the input's phase buffer
+  (`conv_flat.tap_gemm_and_correlate`): one gather serves both gradients (ResNet-20 layers 13-27% faster,
+  strided layers 1.3-1.5x). Layers with fewer than 8 input channels, where that `dx` GEMM would have only
+  C rows, use `dcols = W^T @ dY` and col2im instead (AlexNet conv1's full backward: 259 -> 116 ms).
+* **Every GEMM on one BLAS thread per core** (`functional.parallel.threaded_matmul`): after a
+  multi-threaded call, OpenBLAS's workers busy-wait on the cores for a while; the BatchNorm that followed
+  took 14 ms instead of 7 ms. So cnnkit splits every large GEMM itself (batch, rows or columns) over its
+  thread pool, and the element-wise passes get both cores: BatchNorm over batch slices (128x16x32x32
+  forward + backward 20.8 -> 11.8 ms), ReLU over flat slices (6.4 -> 4.5 ms), pooling over 2 MB blocks
+  of planes (ResNet-18 stem max pool backward 166 -> 61 ms; 2x2/2 windows write `dx` per offset without a
+  scatter; under `no_grad` max pooling computes no switches).
+* **Kept from before**: the weight gradient as `(cols @ dY^T)^T` where whole columns exist (OpenBLAS ran
+  `dY @ cols^T` up to 9x slower); reused scratch buffers (a fresh 75 MB array cost 58 ms of page faults
+  against 22 ms for the same copy into a reused one); layout copies on the thread pool.
 * **Memory**: a convolution keeps its *input* (the array the ReLU before it keeps anyway), not its padded
   copy or its columns; backward rebuilds the phase buffer. Shared scratch buffers are one arena per name
-  (sized by the largest layer, not one per shape). ResNet-20 b128 step peak: 735 MB -> 274 MB.
-* **BatchNorm**: per-channel constants broadcast as contiguous `(C, H*W)` rows (NumPy's stride-0 inner
-  loop was 2-3x slower), the cache holds `x - mean` (one pass less), eval mode is one affine pass.
+  (sized by the largest layer, not one per shape).
 * **Inference fusion** (`cnnkit.nn.fuse.fuse(model, input_shape)`): BatchNorm folded into the conv's
   weight and bias, a following ReLU applied in place on the conv's output; the row "inference, fused".
-* **Not done (yet)**: Winograd F(2x2,3x3) (2.25x fewer multiplications, but in NumPy its transforms are
-  extra full passes over 4x the input); FFT for 11x11; pooling fast paths.
+* **Tried and dropped** (measured, interleaved): threads taking chunks from a shared counter instead of
+  fixed ranges (30% slower: per-chunk Python overhead); batched small GEMMs to reach OpenBLAS's
+  small-matrix kernels (no gain); keeping OpenBLAS on one thread for a whole module call instead of per
+  GEMM (no difference, 1.00x); BatchNorm in cache-sized channel blocks (slower at ResNet-20 sizes); plain
+  Numba loops for a direct convolution (18-116 ms against the flat kernel's 12 ms and PyTorch's 5 ms for
+  a ResNet-20 layer's forward: only register-blocked kernels would pay, and they are not the readable
+  code cnnkit is for); Winograd F(2x2,3x3) (2.25x fewer multiplications, but its transforms are extra
+  NumPy passes over 4x the input and its GEMMs have K = C = 16-64, where OpenBLAS is slowest).
 * **What stands in the way**: PyTorch runs oneDNN direct convolutions (no columns, blocked layouts, JIT
-  AVX-512 kernels); for 16-64 channels a NumPy im2col conv writes and reads 9x the input and runs a GEMM
-  with M = 16-64 rows, which OpenBLAS executes at 20-40% of its square-matrix rate. The machine these
-  figures come from was shared with other jobs (load average 5-7 on 2 cores), which slows every
-  multithreaded call by scheduling waits; absolute times are several times the idle machine's.
+  AVX-512 kernels). For 16-64 channels a NumPy convolution must still gather 9x its input and run GEMMs
+  with 16-64 rows, which single-threaded OpenBLAS executes at 40-60 GFLOP/s against 110 for square
+  matrices (it repacks both operands for every call); and every NumPy call costs microseconds of Python,
+  serialised by the GIL between the two threads. The machine is shared: absolute times move by 1.5x
+  between runs, so only the ratios from interleaved runs are comparable.
 """
 
 
