@@ -194,9 +194,9 @@ def _conv_memory(m, in_shape, out_shape, batch, itemsize) -> LayerMemory:
 
 def _flat_conv_memory(m, in_shape, batch, itemsize) -> LayerMemory:
     # functional.conv_flat: the cache holds the input itself (plus the columns when they are
-    # small enough to keep). Shared scratch buffers: the phase buffer, the output grid (F, L),
-    # dy on the grid with margins of `tail` zeros, the phases of dx, and per thread one chunk
-    # of columns and of output (the columns are never built whole).
+    # small enough to keep). Shared scratch buffers: the phase buffer, dy on the grid with
+    # margins of `tail` zeros, the phases of dx, and per thread one chunk of columns and of
+    # output (the columns are never built whole; with kept columns also the output grid).
     from .functional.conv_flat import _chunk_length
     from .functional.parallel import num_threads
 
@@ -213,8 +213,10 @@ def _flat_conv_memory(m, in_shape, batch, itemsize) -> LayerMemory:
     backward_chunk = _chunk_length(f * len(g.taps), itemsize, c, g.length + g.tail)
     chunk_cols = max(k * forward_chunk, f * len(g.taps) * backward_chunk) * itemsize
     chunk_out = max(f * forward_chunk, c * backward_chunk) * itemsize
-    scratch = {"flat_phases": phases, "flat_y": grid, "flat_dy": f * (g.length + 2 * g.tail) * itemsize,
+    scratch = {"flat_phases": phases, "flat_dy": f * (g.length + 2 * g.tail) * itemsize,
                "flat_dphases": phases, "flat_chunk_cols": threads * chunk_cols, "flat_chunk_out": threads * chunk_out}
+    if kept:  # the whole-column path writes the output grid (F, L) before its layout copy
+        scratch["flat_y"] = grid
     return LayerMemory(keeps_input=True, saved=kept, backward_temp=2 * m.weight.size * itemsize, scratch=scratch)
 
 

@@ -337,7 +337,7 @@ def _gather_blocks(cols, blocks, kernel, l0: int, l1: int) -> None:
         cols4[:, row_slice, col_slice] = view[..., l0:l1]
 
 
-def _over_column_chunks(buffer, taps, kernel, length: int, visit, rows: int = 0) -> list:
+def _over_column_chunks(buffer, taps, kernel, length: int, visit, rows: int = 0, bounds=None) -> list:
     """Gather the columns ``cols[c*T + t, q] = buffer[p_t, c, off_t + q]`` chunk by chunk, on every core.
 
     Calls ``visit(cols, l0, l1, mine)`` for each chunk of columns ``l0:l1`` (``cols`` is
@@ -345,26 +345,85 @@ def _over_column_chunks(buffer, taps, kernel, length: int, visit, rows: int = 0)
     chunks spread over the threads (:func:`parallel_chunks`) with BLAS on one thread each, and
     ``mine`` is a dict private to the calling thread (for its buffers and running sums). Returns
     the threads' dicts. The whole column matrix, ``kh*kw`` times the input, is never built.
+    ``bounds`` (a list of ``(l0, l1)``) replaces the even chunks of :func:`_chunk_length`.
     """
     xp = array_module(buffer)
     k = buffer.shape[1] * len(taps)
-    chunk = _chunk_length(k, buffer.itemsize, rows, length)
+    if bounds is None:
+        chunk = _chunk_length(k, buffer.itemsize, rows, length)
+        bounds = [(l0, min(length, l0 + chunk)) for l0 in range(0, length, chunk)]
+    widest = max(l1 - l0 for l0, l1 in bounds)
     blocks = _tap_blocks(buffer, taps, kernel, length)
     results = []
 
     def work(first, stop):
-        cols_buffer = scratch("flat_chunk_cols", (k * chunk,), buffer.dtype, xp)
+        cols_buffer = scratch("flat_chunk_cols", (k * widest,), buffer.dtype, xp)
         mine = {}
-        for i in range(first, stop):
-            l0, l1 = i * chunk, min(length, (i + 1) * chunk)
+        for l0, l1 in bounds[first:stop]:
             cols = cols_buffer[: k * (l1 - l0)].reshape(buffer.shape[1], len(taps), l1 - l0)
             _gather_blocks(cols, blocks, kernel, l0, l1)
             visit(cols.reshape(k, l1 - l0), l0, l1, mine)
         results.append(mine)
 
     with single_threaded_blas():
-        parallel_chunks(work, -(-length // chunk), k * length * buffer.itemsize, xp)
+        parallel_chunks(work, len(bounds), k * length * buffer.itemsize, xp)
     return results
+
+
+def _image_chunks(g: FlatGeometry, target: int) -> list:
+    """Chunk bounds of about ``target`` grid columns that never cut a grid row, and cut an image
+    only when one image is wider than ``target``: whole images ``(l0, l1)``, else row bands of
+    one image. Each chunk's product then maps onto a block of the NCHW output.
+    """
+    n, (hq, wq) = g.input_shape[0], g.grid
+    per_image = hq * wq
+    if target >= per_image:
+        images = max(1, round(target / per_image))
+        return [(first * per_image, min(n, first + images) * per_image) for first in range(0, n, images)]
+    band = max(1, target // wq)
+    return [(image * per_image + y0 * wq, image * per_image + min(hq, y0 + band) * wq)
+            for image in range(n) for y0 in range(0, hq, band)]
+
+
+def tap_gemm_into_output(weight_mat, buffer, g: FlatGeometry, y, bias=None):
+    """The forward GEMM by chunks written straight into the ``(N, F, out_h, out_w)`` output ``y``.
+
+    Chunks follow images or row bands (:func:`_image_chunks`), so each chunk's product, still
+    in the cache, is cropped to the valid corner of its grid positions and copied into its block
+    of ``y`` (plus the bias) by the thread that computed it: no ``(F, L)`` grid in memory and
+    no separate pass to change its layout.
+
+    Shape:
+        weight_mat (F, C*T), buffer (phases, C, L + tail) -> y (N, F, out_h, out_w)
+    """
+    xp = array_module(buffer)
+    f, k = weight_mat.shape
+    (oh, ow), (hq, wq) = g.output, g.grid
+    per_image = hq * wq
+    bounds = _image_chunks(g, _chunk_length(k, buffer.itemsize, f, g.length))
+    bias_column = None if bias is None else bias.reshape(f, 1)
+
+    def visit(cols, l0, l1, mine):
+        if "product" not in mine:
+            widest = max(b - a for a, b in bounds)
+            mine["product"] = scratch("flat_chunk_out", (f * widest,), cols.dtype, xp)
+        product = xp.matmul(weight_mat, cols, out=mine["product"][: f * (l1 - l0)].reshape(f, l1 - l0))
+        if bias_column is not None:
+            product += bias_column
+        image, first_row = divmod(l0, per_image)
+        if l1 - l0 >= per_image:  # whole images
+            images = (l1 - l0) // per_image
+            block = product.reshape(f, images, hq, wq)[:, :, :oh, :ow]
+            y[image:image + images] = block.transpose(1, 0, 2, 3)
+        else:  # a band of rows of one image
+            first_row //= wq
+            last_row = min(oh, first_row + (l1 - l0) // wq)
+            if last_row > first_row:
+                band = product.reshape(f, (l1 - l0) // wq, wq)
+                y[image, :, first_row:last_row] = band[:, : last_row - first_row, :ow]
+
+    _over_column_chunks(buffer, g.taps, g.kernel, g.length, visit, bounds=bounds)
+    return y
 
 
 def _product_into(out, weight_mat, cols, l0, l1, mine):
@@ -455,14 +514,14 @@ def _phase_buffer(x, g: FlatGeometry):
 def conv2d_flat_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, keep_columns=False, workspace=None):
     """Convolution (``groups=1``) as a GEMM over the flattened phase buffer; ``(y, cache)``.
 
-    The GEMM runs by cache-sized chunks of columns (:func:`tap_gemm`). The cache holds the
-    input ``x`` itself, not a padded copy: the layer before (a ReLU, a residual sum) keeps that
-    array anyway, so the convolution adds nothing to a training step's memory; backward
-    rebuilds the phase buffer (one copy) and gathers the column chunks again.
-    ``keep_columns=True`` builds and keeps the whole column matrix instead (``kh*kw`` times the
-    input's size, one unchunked GEMM); ``workspace`` (a
-    :class:`~cnnkit.functional.workspace.Workspace` owned by the calling layer) then holds them
-    from step to step. Transient buffers come from the shared scratch pool.
+    The GEMM runs by cache-sized chunks of columns written straight into ``y``
+    (:func:`tap_gemm_into_output`). The cache holds the input ``x`` itself, not a padded copy:
+    the layer before (a ReLU, a residual sum) keeps that array anyway, so the convolution adds
+    nothing to a training step's memory; backward rebuilds the phase buffer (one copy) and
+    gathers the column chunks again. ``keep_columns=True`` builds and keeps the whole column
+    matrix instead (``kh*kw`` times the input's size, one GEMM split by rows over the threads);
+    ``workspace`` (a :class:`~cnnkit.functional.workspace.Workspace` owned by the calling layer)
+    then holds them from step to step. Transient buffers come from the shared scratch pool.
 
     Shape:
         x: (N, C, H, W), weight: (F, C, kh, kw), bias: (F,) -> y: (N, F, out_h, out_w)
@@ -473,25 +532,23 @@ def conv2d_flat_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, k
     g = flat_geometry(x.shape, weight.shape[2:], stride, padding, dilation)
     (oh, ow), (hq, wq), n = g.output, g.grid, x.shape[0]
     k = c * g.kernel[0] * g.kernel[1]
-    y_grid = scratch("flat_y", (f, g.length), x.dtype, xp)
-    if keep_columns:
-        with section("im2col"):
-            phases = _phase_buffer(x, g)
-            cols_out = xp.empty((k, g.length), x.dtype) if workspace is None else \
-                workspace.get("cols", (k, g.length), x.dtype, xp)
-            cols = gather_columns(phases, g, out=cols_out)
-            if cols is not cols_out:  # 1x1: the columns are a view of the scratch phases
-                cols_out[...] = cols
-                cols = cols_out
-        with section("gemm"):
-            threaded_matmul(weight.reshape(f, k), cols, out=y_grid)
-    else:
+    y = xp.empty((n, f, oh, ow), dtype=x.dtype)
+    if not keep_columns:
         with section("im2col"):
             phases = _phase_buffer(x, g)
         with section("gemm"):
-            tap_gemm(weight.reshape(f, k), phases, g.taps, g.length, y_grid, g.kernel)
+            tap_gemm_into_output(weight.reshape(f, k), phases, g, y, bias)
+        return y, FlatCache(x, None, weight, g)
+    with section("im2col"):
+        phases = _phase_buffer(x, g)
+        cols_out = xp.empty((k, g.length), x.dtype) if workspace is None else \
+            workspace.get("cols", (k, g.length), x.dtype, xp)
+        cols = gather_columns(phases, g, out=cols_out)
+        if cols is not cols_out:  # 1x1: the columns are a view of the scratch phases
+            cols_out[...] = cols
+    with section("gemm"):
+        y_grid = threaded_matmul(weight.reshape(f, k), cols_out, out=scratch("flat_y", (f, g.length), x.dtype, xp))
     with section("transpose"):
-        y = xp.empty((n, f, oh, ow), dtype=x.dtype)
         y_valid = y_grid.reshape(f, n, hq, wq)[:, :, :oh, :ow].transpose(1, 0, 2, 3)
 
         def copy_out(n0, n1):  # the layout copy, then the bias on contiguous rows (a broadcast add
@@ -501,7 +558,7 @@ def conv2d_flat_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, k
                 y_rows += bias.reshape(1, f, 1)
 
         parallel_chunks(copy_out, n, y.nbytes * 2, xp)
-    return y, FlatCache(x, cols_out if keep_columns else None, weight, g)
+    return y, FlatCache(x, cols_out, weight, g)
 
 
 def _channel_sums(xp, dy):
