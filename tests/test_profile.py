@@ -39,7 +39,7 @@ def test_profile_reports_every_leaf_with_times_flops_and_algorithm(rng):
     movement, gemm, other = conv2.split_ms()
     assert movement > 0 and gemm > 0 and other >= 0
     assert set(conv2.sections_ms["forward"]) >= {"im2col", "gemm"}
-    assert "col2im" in conv2.sections_ms["backward"]
+    assert set(conv2.sections_ms["backward"]) >= {"im2col", "gemm"}  # stride 1: dx comes out of the GEMM chunks
     assert result.step_ms > 0 and result.backward
 
 
