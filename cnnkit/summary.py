@@ -195,10 +195,12 @@ def _conv_memory(m, in_shape, out_shape, batch, itemsize) -> LayerMemory:
 def _flat_conv_memory(m, in_shape, batch, itemsize) -> LayerMemory:
     # functional.conv_flat: the cache holds the input itself (plus the columns when they are
     # small enough to keep). Shared scratch buffers: the phase buffer, dy on the grid with
-    # margins of `tail` zeros, the phases of dx, and per thread one chunk of columns and of
-    # output (the columns are never built whole; with kept columns also the output grid).
-    from .functional.conv_flat import _chunk_length
-    from .functional.parallel import num_threads
+    # margins of `tail` zeros, per thread one chunk of columns and of output (the columns are
+    # never built whole; with kept columns also the output grid), and for dx the phases of dx
+    # (strided layers) or dcols and the phases (fewer than DIRECT_DX_MIN_CHANNELS channels);
+    # stride-1 dx is written straight from the GEMM chunks.
+    from .functional.conv_flat import DIRECT_DX_MIN_CHANNELS, _chunk_length, _image_chunks
+    from .functional.parallel import MIN_PARALLEL_BYTES, num_threads
 
     g = flat_geometry((batch,) + tuple(in_shape), m.kernel_size, m.stride, m.padding, m.dilation)
     f, c = m.weight.shape[:2]
@@ -207,16 +209,27 @@ def _flat_conv_memory(m, in_shape, batch, itemsize) -> LayerMemory:
     cols = k * g.length * itemsize
     grid = f * g.length * itemsize
     kept = cols if cols <= KEEP_COLUMNS_MAX_BYTES else 0
-    threads = num_threads()
-    # forward: (F, K) @ chunks of the input's columns; backward: (C, F*T) @ chunks of dY's
-    forward_chunk = _chunk_length(k, itemsize, f, g.length)
-    backward_chunk = _chunk_length(f * len(g.taps), itemsize, c, g.length + g.tail)
-    chunk_cols = max(k * forward_chunk, f * len(g.taps) * backward_chunk) * itemsize
-    chunk_out = max(f * forward_chunk, c * backward_chunk) * itemsize
+    # forward: (F, K) @ chunks of the input's columns; backward: (C, F*T) @ chunks of dY's. Each
+    # thread that takes part holds one chunk; small jobs run on the calling thread alone.
+    def widest(k_rows, rows, length, image_aligned):
+        chunk = _chunk_length(k_rows, itemsize, rows, length)
+        bounds = _image_chunks(g, chunk) if image_aligned else [(0, min(chunk, length))]
+        threads = num_threads() if k_rows * length * itemsize >= MIN_PARALLEL_BYTES and len(bounds) > 1 else 1
+        return max(b - a for a, b in bounds), threads
+
+    forward_chunk, forward_threads = widest(k, f, g.length, True)
+    backward_chunk, backward_threads = widest(f * len(g.taps), c, g.length + g.tail, tuple(g.stride) == (1, 1))
+    chunk_cols = max(forward_threads * k * forward_chunk, backward_threads * f * len(g.taps) * backward_chunk)
+    chunk_out = max(forward_threads * f * forward_chunk, backward_threads * c * backward_chunk)
     scratch = {"flat_phases": phases, "flat_dy": f * (g.length + 2 * g.tail) * itemsize,
-               "flat_dphases": phases, "flat_chunk_cols": threads * chunk_cols, "flat_chunk_out": threads * chunk_out}
+               "flat_chunk_cols": chunk_cols * itemsize, "flat_chunk_out": chunk_out * itemsize}
     if kept:  # the whole-column path writes the output grid (F, L) before its layout copy
         scratch["flat_y"] = grid
+    if c < DIRECT_DX_MIN_CHANNELS:  # dx through dcols (C*kh*kw, L) and col2im into phases
+        scratch["flat_cols"] = cols
+        scratch["flat_dphases"] = phases
+    elif kept or tuple(g.stride) != (1, 1):  # dx phase by phase, then interleaved
+        scratch["flat_dphases"] = phases
     return LayerMemory(keeps_input=True, saved=kept, backward_temp=2 * m.weight.size * itemsize, scratch=scratch)
 
 
