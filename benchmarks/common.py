@@ -71,21 +71,26 @@ def time_call(run, setup=None) -> float:
 # OpenBLAS's workers do the same after a multi-threaded GEMM; whichever framework ran next
 # found both cores busy (measured: cnnkit's 128x16x32x32 convolution 15 ms alone, 21 ms right
 # after a PyTorch call). The pause lets each framework run on an idle machine, as a user's
-# program would, while the rounds stay interleaved against the machine's drift.
+# program would, while the rounds stay interleaved against the machine's drift. OpenBLAS's
+# workers spin for 0.1-0.2 s after a multi-threaded GEMM (cnnkit's convolution 23-29 ms within
+# 0.1 s of a 2-thread sgemm, 14 ms after 0.2 s), so a candidate that runs one (the sgemm
+# reference) gets a longer pause: ``settle`` may map names to seconds.
 SETTLE_SECONDS = 0.03
+BLAS_SETTLE_SECONDS = 0.25
 
 
 def interleaved(candidates: dict, repeat: int = 7, warmup: int = 1, min_seconds: float = 0.0,
-                settle: float = SETTLE_SECONDS) -> dict:
+                settle=SETTLE_SECONDS) -> dict:
     """Median seconds per candidate, timed in interleaved rounds.
 
     ``candidates`` maps a name to ``run`` or to ``(setup, run)``: ``setup()`` (untimed) returns the
     state that ``run(state)`` consumes, e.g. a forward pass before a timed backward. Each round
-    times every candidate once, in turn, with ``settle`` seconds of untimed pause after each call
-    (see ``SETTLE_SECONDS``); at least ``repeat`` rounds run, more while the total time stays
+    times every candidate once, in turn, with ``settle`` seconds (or ``settle[name]``) of untimed
+    pause after each call (see ``SETTLE_SECONDS``); at least ``repeat`` rounds run, more while the total time stays
     below ``min_seconds`` (so very fast operations get more samples).
     """
     pairs = {k: (v if isinstance(v, tuple) else (None, v)) for k, v in candidates.items()}
+    pauses = {k: settle.get(k, SETTLE_SECONDS) if isinstance(settle, dict) else settle for k in pairs}
     samples = {k: [] for k in pairs}
     for _ in range(warmup):
         for setup, run in pairs.values():
@@ -95,7 +100,7 @@ def interleaved(candidates: dict, repeat: int = 7, warmup: int = 1, min_seconds:
     while rounds < repeat or (time.perf_counter() - started < min_seconds and rounds < 50 * repeat):
         for name, (setup, run) in pairs.items():
             samples[name].append(time_call(run, setup))
-            time.sleep(settle)
+            time.sleep(pauses[name])
         rounds += 1
     return {k: statistics.median(v) for k, v in samples.items()}
 

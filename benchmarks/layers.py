@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from common import interleaved
+from common import BLAS_SETTLE_SECONDS, interleaved
 
 SGEMM_N = 1024  # the reference GEMM timed alongside every conv row
 
@@ -118,10 +118,12 @@ def bench_forward_backward(torch, layer, torch_fn, torch_params, x, repeat, extr
         out.backward(dyt)
 
     extra = extra or {}
-    fwd = interleaved({"cnnkit": ck_forward, "torch": tc_forward, **extra}, repeat=repeat, min_seconds=0.3)
+    settle = {name: BLAS_SETTLE_SECONDS for name in extra}  # the sgemm reference: 2-thread OpenBLAS
+    fwd = interleaved({"cnnkit": ck_forward, "torch": tc_forward, **extra}, repeat=repeat, min_seconds=0.3,
+                      settle=settle)
     layer._cache = None
     bwd = interleaved({"cnnkit": (ck_setup, ck_backward), "torch": (tc_setup, tc_backward), **extra},
-                      repeat=repeat, min_seconds=0.3)
+                      repeat=repeat, min_seconds=0.3, settle=settle)
     return fwd, bwd
 
 
