@@ -146,6 +146,12 @@ NOTES = """### How cnnkit's convolution gets its speed, and what was measured
   a ResNet-20 layer's forward: only register-blocked kernels would pay, and they are not the readable
   code cnnkit is for); Winograd F(2x2,3x3) (2.25x fewer multiplications, but its transforms are extra
   NumPy passes over 4x the input and its GEMMs have K = C = 16-64, where OpenBLAS is slowest).
+* **How the timing is kept fair**: each timed call is followed by an untimed pause (30 ms; 0.25 s after
+  the 2-thread sgemm reference), because PyTorch's OpenMP workers and OpenBLAS's workers busy-wait on
+  the cores after a parallel call and slowed whichever framework ran next (cnnkit's 16-channel
+  convolution: 15 ms alone, 21 ms right after a PyTorch call, 23-29 ms within 0.1 s of a 2-thread
+  sgemm). Before this, cnnkit's own multi-threaded GEMMs also slowed the PyTorch runs that followed
+  them, which flattered the earlier ratios (LeNet-5's PyTorch step measured 25 ms then, 16 ms now).
 * **What stands in the way**: PyTorch runs oneDNN direct convolutions (no columns, blocked layouts, JIT
   AVX-512 kernels). For 16-64 channels a NumPy convolution must still gather 9x its input and run GEMMs
   with 16-64 rows, which single-threaded OpenBLAS executes at 40-60 GFLOP/s against 110 for square
