@@ -228,7 +228,7 @@ def _flat_conv_memory(m, in_shape, batch, itemsize) -> LayerMemory:
     if c < DIRECT_DX_MIN_CHANNELS:  # dx through dcols (C*kh*kw, L) and col2im into phases
         scratch["flat_cols"] = cols
         scratch["flat_dphases"] = phases
-    elif kept or tuple(g.stride) != (1, 1):  # dx phase by phase, then interleaved
+    elif tuple(g.stride) != (1, 1):  # dx phase by phase, then interleaved
         scratch["flat_dphases"] = phases
     return LayerMemory(keeps_input=True, saved=kept, backward_temp=2 * m.weight.size * itemsize, scratch=scratch)
 

@@ -433,13 +433,7 @@ def tap_gemm_into_output(weight_mat, buffer, g: FlatGeometry, y, bias=None):
     """
     f, k = weight_mat.shape
     bounds = _image_chunks(g, _chunk_length(k, buffer.itemsize, f, g.length))
-    store = _grid_window_store(g, y, 0, 0, bias)
-
-    def visit(cols, l0, l1, mine):
-        store(_product(weight_mat, cols, l0, l1, mine), l0, l1)
-
-    _over_column_chunks(buffer, g.taps, g.kernel, g.length, visit, bounds=bounds)
-    return y
+    return tap_gemm(weight_mat, buffer, g.taps, g.length, _grid_window_store(g, y, 0, 0, bias), g.kernel, bounds)
 
 
 def _product(weight_mat, cols, l0, l1, mine):
@@ -452,9 +446,16 @@ def _product(weight_mat, cols, l0, l1, mine):
     return xp.matmul(weight_mat, cols, out=mine["product"][: rows * (l1 - l0)].reshape(rows, l1 - l0))
 
 
-def _product_into(out, weight_mat, cols, l0, l1, mine):
-    """``out[:, l0:l1] = weight_mat @ cols``."""
-    out[:, l0:l1] = _product(weight_mat, cols, l0, l1, mine)
+def _as_store(out):
+    """``out`` as a chunk store ``store(product, l0, l1)``: itself if it is one (see
+    :func:`_grid_window_store`), else one writing columns ``l0:l1`` of the array ``out``."""
+    if callable(out):
+        return out
+
+    def store(product, l0, l1):
+        out[:, l0:l1] = product
+
+    return store
 
 
 def _accumulate(mine, key, value):
@@ -464,21 +465,24 @@ def _accumulate(mine, key, value):
         mine[key] = value
 
 
-def tap_gemm(weight_mat, buffer, taps, length: int, out, kernel=None):
+def tap_gemm(weight_mat, buffer, taps, length: int, out, kernel=None, bounds=None):
     """``out[:, :length] = weight_mat @ cols`` with ``cols[c*T + t, q] = buffer[p_t, c, off_t + q]``.
 
     By cache-sized chunks of columns on every core (:func:`_over_column_chunks`). Against one
     im2col of the whole batch then one big GEMM, this measured 2.5x faster at 16 channels on
     32x32 (the 85 MB of columns of a batch of 128 never reach memory) and needs ~1 MB of
-    scratch instead of the columns.
+    scratch instead of the columns. ``out`` is an array, or a chunk store (:func:`_as_store`)
+    used with its ``bounds``.
 
     Shape:
         weight_mat (F, C*T), buffer (phases, C, >= length + max offset) -> out (F, >= length)
     """
-    def visit(cols, l0, l1, mine):
-        _product_into(out, weight_mat, cols, l0, l1, mine)
+    store = _as_store(out)
 
-    _over_column_chunks(buffer, taps, kernel, length, visit, rows=weight_mat.shape[0])
+    def visit(cols, l0, l1, mine):
+        store(_product(weight_mat, cols, l0, l1, mine), l0, l1)
+
+    _over_column_chunks(buffer, taps, kernel, length, visit, rows=weight_mat.shape[0], bounds=bounds)
     return out
 
 
@@ -504,15 +508,14 @@ def tap_gemm_and_correlate(weight_mat, buffer, taps, length: int, out, other, ke
     ``X (C, L + tail)``, the correlation ``sum_p dY[f, p - off_t] X[c, p]`` is the weight
     gradient ``dW[f, c, t]``: one gather of ``dY``'s columns serves both GEMMs.
 
-    ``out`` is an array, or a chunk store ``store(product, l0, l1)`` (:func:`_grid_window_store`)
-    used with its ``bounds``.
+    ``out`` and ``bounds`` as for :func:`tap_gemm`.
 
     Shape:
         weight_mat (C, F*T), buffer (1, F, >= length + max offset), other (C, >= length)
         -> out (C, >= length); returns (F*T, C)
     """
     xp = array_module(buffer)
-    store = out if callable(out) else (lambda product, l0, l1: out.__setitem__((slice(None), slice(l0, l1)), product))
+    store = _as_store(out)
 
     def visit(cols, l0, l1, mine):
         store(_product(weight_mat, cols, l0, l1, mine), l0, l1)
@@ -664,24 +667,18 @@ def conv2d_flat_backward(dy, cache: FlatCache, need_dx=True, need_dweight=True, 
             buffer = scatter_columns(dcols, g, c, out=scratch("flat_dphases", (len(g.phases), c, g.length + g.tail),
                                                                dy.dtype, xp))
             dx = from_phases(buffer, g)
-    elif together and g.stride == (1, 1):
-        # Stride 1: image-aligned chunks of the dx pass go straight into dx (the input window
-        # of each grid image), no phase buffer of dx and no from_phases pass.
-        ntaps = len(g.taps)
-        mirrored = xp.ascontiguousarray(weight.reshape(f, c, ntaps).transpose(1, 0, 2).reshape(c, -1))
-        taps = tuple((0, margin - offset) for _, offset in g.taps)
-        with section("im2col"):
-            phases = _phase_buffer(cache.x, g)
-        dx = xp.empty(g.input_shape, dtype=dy.dtype)
-        bounds = _image_chunks(g, _chunk_length(f * ntaps, dy.itemsize, c, g.length))
-        with section("gemm"):
-            rows = tap_gemm_and_correlate(mirrored, dy_padded[None], taps, g.length,
-                                          _grid_window_store(g, dx, *g.padding), phases[0], g.kernel, bounds)
-        dweight = rows.reshape(f, ntaps, c).transpose(0, 2, 1).reshape(weight.shape)
     elif need_dx:
         ntaps = len(g.taps)
         weight_taps = weight.reshape(f, c, ntaps)
-        dphases = scratch("flat_dphases", (len(g.phases), c, g.length + g.tail), dy.dtype, xp)
+        # Stride 1 (one phase): image-aligned chunks go straight into dx, the input window of
+        # each grid image; no phase buffer of dx, no from_phases pass. Otherwise per phase into
+        # the phases of dx, interleaved at the end.
+        into_dx = g.stride == (1, 1)
+        if into_dx:
+            dx, length = xp.empty(g.input_shape, dtype=dy.dtype), g.length  # the tail holds no input
+        else:
+            dphases = scratch("flat_dphases", (len(g.phases), c, g.length + g.tail), dy.dtype, xp)
+            length = g.length + g.tail
         if together:
             with section("im2col"):
                 phases = _phase_buffer(cache.x, g)
@@ -693,15 +690,21 @@ def conv2d_flat_backward(dy, cache: FlatCache, need_dx=True, need_dweight=True, 
             mirrored = xp.ascontiguousarray(weight_taps[:, :, members].transpose(1, 0, 2).reshape(c, -1))
             taps = tuple((0, margin - g.taps[t][1]) for t in members)
             kernel = _phase_kernel(g, members)
+            if into_dx:
+                out = _grid_window_store(g, dx, *g.padding)
+                bounds = _image_chunks(g, _chunk_length(f * len(members), dy.itemsize, c, length))
+            else:
+                out, bounds = dphases[p], None
             with section("gemm"):
                 if together:
-                    rows = tap_gemm_and_correlate(mirrored, dy_padded[None], taps, g.length + g.tail,
-                                                  dphases[p], phases[p], kernel)  # rows (f, t)
+                    rows = tap_gemm_and_correlate(mirrored, dy_padded[None], taps, length, out, phases[p],
+                                                  kernel, bounds)  # rows (f, t)
                     dweight_taps[:, :, members] = rows.reshape(f, len(members), c).transpose(0, 2, 1)
                 else:
-                    tap_gemm(mirrored, dy_padded[None], taps, g.length + g.tail, dphases[p], kernel)
+                    tap_gemm(mirrored, dy_padded[None], taps, length, out, kernel, bounds)
         if together:
             dweight = dweight_taps.reshape(weight.shape)
-        with section("col2im"):
-            dx = from_phases(dphases, g)
+        if not into_dx:
+            with section("col2im"):
+                dx = from_phases(dphases, g)
     return dx, dweight, dbias
