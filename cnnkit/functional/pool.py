@@ -119,8 +119,9 @@ def _tiles_input(g: PoolGeometry) -> bool:
     return (g.stride == g.kernel and g.dilation == (1, 1) and g.padding == (0, 0) and g.pad_end == (0, 0))
 
 
-def _scatter_windows(gradient_of_offset, geometry: PoolGeometry, dtype, xp):
-    """col2im for pooling: add each offset's output-shaped gradient back onto its input view.
+def _scatter_windows(gradient_of_offset, geometry: PoolGeometry, dtype, xp, out=None):
+    """col2im for pooling: add each offset's output-shaped gradient back onto its input view;
+    into ``out`` (an array of the input shape, any contents) if given.
 
     ``gradient_of_offset(k, out)`` returns the gradient that kernel offset ``k`` sends to its
     inputs (an array of the output shape); it may write it into ``out`` (a buffer of that shape,
@@ -140,8 +141,15 @@ def _scatter_windows(gradient_of_offset, geometry: PoolGeometry, dtype, xp):
     """
     n, c, h, w = geometry.input_shape
     (ph, pw), (sh, sw), (dh, dw), (oh, ow) = geometry.padding, geometry.stride, geometry.dilation, geometry.output
+    def result(zeroed: bool):
+        if out is None:
+            return (xp.zeros if zeroed else xp.empty)((n, c, h, w), dtype=dtype)
+        if zeroed:
+            out[...] = 0
+        return out
+
     if _tiles_input(geometry):
-        dx = xp.empty((n, c, h, w), dtype=dtype)
+        dx = result(zeroed=False)
         for k, rows, cols in geometry.offsets():
             view = dx[:, :, rows, cols]
             gradient = gradient_of_offset(k, view)
@@ -166,13 +174,14 @@ def _scatter_windows(gradient_of_offset, geometry: PoolGeometry, dtype, xp):
         phases[row_phase, col_phase][:, :, row0:row0 + oh, col0:col0 + ow] += gradient_of_offset(k, routed)
     if (sh, sw) == (1, 1):
         dx_padded = phases[0, 0]
-        if dx_padded.shape == (n, c, h, w):
+        if out is None and dx_padded.shape == (n, c, h, w):
             return dx_padded
-        return xp.ascontiguousarray(dx_padded[:, :, ph:ph + h, pw:pw + w])
+        dx = result(zeroed=False)
+        dx[...] = dx_padded[:, :, ph:ph + h, pw:pw + w]
+        return dx
     # Interleave the phases straight into the unpadded dx (the padding's gradient is dropped on
     # the way): input row r is padded row r + PH, i.e. row (r + PH) // SH of phase (r + PH) % SH.
-    every_phase_hit = len(phases) == sh * sw
-    dx = (xp.empty if every_phase_hit else xp.zeros)((n, c, h, w), dtype=dtype)
+    dx = result(zeroed=len(phases) < sh * sw)  # a phase no tap hits stays zero
     for (row_phase, col_phase), phase in phases.items():
         first_row, first_col = (row_phase - ph) % sh, (col_phase - pw) % sw
         rows, cols = len(range(first_row, h, sh)), len(range(first_col, w, sw))
@@ -213,13 +222,14 @@ def _block_geometry(g: PoolGeometry, planes: int) -> PoolGeometry:
 
 
 def _backward_by_blocks(dy, g: PoolGeometry, block_gradient):
-    """Run ``block_gradient(start, stop, block_geometry) -> dx block`` over plane blocks into ``dx``."""
+    """Run ``block_gradient(start, stop, block_geometry, out)`` over plane blocks, each writing its
+    block of ``dx`` into ``out``."""
     xp = array_module(dy)
     n, c, h, w = g.input_shape
     dx = xp.empty((n * c, 1, h, w), dtype=dy.dtype)
 
     def block_work(start, stop):
-        dx[start:stop] = block_gradient(start, stop, _block_geometry(g, stop - start))
+        block_gradient(start, stop, _block_geometry(g, stop - start), dx[start:stop])
 
     _over_plane_blocks(xp, n * c, h * w * dy.dtype.itemsize, block_work)
     return dx.reshape(n, c, h, w)
@@ -320,7 +330,7 @@ def max_pool2d_backward(dy, cache):
     xp = array_module(dy)
     dy_planes, switch_planes = _planes(dy), _planes(switches)
 
-    def block_gradient(start, stop, bg):
+    def block_gradient(start, stop, bg, dx_block):
         block_dy, block_switches = dy_planes[start:stop], switch_planes[start:stop]
         chosen = scratch("max_pool_chosen", block_dy.shape, bool, xp)
 
@@ -328,7 +338,7 @@ def max_pool2d_backward(dy, cache):
             xp.equal(block_switches, k, out=chosen)
             return xp.multiply(block_dy, chosen, out=out)
 
-        return _scatter_windows(gradient_of_offset, bg, dy.dtype, xp)
+        _scatter_windows(gradient_of_offset, bg, dy.dtype, xp, out=dx_block)
 
     return _backward_by_blocks(dy, g, block_gradient)
 
@@ -408,10 +418,9 @@ def avg_pool2d_backward(dy, cache):
     xp = array_module(dy)
     share = _planes(dy / divisor)
 
-    def block_gradient(start, stop, bg):
+    def block_gradient(start, stop, bg, dx_block):
         block_share = share[start:stop]
-
-        return _scatter_windows(lambda k, out: block_share, bg, dy.dtype, xp)
+        _scatter_windows(lambda k, out: block_share, bg, dy.dtype, xp, out=dx_block)
 
     return _backward_by_blocks(dy, g, block_gradient)
 
