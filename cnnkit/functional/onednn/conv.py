@@ -1,0 +1,249 @@
+"""2-D convolution through oneDNN: forward, input gradient and weight (+ bias) gradient.
+
+Same arguments, results and meaning as the NumPy reference :mod:`cnnkit.functional.conv`
+(``conv2d_forward(x, weight, bias, stride, padding, dilation, groups) -> (y, cache)``,
+``conv2d_backward(dy, cache, need_dx, need_dweight, need_dbias) -> (dx, dweight, dbias)``);
+the reference is the definition, this is a faster way to compute it for float32.
+
+How: oneDNN's direct convolution kernels (``brgconv``/``jit`` for AVX-512), chosen by giving the
+primitive descriptors the activation layout (nhwc: channels-last) or ``any`` and the weights as
+``any``. Plain ``nchw`` descriptors would make oneDNN fall back to an im2col GEMM, 3x slower. The
+weight, kept by the layer in PyTorch's ``(F, C/groups, kh, kw)``, is reordered into the blocked
+layout the kernel wants on each forward (it changes every step; it is small), and the weight
+gradient is reordered back. Groups (depthwise included) are a 5-D weight ``(G, F/G, C/G, kh, kw)``.
+Dilation ``d`` is oneDNN's ``d - 1``. ``fused_relu=True`` applies ``max(y, 0)`` inside the
+kernel (a post-op, used by inference fusion), and backward then masks ``dy`` with ``y > 0``.
+
+The cache keeps the input ``x`` (the weight gradient needs it), the weight and the forward
+primitive; nothing else. Backward computes only what is asked: with ``need_dx=False`` (the first
+layer of a training step) no backward-data primitive runs.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..im2col import conv_geometry
+from . import library as L
+from . import runtime as R
+from .layout import activation_tag, compute_tag, converted, empty_activation, plain, reorder_into
+
+
+class ConvGeometry(NamedTuple):
+    input_shape: tuple
+    weight_shape: tuple
+    output_shape: tuple
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    groups: int
+    bias: bool
+
+
+def geometry(x_shape, weight_shape, has_bias, stride, padding, dilation, groups) -> ConvGeometry:
+    n, c, h, w = x_shape
+    f = weight_shape[0]
+    kernel, stride, padding, dilation, (oh, ow) = conv_geometry((h, w), weight_shape[2:], stride, padding, dilation)
+    return ConvGeometry(tuple(x_shape), tuple(weight_shape), (n, f, oh, ow), stride, padding, dilation,
+                        int(groups), bool(has_bias))
+
+
+def _weight_dims(g: ConvGeometry) -> tuple:
+    f, cg, kh, kw = g.weight_shape
+    if g.groups == 1:
+        return g.weight_shape
+    return (g.groups, f // g.groups, cg, kh, kw)
+
+
+def _dnnl_geometry(g: ConvGeometry):
+    """Strides, dilations (oneDNN counts the gaps: d - 1) and left/right padding as dnnl_dims_t."""
+    return (R.dims(g.stride), R.dims(d - 1 for d in g.dilation), R.dims(g.padding), R.dims(g.padding))
+
+
+def _right_padding(g: ConvGeometry):
+    """Right/bottom padding that makes oneDNN's size formula give exactly our output size."""
+    (h, w), (oh, ow) = g.input_shape[2:], g.output_shape[2:]
+    kh, kw = g.weight_shape[2:]
+    span_h, span_w = g.dilation[0] * (kh - 1) + 1, g.dilation[1] * (kw - 1) + 1
+    return ((oh - 1) * g.stride[0] + span_h - h - g.padding[0], (ow - 1) * g.stride[1] + span_w - w - g.padding[1])
+
+
+class _Forward:
+    """The forward primitive of one geometry, and the reorders around it."""
+
+    def __init__(self, g: ConvGeometry, fused_relu: bool):
+        tag = compute_tag()
+        self.key = ("conv", g, fused_relu, tag, activation_tag())
+        src = R.MemoryDesc.from_tag(g.input_shape, tag)
+        weights = R.MemoryDesc.from_tag(_weight_dims(g), L.TAG_ANY)
+        bias = R.MemoryDesc.from_tag((g.output_shape[1],), L.TAG_A) if g.bias else None
+        dst = R.MemoryDesc.from_tag(g.output_shape, tag)
+        strides, dilates, pad_l, _ = _dnnl_geometry(g)
+        self.pad_r = R.dims(_right_padding(g))
+        self.attr = R.Attributes(("relu",) if fused_relu else ())
+        self.pd = R.create_pd(
+            "dnnl_convolution_forward_primitive_desc_create", R.engine(), L.FORWARD_TRAINING,
+            L.CONVOLUTION_DIRECT, src.handle, weights.handle, bias.handle if bias else None, dst.handle,
+            strides, dilates, pad_l, self.pad_r, self.attr.handle)
+        self.src_md = self.pd.md(L.QUERY_SRC_MD)
+        self.weights_md = self.pd.md(L.QUERY_WEIGHTS_MD)
+        self.dst_md = self.pd.md(L.QUERY_DST_MD)
+        self.bias_md = R.MemoryDesc.from_tag((g.output_shape[1],), L.TAG_A) if g.bias else None
+        args = {L.ARG_SRC: self.src_md, L.ARG_WEIGHTS: self.weights_md, L.ARG_DST: self.dst_md}
+        if g.bias:
+            args[L.ARG_BIAS] = self.bias_md.handle
+        self.primitive = R.Primitive(self.pd, args)
+        self.dst_direct = R.md_equal(self.dst_md, R.MemoryDesc.from_tag(g.output_shape, activation_tag()).handle)
+
+
+class Conv2dOnednnCache(NamedTuple):
+    """What backward needs: the input, the weight, the forward primitive; and the output when a
+    ReLU was fused into the forward."""
+
+    x: object
+    weight: object
+    forward: _Forward
+    geometry: ConvGeometry
+    y: object  # only with fused_relu: dy is masked by y > 0
+
+
+def decline(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, **_):
+    """Why oneDNN will not run this convolution (None when it will)."""
+    from . import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        return reason
+    for name, a in (("input", x), ("weight", weight), ("bias", bias)):
+        if a is not None and (not isinstance(a, np.ndarray) or a.dtype != np.float32):
+            return f"{name} is {getattr(a, 'dtype', type(a).__name__)}, oneDNN runs float32 only"
+    if x.ndim != 4 or weight.ndim != 4:
+        return f"input and weight must be 4-D, got {x.ndim}-D and {weight.ndim}-D"
+    if x.size == 0:
+        return f"empty input {x.shape}"
+    return None
+
+
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, fused_relu=False):
+    """Return ``(y, cache)``: oneDNN's convolution, same contract as ``functional.conv.conv2d_forward``.
+
+    ``y`` comes back in the activation layout (channels-last by default, see
+    :mod:`cnnkit.functional.onednn.layout`); ``fused_relu`` applies ``max(y, 0)`` in the kernel.
+
+    Shape:
+        x: (N, C, H, W), weight: (F, C/groups, kh, kw), bias: (F,) -> y: (N, F, out_h, out_w)
+        out_h = floor((H + 2*ph - dh*(kh - 1) - 1) / sh) + 1, likewise out_w
+    """
+    g = geometry(x.shape, weight.shape, bias is not None, stride, padding, dilation, groups)
+    fwd = R.cached(("conv_forward", g, bool(fused_relu), compute_tag(), activation_tag()),
+                   lambda: _Forward(g, bool(fused_relu)))
+    x = plain(x)
+    src = converted(x, fwd.src_md, (fwd.key, "src"))
+    weights = converted(np.ascontiguousarray(weight), fwd.weights_md, (fwd.key, "weights"), _weight_dims(g))
+    buffers = {L.ARG_SRC: src, L.ARG_WEIGHTS: weights}
+    if bias is not None:
+        buffers[L.ARG_BIAS] = np.ascontiguousarray(bias)
+    y = empty_activation(g.output_shape)
+    if fwd.dst_direct:
+        buffers[L.ARG_DST] = y
+        fwd.primitive.run(buffers)
+    else:
+        out = R.aligned_bytes(R.md_size(fwd.dst_md))
+        buffers[L.ARG_DST] = out
+        fwd.primitive.run(buffers)
+        reorder_into(out, fwd.dst_md, y, (fwd.key, "dst"))
+    return y, Conv2dOnednnCache(x, weight, fwd, g, y if fused_relu else None)
+
+
+class _BackwardData:
+    def __init__(self, fwd: _Forward, g: ConvGeometry):
+        tag = compute_tag()
+        self.key = ("conv_bwd_data", fwd.key)
+        diff_src = R.MemoryDesc.from_tag(g.input_shape, tag)
+        weights = R.MemoryDesc.from_tag(_weight_dims(g), L.TAG_ANY)
+        diff_dst = R.MemoryDesc.from_tag(g.output_shape, tag)
+        strides, dilates, pad_l, _ = _dnnl_geometry(g)
+        self.attr = R.Attributes()
+        self.pd = R.create_pd(
+            "dnnl_convolution_backward_data_primitive_desc_create", R.engine(), L.CONVOLUTION_DIRECT,
+            diff_src.handle, weights.handle, diff_dst.handle, strides, dilates, pad_l, fwd.pad_r,
+            fwd.pd.handle, self.attr.handle)
+        self.diff_src_md = self.pd.md(L.QUERY_DIFF_SRC_MD)
+        self.weights_md = self.pd.md(L.QUERY_WEIGHTS_MD)
+        self.diff_dst_md = self.pd.md(L.QUERY_DIFF_DST_MD)
+        self.primitive = R.Primitive(self.pd, {L.ARG_DIFF_SRC: self.diff_src_md, L.ARG_WEIGHTS: self.weights_md,
+                                               L.ARG_DIFF_DST: self.diff_dst_md})
+        self.diff_src_direct = R.md_equal(self.diff_src_md,
+                                          R.MemoryDesc.from_tag(g.input_shape, activation_tag()).handle)
+
+
+class _BackwardWeights:
+    def __init__(self, fwd: _Forward, g: ConvGeometry):
+        tag = compute_tag()
+        self.key = ("conv_bwd_weights", fwd.key)
+        src = R.MemoryDesc.from_tag(g.input_shape, tag)
+        diff_weights = R.MemoryDesc.from_tag(_weight_dims(g), L.TAG_ANY)
+        diff_bias = R.MemoryDesc.from_tag((g.output_shape[1],), L.TAG_A) if g.bias else None
+        diff_dst = R.MemoryDesc.from_tag(g.output_shape, tag)
+        strides, dilates, pad_l, _ = _dnnl_geometry(g)
+        self.attr = R.Attributes()
+        self.pd = R.create_pd(
+            "dnnl_convolution_backward_weights_primitive_desc_create", R.engine(), L.CONVOLUTION_DIRECT,
+            src.handle, diff_weights.handle, diff_bias.handle if diff_bias else None, diff_dst.handle,
+            strides, dilates, pad_l, fwd.pad_r, fwd.pd.handle, self.attr.handle)
+        self.src_md = self.pd.md(L.QUERY_SRC_MD)
+        self.diff_weights_md = self.pd.md(L.QUERY_DIFF_WEIGHTS_MD)
+        self.diff_dst_md = self.pd.md(L.QUERY_DIFF_DST_MD)
+        self.diff_bias_md = R.MemoryDesc.from_tag((g.output_shape[1],), L.TAG_A) if g.bias else None
+        args = {L.ARG_SRC: self.src_md, L.ARG_DIFF_WEIGHTS: self.diff_weights_md, L.ARG_DIFF_DST: self.diff_dst_md}
+        if g.bias:
+            args[L.ARG_DIFF_BIAS] = self.diff_bias_md.handle
+        self.primitive = R.Primitive(self.pd, args)
+        plain_weights = R.MemoryDesc.from_tag(_weight_dims(g), L.TAG_ABCDE if g.groups > 1 else L.TAG_ABCD)
+        self.diff_weights_plain = R.md_equal(self.diff_weights_md, plain_weights.handle)
+        self.to_plain = None if self.diff_weights_plain else R.reorder(self.diff_weights_md, plain_weights.handle)
+
+
+def conv2d_backward(dy, cache: Conv2dOnednnCache, need_dx=True, need_dweight=True, need_dbias=True):
+    """Return ``(dx, dweight, dbias)``; a gradient not asked for is ``None`` and is not computed.
+
+    Shape:
+        dy: (N, F, out_h, out_w) -> dx: (N, C, H, W), dweight: (F, C/groups, kh, kw), dbias: (F,)
+    """
+    x, weight, fwd, g, y = cache
+    if y is not None:  # a ReLU fused into the forward: its gradient first
+        dy = dy * (y > 0)
+    dy = plain(dy)
+    dx = dweight = dbias = None
+    if need_dx:
+        bwd = R.cached(("conv_backward_data", fwd.key), lambda: _BackwardData(fwd, g))
+        diff_dst = converted(dy, bwd.diff_dst_md, (bwd.key, "diff_dst"))
+        weights = converted(np.ascontiguousarray(weight), bwd.weights_md, (bwd.key, "weights"), _weight_dims(g))
+        dx = empty_activation(g.input_shape)
+        if bwd.diff_src_direct:
+            bwd.primitive.run({L.ARG_DIFF_SRC: dx, L.ARG_WEIGHTS: weights, L.ARG_DIFF_DST: diff_dst})
+        else:
+            out = R.aligned_bytes(R.md_size(bwd.diff_src_md))
+            bwd.primitive.run({L.ARG_DIFF_SRC: out, L.ARG_WEIGHTS: weights, L.ARG_DIFF_DST: diff_dst})
+            reorder_into(out, bwd.diff_src_md, dx, (bwd.key, "diff_src"))
+    if need_dweight or (need_dbias and g.bias):
+        bwd = R.cached(("conv_backward_weights", fwd.key), lambda: _BackwardWeights(fwd, g))
+        src = converted(x, bwd.src_md, (bwd.key, "src"))
+        diff_dst = converted(dy, bwd.diff_dst_md, (bwd.key, "diff_dst"))
+        dweight = np.empty(g.weight_shape, dtype=np.float32)
+        target = dweight if bwd.diff_weights_plain else R.aligned_bytes(R.md_size(bwd.diff_weights_md))
+        buffers = {L.ARG_SRC: src, L.ARG_DIFF_WEIGHTS: target, L.ARG_DIFF_DST: diff_dst}
+        if g.bias:
+            dbias = np.empty(g.output_shape[1], dtype=np.float32)
+            buffers[L.ARG_DIFF_BIAS] = dbias
+        bwd.primitive.run(buffers)
+        if not bwd.diff_weights_plain:
+            bwd.to_plain.run({L.ARG_FROM: target, L.ARG_TO: dweight})
+        if not need_dweight:
+            dweight = None
+        if not need_dbias:
+            dbias = None
+    if need_dbias and dbias is None:  # a bias gradient for a convolution made without one
+        dbias = dy.sum(axis=(0, 2, 3), dtype=np.float32)
+    return dx, dweight, dbias
