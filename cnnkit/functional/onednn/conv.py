@@ -93,7 +93,7 @@ class _Forward:
         args = {L.ARG_SRC: self.src_md, L.ARG_WEIGHTS: self.weights_md, L.ARG_DST: self.dst_md}
         if g.bias:
             args[L.ARG_BIAS] = self.bias_md.handle
-        self.primitive = R.Primitive(self.pd, args)
+        self.primitive = R.Primitive(self.pd, args, "conv forward")
         self.dst_direct = R.md_equal(self.dst_md, R.MemoryDesc.from_tag(g.output_shape, activation_tag()).handle)
 
 
@@ -173,7 +173,7 @@ class _BackwardData:
         self.weights_md = self.pd.md(L.QUERY_WEIGHTS_MD)
         self.diff_dst_md = self.pd.md(L.QUERY_DIFF_DST_MD)
         self.primitive = R.Primitive(self.pd, {L.ARG_DIFF_SRC: self.diff_src_md, L.ARG_WEIGHTS: self.weights_md,
-                                               L.ARG_DIFF_DST: self.diff_dst_md})
+                                               L.ARG_DIFF_DST: self.diff_dst_md}, "conv backward data")
         self.diff_src_direct = R.md_equal(self.diff_src_md,
                                           R.MemoryDesc.from_tag(g.input_shape, activation_tag()).handle)
 
@@ -199,7 +199,7 @@ class _BackwardWeights:
         args = {L.ARG_SRC: self.src_md, L.ARG_DIFF_WEIGHTS: self.diff_weights_md, L.ARG_DIFF_DST: self.diff_dst_md}
         if g.bias:
             args[L.ARG_DIFF_BIAS] = self.diff_bias_md.handle
-        self.primitive = R.Primitive(self.pd, args)
+        self.primitive = R.Primitive(self.pd, args, "conv backward weights")
         plain_weights = R.MemoryDesc.from_tag(_weight_dims(g), L.TAG_ABCDE if g.groups > 1 else L.TAG_ABCD)
         self.diff_weights_plain = R.md_equal(self.diff_weights_md, plain_weights.handle)
         self.to_plain = None if self.diff_weights_plain else R.reorder(self.diff_weights_md, plain_weights.handle)

@@ -37,6 +37,7 @@ _local = threading.local()
 _cache: dict = {}
 _cache_lock = threading.RLock()
 _stats = {"primitives": 0, "compile_seconds": 0.0, "executions": 0}
+_executions_by_kind: dict = {}
 
 
 def engine():
@@ -245,12 +246,14 @@ class Primitive:
 
     ``args`` maps each ``DNNL_ARG_*`` index the primitive takes to the memory descriptor of that
     argument; a memory object is made for each (without a buffer) and pointed at the caller's
-    array by :meth:`run`. The scratchpad is added here when the primitive needs one.
+    array by :meth:`run`. The scratchpad is added here when the primitive needs one. ``kind``
+    names it in :func:`stats` (e.g. ``"conv backward data"``).
     """
 
-    def __init__(self, pd: PrimitiveDesc, args: dict):
+    def __init__(self, pd: PrimitiveDesc, args: dict, kind: str):
         L_ = lib()
         self.pd = pd
+        self.kind = kind
         self.handle = L.handle()
         L_.call("dnnl_primitive_create", ctypes.byref(self.handle), pd.handle)
         self.scratchpad_bytes = pd.size(L.QUERY_SCRATCHPAD_MD)
@@ -283,6 +286,7 @@ class Primitive:
                     raise OnednnError(f"oneDNN dnnl_memory_set_data_handle failed: {L.STATUS_NAMES.get(status, status)}")
             status = L_.raw.dnnl_primitive_execute(self.handle, stream(), len(self.indices), self.exec_args)
         _stats["executions"] += 1
+        _executions_by_kind[self.kind] = _executions_by_kind.get(self.kind, 0) + 1
         if status != L.SUCCESS:
             raise OnednnError(f"oneDNN primitive ({self.pd.implementation()}) failed to run: "
                               f"{L.STATUS_NAMES.get(status, status)}")
@@ -318,8 +322,9 @@ def cached(key, build):
 
 
 def stats() -> dict:
-    """Counters: ``primitives`` built (JIT compiles), their ``compile_seconds``, ``executions``."""
-    return dict(_stats, cached=len(_cache))
+    """Counters: ``primitives`` built (JIT compiles), their ``compile_seconds``, ``executions``
+    (in all and ``by_kind``), and how many objects are ``cached``."""
+    return dict(_stats, cached=len(_cache), by_kind=dict(_executions_by_kind))
 
 
 def clear_cache() -> None:
@@ -332,4 +337,4 @@ def reorder(src_md, dst_md) -> Primitive:
     """A reorder primitive from ``src_md`` to ``dst_md`` (both handles)."""
     attr = Attributes()  # kept referenced until the pd is made
     pd = create_pd("dnnl_reorder_primitive_desc_create", src_md, engine(), dst_md, engine(), attr.handle)
-    return Primitive(pd, {L.ARG_FROM: src_md, L.ARG_TO: dst_md})
+    return Primitive(pd, {L.ARG_FROM: src_md, L.ARG_TO: dst_md}, "reorder")
