@@ -108,8 +108,12 @@ class Conv2dOnednnCache(NamedTuple):
     y: object  # only with fused_relu: dy is masked by y > 0
 
 
-def decline(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, **_):
-    """Why oneDNN will not run this convolution (None when it will)."""
+def decline(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, fused_relu=False, **_):
+    """Why oneDNN will not run this convolution (None when it will).
+
+    With ``fused_relu`` the inputs must be finite: a NaN output would become 0 in oneDNN's ReLU
+    post-op, where PyTorch and the reference keep it (one sum of the input).
+    """
     from . import unavailable_reason
 
     reason = unavailable_reason()
@@ -122,6 +126,11 @@ def decline(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, **_
         return f"input and weight must be 4-D, got {x.ndim}-D and {weight.ndim}-D"
     if x.size == 0:
         return f"empty input {x.shape}"
+    if fused_relu:
+        from .eltwise import all_finite
+
+        if not all(all_finite(a) for a in (x, weight, bias) if a is not None):
+            return "a fused ReLU on inputs holding NaN or inf (oneDNN's ReLU would turn NaN into 0)"
     return None
 
 

@@ -29,6 +29,8 @@ STATUS_NAMES = {0: "success", 1: "out_of_memory", 2: "invalid_arguments", 3: "un
 ENGINE_CPU = 1
 STREAM_DEFAULT = 1  # in-order
 F32 = 3
+S32 = 4
+U8 = 6
 
 # format tags (positional in dnnl_format_tag_t)
 TAG_ANY = 1

@@ -101,9 +101,9 @@ class MemoryDesc:
         self.handle = h
 
     @classmethod
-    def from_strides(cls, shape, strides) -> "MemoryDesc":
+    def from_strides(cls, shape, strides, dtype: int = L.F32) -> "MemoryDesc":
         h = L.handle()
-        lib().call("dnnl_memory_desc_create_with_strides", ctypes.byref(h), len(shape), dims(shape), L.F32,
+        lib().call("dnnl_memory_desc_create_with_strides", ctypes.byref(h), len(shape), dims(shape), dtype,
                    dims(strides))
         return cls(h)
 
