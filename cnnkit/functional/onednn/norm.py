@@ -103,19 +103,21 @@ class _BatchNormForward:
 
 
 class _BatchNormBackward:
-    def __init__(self, fwd: _BatchNormForward, with_parameters: bool):
-        self.key = ("batch_norm_backward", fwd.key, with_parameters)
+    """``dx`` with the per-channel sums behind ``dweight`` and ``dbias`` (oneDNN's ``backward``:
+    they are computed for ``dx`` anyway, so asking for fewer gradients saves nothing)."""
+
+    def __init__(self, fwd: _BatchNormForward):
+        self.key = ("batch_norm_backward", fwd.key)
         data = R.MemoryDesc.from_strides(fwd.shape, _strides(fwd.shape, fwd.channels_last))
         self.attr = R.Attributes()
         self.pd = R.create_pd("dnnl_batch_normalization_backward_primitive_desc_create", R.engine(),
-                              L.BACKWARD if with_parameters else L.BACKWARD_DATA, data.handle, data.handle,
-                              data.handle, fwd.eps, fwd.flags, fwd.pd.handle, self.attr.handle)
+                              L.BACKWARD, data.handle, data.handle, data.handle, fwd.eps, fwd.flags, fwd.pd.handle,
+                              self.attr.handle)
         self.diff_dst_md = self.pd.md(L.QUERY_DIFF_DST_MD)
         c = fwd.channel_md.handle
         args = {L.ARG_SRC: self.pd.md(L.QUERY_SRC_MD), L.ARG_DIFF_DST: self.diff_dst_md,
-                L.ARG_DIFF_SRC: self.pd.md(L.QUERY_DIFF_SRC_MD), L.ARG_SCALE: c, L.ARG_MEAN: c, L.ARG_VARIANCE: c}
-        if with_parameters:
-            args.update({L.ARG_DIFF_SCALE: c, L.ARG_DIFF_SHIFT: c})
+                L.ARG_DIFF_SRC: self.pd.md(L.QUERY_DIFF_SRC_MD), L.ARG_SCALE: c, L.ARG_MEAN: c, L.ARG_VARIANCE: c,
+                L.ARG_DIFF_SCALE: c, L.ARG_DIFF_SHIFT: c}
         self.primitive = R.Primitive(self.pd, args, "batch norm backward")
 
 
@@ -170,26 +172,21 @@ def batch_norm_backward(dy, cache: BatchNormOnednnCache, need_dx=True, need_dwei
     """Return ``(dx, dweight, dbias)``; a gradient not asked for is ``None``.
 
     oneDNN computes ``dx`` together with the per-channel sums behind ``dweight`` and ``dbias``
-    (its ``backward`` kind), or ``dx`` alone (``backward_data``) when neither is wanted.
+    (one primitive; the gradients not asked for are dropped).
 
     Shape:
         dy: same as x -> dx: same as x; dweight, dbias: (C,)
     """
     x, mean, var, scale, fwd = cache
-    with_parameters = need_dweight or need_dbias
-    if not (need_dx or with_parameters):
+    if not (need_dx or need_dweight or need_dbias):
         return None, None, None
-    bwd = R.cached(("batch_norm_backward", fwd.key, with_parameters), lambda: _BatchNormBackward(fwd, with_parameters))
+    bwd = R.cached(("batch_norm_backward", fwd.key), lambda: _BatchNormBackward(fwd))
     diff_dst = converted(dy, bwd.diff_dst_md, (bwd.key, "diff_dst"))
     dx = _new(fwd.shape, fwd.channels_last)  # made even when not asked: oneDNN always writes it
     c = fwd.shape[1]
-    buffers = {L.ARG_SRC: x, L.ARG_DIFF_DST: diff_dst, L.ARG_DIFF_SRC: dx, L.ARG_SCALE: scale,
-               L.ARG_MEAN: mean, L.ARG_VARIANCE: var}
-    dweight = dbias = None
-    if with_parameters:
-        dweight, dbias = np.empty(c, np.float32), np.empty(c, np.float32)
-        buffers.update({L.ARG_DIFF_SCALE: dweight, L.ARG_DIFF_SHIFT: dbias})
-    bwd.primitive.run(buffers)
+    dweight, dbias = np.empty(c, np.float32), np.empty(c, np.float32)
+    bwd.primitive.run({L.ARG_SRC: x, L.ARG_DIFF_DST: diff_dst, L.ARG_DIFF_SRC: dx, L.ARG_SCALE: scale,
+                       L.ARG_MEAN: mean, L.ARG_VARIANCE: var, L.ARG_DIFF_SCALE: dweight, L.ARG_DIFF_SHIFT: dbias})
     return (dx if need_dx else None), (dweight if need_dweight else None), (dbias if need_dbias else None)
 
 
