@@ -2,31 +2,30 @@
 
 ``profile(model, input_shape, batch_size)`` runs a few training steps (forward, backward without
 the input gradient) and reports, for every leaf layer: forward and backward milliseconds, the
-achieved GFLOP/s of convolution and linear layers and its share of the machine's sgemm rate, the
-algorithm the layer chose, and the split of its time between data movement (im2col, col2im,
-transposes, Winograd transforms, ...) and GEMM::
+achieved GFLOP/s of the layers that count multiply-adds (``module.macs``) and its share of the
+machine's sgemm rate, the kernel the layer ran (``last_algorithm``), and the split of its time
+between data movement (im2col, col2im, transposes) and GEMM::
 
     >>> from cnnkit.profile import profile
     >>> print(profile(model, (3, 32, 32), batch_size=128))
 
-Kernels mark their phases with ``with profile.section("im2col"):``; outside a profile run that is
-a no-op costing one global lookup, so the marks stay in the fast path. The names
-``"gemm"`` and ``"fft"`` count as compute; every other section counts as data movement, and the
-rest of a layer's time (element-wise work, Python) is shown as "other".
+Kernels mark their phases with ``with section("im2col"):`` from
+:mod:`cnnkit.functional.instrument`, which this module records during a run. The name
+``"gemm"`` counts as compute; every other section counts as data movement, and the rest of a
+layer's time (element-wise work, Python) is shown as "other".
 """
 from __future__ import annotations
 
 import json
 import statistics
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
-COMPUTE_SECTIONS = frozenset({"gemm", "fft"})
+from .functional.instrument import enabled, recording, section  # noqa: F401  (for kernels outside cnnkit)
 
-_active = None  # the _Recorder of the profile run in progress, or None
+COMPUTE_SECTIONS = frozenset({"gemm"})
 
 
 class _Recorder:
@@ -43,58 +42,16 @@ class _Recorder:
         bucket[name] = bucket.get(name, 0.0) + seconds
 
 
-class _NullSection:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-_NULL = _NullSection()
-
-
-@contextmanager
-def _timed_section(recorder: _Recorder, name: str):
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        recorder.add(name, time.perf_counter() - start)
-
-
-def section(name: str):
-    """Context manager marking a phase of a kernel (``"im2col"``, ``"gemm"``, ``"col2im"``, ...).
-
-    Free outside a profile run (returns a shared no-op context manager).
-    """
-    recorder = _active
-    if recorder is None:
-        return _NULL
-    return _timed_section(recorder, name)
-
-
-def enabled() -> bool:
-    """Whether a profile run is recording sections (kernels may skip costly bookkeeping if not)."""
-    return _active is not None
-
-
 # -- FLOP counts --------------------------------------------------------------------------------
 
 def forward_flops(module, input_shape, output_shape) -> float:
-    """Floating-point operations of one forward pass (2 per multiply-add); 0 when not counted.
+    """Floating-point operations of one forward pass over a batch: 2 per multiply-add the layer
+    declares (``module.macs``, one sample), times the batch; 0 when it counts none.
 
     Shape:
-        Conv2d: 2 * N * F * (C/groups) * kh * kw * out_h * out_w;  Linear: 2 * N * in * out
+        input_shape, output_shape: with the batch axis first, (N, ...)
     """
-    kind = type(module).__name__
-    if kind == "Conv2d":
-        n, f, oh, ow = output_shape
-        kh, kw = module.kernel_size
-        return 2.0 * n * f * (module.in_channels // module.groups) * kh * kw * oh * ow
-    if kind == "Linear":
-        return 2.0 * input_shape[0] * module.in_features * module.out_features
-    return 0.0
+    return 2.0 * input_shape[0] * module.macs(tuple(input_shape[1:]), tuple(output_shape[1:]))
 
 
 _SGEMM_CACHE: dict = {}
@@ -279,7 +236,6 @@ def profile(model, input_shape, batch_size: int = 32, *, repeat: int = 5, warmup
     Shape:
         input_shape: one sample, e.g. (3, 32, 32); the batch is (batch_size, *input_shape)
     """
-    global _active
     from .nn.module import no_grad
 
     rng = np.random.default_rng(seed)
@@ -303,8 +259,7 @@ def profile(model, input_shape, batch_size: int = 32, *, repeat: int = 5, warmup
                 model(x)
 
     try:
-        with _Instrument(model, recorder) as inst:
-            _active = recorder
+        with _Instrument(model, recorder) as inst, recording(recorder):
             for i in range(warmup + repeat):
                 if i == warmup:
                     recorder.sections.clear()
@@ -316,7 +271,6 @@ def profile(model, input_shape, batch_size: int = 32, *, repeat: int = 5, warmup
                 if i >= warmup:
                     steps.append(time.perf_counter() - start)
     finally:
-        _active = None
         model.train(was_training)
 
     rate = sgemm_gflops if sgemm_gflops is not None else sgemm_rate()

@@ -157,11 +157,13 @@ def test_choose_algorithm_rule_and_validation(rng):
 
 
 def test_benchmark_mode_picks_and_caches_a_valid_algorithm(rng, monkeypatch):
-    monkeypatch.setattr(conv_module, "_benchmark", True)
-    monkeypatch.setattr(conv_module, "_benchmark_choices", {})
+    from cnnkit.functional import registry
+
+    monkeypatch.setattr(registry, "_benchmark", True)
+    monkeypatch.setattr(conv_module.CONV2D, "_timed", {})
     choice = choose_algorithm((2, 8, 6, 6), (4, 8, 3, 3), 1, 1)
     assert choice in ("im2col", "flat")
-    assert list(conv_module._benchmark_choices.values()) == [choice]
+    assert [k.name for k in conv_module.CONV2D._timed.values()] == [choice]
 
 
 def test_flat_geometry_grid_and_taps():
@@ -206,9 +208,9 @@ def test_scratch_names_share_one_arena():
                                   "rectangular everything", "many filters, few positions"])
 def test_flat_chunked_gemm_matches_naive(case, rng, threads, monkeypatch):
     """Tiny chunks (7 grid columns), so every product is cut into many chunks over the threads."""
-    from cnnkit.functional import conv_flat
+    from cnnkit.functional import flat_gemm
 
-    monkeypatch.setattr(conv_flat, "_chunk_length", lambda *args: 7)
+    monkeypatch.setattr(flat_gemm, "chunk_length", lambda *args: 7)
     layer, x = make(case, rng, n=3)
     args = (layer.stride, layer.padding, layer.dilation, 1)
     w, b = layer.weight.data, layer.bias.data

@@ -13,44 +13,35 @@ forward's columns, kept in the cache), ``dcols = w^T @ dy`` then ``dx = col2im(d
 A 1x1 convolution without padding needs no columns: the input itself, ``x.reshape(N, C, H*W)``
 (subsampled first when strided), is already the column matrix.
 
-Algorithms (``algorithm=``): ``"im2col"`` is the kernel above, the readable reference and the
-default of these functions. ``"flat"`` (:mod:`cnnkit.functional.conv_flat`) lays the padded input
-out channel-major over the whole batch so that every im2col row is one contiguous slice and the
-convolution one large GEMM; it wins wherever there are more than a few input channels.
-``"auto"`` picks per shape with :func:`choose_algorithm` (the layers' default), or, after
-``set_benchmark(True)``, by timing each candidate once per shape and caching the winner, like
-cuDNN's benchmark mode.
+Kernels of the ``conv2d`` op (:data:`CONV2D`, see :mod:`cnnkit.functional.registry`):
+``"im2col"`` is the kernel above, the readable reference and the default of these functions.
+``"flat"`` (:mod:`cnnkit.functional.conv_flat`) lays the padded input out channel-major over the
+whole batch so that every im2col row is one contiguous slice and the convolution one large GEMM;
+it wins wherever there are more than a few input channels. ``"auto"`` (the layers' default)
+takes the fastest kernel that accepts the call (:func:`choose_algorithm`), or, after
+``set_benchmark(True)``, times the candidates once per shape and keeps the winner, like cuDNN's
+benchmark mode.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import time
+import numpy as np
 
 from ..backend import array_module
-from ..profile import section
-from .conv_flat import FlatCache, conv2d_flat_backward, conv2d_flat_forward
+from .conv_flat import FlatCache, conv2d_flat_backward, conv2d_flat_forward, conv2d_flat_memory
 from .im2col import col2im, conv_geometry, im2col
+from .instrument import section
+from .memory import ArraySpec, LayerMemory
 from .parallel import threaded_matmul
-
-ALGORITHMS = ("auto", "im2col", "flat")
+from .registry import Kernel, benchmark_enabled, define_op
+from .registry import set_benchmark  # noqa: F401  (its home before the registry)
 
 # Columns up to this size are built whole and kept from forward to backward by the flat kernel;
 # otherwise it runs by cache-sized column chunks, gathered again in backward from the input
 # (which the previous layer keeps anyway). Keeping the columns of every layer made a ResNet-20
 # step hold twice PyTorch's memory, and the chunks are faster. 0: never keep (the default).
 KEEP_COLUMNS_MAX_BYTES = 0
-
-_benchmark = False
-_benchmark_choices: dict = {}
-
-
-def set_benchmark(enabled: bool = True) -> None:
-    """Choose ``"auto"`` algorithms by timing the candidates once per shape (cached per process)."""
-    global _benchmark
-    _benchmark = bool(enabled)
-    _benchmark_choices.clear()
-
 
 # Below this many input channels the flat kernel still wins on large images (output positions
 # per image at least this many): measured, fwd + weight-only bwd, float32, 2 cores: ResNet-18 stem
@@ -62,70 +53,8 @@ FLAT_MIN_CHANNELS = 6
 FLAT_MIN_POSITIONS_FEW_CHANNELS = 2048
 
 
-def _static_choice(x_shape, weight_shape, stride, padding, dilation, groups) -> str:
-    """The rule ``"auto"`` follows without benchmark mode (see ``choose_algorithm``)."""
-    if groups != 1:
-        return "im2col"
-    if x_shape[1] >= FLAT_MIN_CHANNELS:
-        return "flat"
-    *_, (out_h, out_w) = conv_geometry(tuple(x_shape[2:]), tuple(weight_shape[2:]), stride, padding, dilation)
-    return "flat" if out_h * out_w >= FLAT_MIN_POSITIONS_FEW_CHANNELS else "im2col"
-
-
-def choose_algorithm(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1) -> str:
-    """The algorithm ``"auto"`` runs for this shape.
-
-    Rule, from the per-layer benchmark (``benchmarks/layers.py``): the flat kernel needs
-    ``groups=1`` and pays when there are at least 6 input channels (its copy is C*kh*kw long
-    rows instead of N*C*kh*kw*out_h short ones), or, with fewer channels (a network's first
-    layer), on large images (at least 2048 output positions per image); on small images with
-    1-5 channels the per-image im2col is as fast and computes no seam positions.
-    """
-    choice = _static_choice(x_shape, weight_shape, stride, padding, dilation, groups)
-    if choice == "flat" and _benchmark:
-        key = (tuple(x_shape), tuple(weight_shape), stride, padding, dilation)
-        if key not in _benchmark_choices:
-            _benchmark_choices[key] = _time_candidates(x_shape, weight_shape, stride, padding, dilation)
-        return _benchmark_choices[key]
-    return choice
-
-
-def planned_algorithm(algorithm, x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1) -> str:
-    """The algorithm a layer with ``algorithm=`` runs on ``x_shape``, without timing anything.
-
-    For static accounting (``cnnkit.summary``'s memory rules): in benchmark mode a shape not yet
-    timed is assumed to get the default choice.
-    """
-    if algorithm != "auto":
-        return algorithm
-    choice = _static_choice(x_shape, weight_shape, stride, padding, dilation, groups)
-    if choice == "flat" and _benchmark:
-        key = (tuple(x_shape), tuple(weight_shape), stride, padding, dilation)
-        return _benchmark_choices.get(key, "flat")
-    return choice
-
-
-def _time_candidates(x_shape, weight_shape, stride, padding, dilation) -> str:
-    """Time forward + backward of each algorithm once (after a warm-up) on random data."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(x_shape, dtype=np.float32)
-    weight = rng.standard_normal(weight_shape, dtype=np.float32)
-    best, best_time = "im2col", float("inf")
-    for name in ("im2col", "flat"):
-        for attempt in range(2):
-            start = time.perf_counter()
-            y, cache = conv2d_forward(x, weight, None, stride, padding, dilation, 1, algorithm=name)
-            conv2d_backward(y, cache)
-            elapsed = time.perf_counter() - start
-        if elapsed < best_time:
-            best, best_time = name, elapsed
-    return best
-
-
 class Conv2dCache(NamedTuple):
-    """What ``conv2d_backward`` needs: the forward's columns, the weight and the geometry."""
+    """What the im2col kernel's backward needs: the forward's columns, the weight and the geometry."""
 
     cols: object  # (N, C*kh*kw, P); for the 1x1 path, the (subsampled) input as (N, C, P)
     weight: object  # (F, C/groups, kh, kw)
@@ -137,33 +66,17 @@ class Conv2dCache(NamedTuple):
     pointwise: bool  # 1x1 kernel, no padding: cols are the input, no im2col
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm="im2col",
-                   keep_columns=None, workspace=None):
-    """Return ``(y, cache)`` for a grouped, strided, padded, dilated 2-D convolution.
-
-    ``algorithm``: ``"im2col"`` (default), ``"flat"`` or ``"auto"`` (see the module docstring);
-    the cache records which one ran (``conv2d_algorithm(cache)``). ``keep_columns`` and
-    ``workspace`` tune the flat kernel (``None``: keep columns up to ``KEEP_COLUMNS_MAX_BYTES``, i.e. rebuild them in backward).
+def conv2d_im2col_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None):
+    """The reference kernel: im2col, then one (grouped) GEMM; return ``(y, cache)``.
 
     ``stride``, ``padding`` and ``dilation`` are ints or ``(h, w)`` pairs; padding is zeros on both
     sides. No geometry check happens here (the layer runs it); windows that do not fit are dropped
-    as in PyTorch.
+    as in PyTorch. ``workspace`` is accepted for the common kernel signature and not used.
 
     Shape:
         x: (N, C, H, W), weight: (F, C/groups, kh, kw), bias: (F,) -> y: (N, F, out_h, out_w)
         out_h = floor((H + 2*ph - dh*(kh - 1) - 1) / sh) + 1, likewise out_w
     """
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"conv2d: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-    if algorithm == "auto":
-        algorithm = choose_algorithm(x.shape, weight.shape, stride, padding, dilation, groups)
-    if algorithm == "flat":
-        if groups != 1:
-            raise ValueError(f"conv2d: algorithm='flat' needs groups=1, got groups={groups}")
-        if keep_columns is None:
-            k = weight.shape[1] * weight.shape[2] * weight.shape[3]
-            keep_columns = k * x.shape[0] * x.shape[2] * x.shape[3] * x.dtype.itemsize <= KEEP_COLUMNS_MAX_BYTES
-        return conv2d_flat_forward(x, weight, bias, stride, padding, dilation, keep_columns, workspace)
     xp = array_module(x)
     n, c, h, w = x.shape
     f, cg, kh, kw = weight.shape
@@ -179,22 +92,20 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     # groups=1 this is (F, K) @ (N, K, P); the result is already NCHW (see im2col's layout note).
     with section("gemm"):
         y = threaded_matmul(weight.reshape(groups, f // groups, cg * kh * kw),
-                      cols.reshape(n, groups, cg * kh * kw, out_h * out_w))
+                            cols.reshape(n, groups, cg * kh * kw, out_h * out_w))
     y = y.reshape(n, f, out_h, out_w)
     if bias is not None:
         y += bias.reshape(1, f, 1, 1)
     return y, Conv2dCache(cols, weight, (n, c, h, w), stride, padding, dilation, groups, pointwise)
 
 
-def conv2d_backward(dy, cache: Conv2dCache, need_dx=True, need_dweight=True, need_dbias=True):
+def conv2d_im2col_backward(dy, cache: Conv2dCache, need_dx=True, need_dweight=True, need_dbias=True):
     """Return ``(dx, dweight, dbias)``; a gradient not asked for is ``None`` and is not computed.
 
     Shape:
         dy: (N, F, out_h, out_w) -> dx: (N, C, H, W), dweight: (F, C/groups, kh, kw), dbias: (F,)
         dweight[g] = sum_n dy[n, g] @ cols[n, g]^T;  dcols = weight[g]^T @ dy[n, g];  dx = col2im(dcols)
     """
-    if isinstance(cache, FlatCache):
-        return conv2d_flat_backward(dy, cache, need_dx, need_dweight, need_dbias)
     xp = array_module(dy)
     cols, weight, input_shape = cache.cols, cache.weight, cache.input_shape
     groups = cache.groups
@@ -240,6 +151,113 @@ def conv2d_backward(dy, cache: Conv2dCache, need_dx=True, need_dweight=True, nee
     return dx, dweight, dbias
 
 
+def conv2d_im2col_memory(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None):
+    """What the im2col kernel holds (arrays as ArraySpecs): the columns, kept from forward to
+    backward (a 1x1 unpadded conv uses the input itself: a view at stride 1, a subsampled copy
+    otherwise); in forward the padded input; in backward ``dcols`` (the size of the columns)
+    then col2im into dx, and ``dweight``, either one ``(Fg, Kg)`` product per image summed over
+    the batch or, with few positions, one GEMM on transposed copies of dy and the columns; plus
+    the gradient's copy into ``.grad``."""
+    batch, c, h, w = x.shape
+    f, cg, kh, kw = weight.shape
+    itemsize = x.itemsize
+    _, stride, padding, _, (oh, ow) = conv_geometry((h, w), (kh, kw), stride, padding, dilation)
+    p = oh * ow
+    k = cg * kh * kw
+    pointwise = (kh, kw) == (1, 1) and padding == (0, 0)
+    cols = batch * c * kh * kw * p * itemsize
+    padded = batch * c * (h + 2 * padding[0]) * (w + 2 * padding[1]) * itemsize if any(padding) else 0
+    weight_bytes = weight.size * itemsize
+    if (f // groups) <= p:
+        dweight_work = batch * f * k * itemsize
+    else:
+        dweight_work = cols + batch * f * p * itemsize
+    if pointwise and stride == (1, 1):
+        return LayerMemory(keeps_input=True, backward_temp=dweight_work + weight_bytes)
+    if pointwise:
+        return LayerMemory(saved=cols, backward_temp=cols + dweight_work + weight_bytes)
+    return LayerMemory(saved=cols, forward_temp=padded, backward_temp=cols + dweight_work + weight_bytes)
+
+
+def _flat_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None):
+    """The flat kernel with the common signature; keeps its columns when they are small enough."""
+    k = weight.shape[1] * weight.shape[2] * weight.shape[3]
+    keep_columns = k * x.shape[0] * x.shape[2] * x.shape[3] * x.dtype.itemsize <= KEEP_COLUMNS_MAX_BYTES
+    return conv2d_flat_forward(x, weight, bias, stride, padding, dilation, keep_columns, workspace)
+
+
+def _flat_memory(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None):
+    return conv2d_flat_memory(x, weight, stride, padding, dilation, KEEP_COLUMNS_MAX_BYTES)
+
+
+def _flat_declines(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None):
+    if groups != 1:
+        return f"the flat kernel needs groups=1, got groups={groups}"
+    return None
+
+
+def _flat_defers(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None):
+    """Rule, from the per-layer benchmark (``benchmarks/layers.py``): the flat kernel pays when there
+    are at least 6 input channels (its copy is C*kh*kw long rows instead of N*C*kh*kw*out_h short
+    ones), or, with fewer channels (a network's first layer), on large images (at least 2048
+    output positions per image); on small images with 1-5 channels the per-image im2col is as
+    fast and computes no seam positions."""
+    if x.shape[1] >= FLAT_MIN_CHANNELS:
+        return None
+    *_, (out_h, out_w) = conv_geometry(tuple(x.shape[2:]), tuple(weight.shape[2:]), stride, padding, dilation)
+    if out_h * out_w >= FLAT_MIN_POSITIONS_FEW_CHANNELS:
+        return None
+    return (f"{x.shape[1]} input channels on {out_h}x{out_w} outputs: im2col is as fast "
+            f"(flat wins from {FLAT_MIN_CHANNELS} channels or {FLAT_MIN_POSITIONS_FEW_CHANNELS} positions)")
+
+
+CONV2D = define_op("conv2d", reference="im2col", benchmark=True)
+CONV2D.register(Kernel("im2col", "numpy", 0, conv2d_im2col_forward, conv2d_im2col_backward, Conv2dCache,
+                       memory=conv2d_im2col_memory, doc="im2col + one GEMM (the reference)"))
+CONV2D.register(Kernel("flat", "numpy", 10, _flat_forward, conv2d_flat_backward, FlatCache,
+                       decline=_flat_declines, defer=_flat_defers, memory=_flat_memory,
+                       doc="one GEMM over the flattened padded batch, by cache-sized chunks"))
+ALGORITHMS = ("auto",) + CONV2D.names()
+
+
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm="im2col",
+                   keep_columns=None, workspace=None):
+    """Return ``(y, cache)`` for a grouped, strided, padded, dilated 2-D convolution.
+
+    ``algorithm``: a kernel of :data:`CONV2D` (``"im2col"``, the default here; ``"flat"``; any
+    backend's) or ``"auto"`` (see the module docstring); the cache records which one ran
+    (:func:`conv2d_algorithm`). ``keep_columns`` (flat kernel only) keeps its whole column matrix
+    from forward to backward; ``workspace`` holds a layer's buffers from step to step.
+
+    Shape:
+        x: (N, C, H, W), weight: (F, C/groups, kh, kw), bias: (F,) -> y: (N, F, out_h, out_w)
+        out_h = floor((H + 2*ph - dh*(kh - 1) - 1) / sh) + 1, likewise out_w
+    """
+    kernel = CONV2D.select(algorithm, x, weight, bias, stride, padding, dilation, groups)
+    if keep_columns is not None:
+        if kernel.name != "flat":
+            raise ValueError(f"conv2d: keep_columns applies to the flat kernel, not {kernel.name!r}")
+        return conv2d_flat_forward(x, weight, bias, stride, padding, dilation, keep_columns, workspace)
+    return kernel.forward(x, weight, bias, stride, padding, dilation, groups, workspace=workspace)
+
+
+def conv2d_backward(dy, cache, need_dx=True, need_dweight=True, need_dbias=True):
+    """Return ``(dx, dweight, dbias)`` from the kernel that made ``cache``; ``None`` for what is not asked."""
+    return CONV2D.backward(dy, cache, need_dx=need_dx, need_dweight=need_dweight, need_dbias=need_dbias)
+
+
 def conv2d_algorithm(cache) -> str:
-    """Which algorithm produced ``cache`` (``"im2col"`` or ``"flat"``)."""
-    return "flat" if isinstance(cache, FlatCache) else "im2col"
+    """Which kernel produced ``cache`` (``"im2col"``, ``"flat"``, ...)."""
+    return CONV2D.kernel_of(cache).name
+
+
+def choose_algorithm(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, dtype="float32") -> str:
+    """The kernel ``"auto"`` runs for these shapes; in benchmark mode it times the candidates on
+    random data of these shapes (once per shape) like a real call would."""
+    if benchmark_enabled():
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal(tuple(x_shape)).astype(dtype)
+        weight = rng.standard_normal(tuple(weight_shape)).astype(dtype)
+        return CONV2D.select("auto", x, weight, None, stride, padding, dilation, groups).name
+    x, weight = ArraySpec(tuple(x_shape), dtype), ArraySpec(tuple(weight_shape), dtype)
+    return CONV2D.plan("auto", x, weight, None, stride, padding, dilation, groups).name

@@ -43,486 +43,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..backend import array_module
-from ..profile import section
-from .im2col import conv_geometry
-from .parallel import num_threads, parallel_chunks, single_threaded_blas, threaded_matmul
+from .flat_gemm import chunk_length, grid_window_store, image_chunks, tap_gemm, tap_gemm_and_correlate, \
+    tap_gemm_into_output, tap_weight_gradient
+from .flat_layout import FlatGeometry, flat_geometry, from_phases, gather_columns, scatter_columns, to_phases
+from .instrument import section
+from .memory import LayerMemory
+from .parallel import MIN_PARALLEL_BYTES, num_threads, parallel_chunks, threaded_matmul
 from .workspace import scratch
-
-
-class FlatGeometry(NamedTuple):
-    input_shape: tuple  # (N, C, H, W)
-    kernel: tuple
-    stride: tuple
-    padding: tuple
-    dilation: tuple
-    output: tuple  # (out_h, out_w)
-    grid: tuple  # (Hq, Wq): one phase image
-    phases: tuple  # the (a, b) phases some tap reads, in buffer order
-    taps: tuple  # per tap (i, j) in weight order: (phase index, flat offset)
-    tail: int  # zeros after the last image, so that every tap slice has length L
-
-    @property
-    def length(self) -> int:
-        """``L = N * Hq * Wq``: the number of columns (output grid positions)."""
-        return self.input_shape[0] * self.grid[0] * self.grid[1]
-
-
-def flat_geometry(input_shape, kernel, stride=1, padding=0, dilation=1) -> FlatGeometry:
-    """The phase grid, the taps' phases and offsets, for ``conv_geometry``'s arguments.
-
-    Shape:
-        stride 1: grid Hq = max(out_h, H + ph), likewise Wq (padding shared between neighbours)
-        stride > 1: grid Hq = out_h + max_i((i*dh) // sh), likewise Wq
-        L = N*Hq*Wq
-    """
-    n, c, h, w = input_shape
-    kernel, stride, padding, dilation, output = conv_geometry((h, w), kernel, stride, padding, dilation)
-    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, output
-    (ph, pw) = padding
-    if (sh, sw) == (1, 1):
-        # Neighbouring rows and images share their zero padding: a read past the right edge of
-        # a row wraps to the left padding of the next row, one past the bottom of an image into
-        # the top padding of the next, so one margin of `pw` columns and `ph` rows suffices.
-        hq, wq = max(oh, h + ph), max(ow, w + pw)
-    else:
-        hq = oh + (dh * (kh - 1)) // sh
-        wq = ow + (dw * (kw - 1)) // sw
-    phases, taps = [], []
-    for i in range(kh):
-        for j in range(kw):
-            phase = ((i * dh) % sh, (j * dw) % sw)
-            if phase not in phases:
-                phases.append(phase)
-            taps.append((phases.index(phase), ((i * dh) // sh) * wq + (j * dw) // sw))
-    tail = max(offset for _, offset in taps)
-    return FlatGeometry((n, c, h, w), kernel, stride, padding, dilation, output, (hq, wq), tuple(phases),
-                        tuple(taps), tail)
-
-
-def _phase_window(g: FlatGeometry, phase):
-    """For phase ``(a, b)``: the grid slices that hold real input and the input slices they hold.
-
-    Grid row ``y`` of phase ``a`` is padded row ``a + sh*y``, i.e. input row ``a + sh*y - ph``.
-    Returns ``(grid_rows, grid_cols, input_rows, input_cols)`` or ``None`` if the phase sees
-    only padding.
-    """
-    (a, b), (sh, sw), (ph, pw), (hq, wq) = phase, g.stride, g.padding, g.grid
-    h, w = g.input_shape[2:]
-    axes = []
-    for start_pad, step, pad, size, grid in ((a, sh, ph, h, hq), (b, sw, pw, w, wq)):
-        first = max(0, -(-(pad - start_pad) // step))  # first grid index on a real input row
-        last = min(grid - 1, (size - 1 + pad - start_pad) // step)
-        if last < first:
-            return None
-        in_first = start_pad + step * first - pad
-        axes.append((slice(first, last + 1), slice(in_first, in_first + step * (last - first) + 1, step)))
-    return axes[0][0], axes[1][0], axes[0][1], axes[1][1]
-
-
-def _channel_major(buffer, g: FlatGeometry, channels: int):
-    """View ``(channels, L + tail)`` buffer rows as ``(channels, N, Hq, Wq)`` images."""
-    return buffer[:, : g.length].reshape(channels, g.input_shape[0], g.grid[0], g.grid[1])
-
-
-def to_phases(x, g: FlatGeometry, out=None):
-    """The phase buffer ``(phases, C, L + tail)``: padded, phase-split, channel-major ``x``.
-
-    ``out`` (any contents, e.g. a shared scratch buffer) receives the result: the input's
-    positions are copied and only the padding around them (a thin frame) is zeroed, chunk by
-    chunk, never the whole buffer.
-
-    Shape:
-        x: (N, C, H, W) -> (len(g.phases), C, N*Hq*Wq + tail)
-    """
-    xp = array_module(x)
-    n, c = x.shape[:2]
-    buffer = out if out is not None else xp.empty((len(g.phases), c, g.length + g.tail), dtype=x.dtype)
-    x_cn = x.transpose(1, 0, 2, 3)
-    windows = [(p, _phase_window(g, phase)) for p, phase in enumerate(g.phases)]
-
-    def fill(c0, c1):
-        for p, window in windows:
-            buffer[p, c0:c1, g.length:] = 0  # the tail
-            images = _channel_major(buffer[p, c0:c1], g, c1 - c0)
-            if window is None:
-                images[...] = 0
-                continue
-            grid_rows, grid_cols, rows, cols = window
-            images[:, :, :grid_rows.start] = 0  # the padding frame: rows above, below, then the sides
-            images[:, :, grid_rows.stop:] = 0
-            images[:, :, grid_rows, :grid_cols.start] = 0
-            images[:, :, grid_rows, grid_cols.stop:] = 0
-            images[:, :, grid_rows, grid_cols] = x_cn[c0:c1, :, rows, cols]
-
-    parallel_chunks(fill, c, buffer.nbytes, xp)
-    return buffer
-
-
-def from_phases(buffer, g: FlatGeometry):
-    """Inverse of ``to_phases`` for gradients: interleave the phases back into ``(N, C, H, W)``.
-
-    Input pixels no tap reads (kernel smaller than the stride) get zero.
-    """
-    xp = array_module(buffer)
-    n, c, h, w = g.input_shape
-    windows = [(p, _phase_window(g, phase)) for p, phase in enumerate(g.phases)]
-    full = _covers_input(g)
-    dx = (xp.empty if full else xp.zeros)((n, c, h, w), dtype=buffer.dtype)
-    dx_cn = dx.transpose(1, 0, 2, 3)
-
-    def gather(c0, c1):
-        for p, window in windows:
-            if window is not None:
-                grid_rows, grid_cols, rows, cols = window
-                dx_cn[c0:c1, :, rows, cols] = _channel_major(buffer[p, c0:c1], g, c1 - c0)[:, :, grid_rows, grid_cols]
-
-    parallel_chunks(gather, c, dx.nbytes * 2, xp)
-    return dx
-
-
-def _covers_input(g: FlatGeometry) -> bool:
-    """Whether the phases' windows together hold every input pixel (then ``dx`` needs no zeros)."""
-    (sh, sw), (hq, wq), (ph, pw) = g.stride, g.grid, g.padding
-    h, w = g.input_shape[2:]
-    rows = {a for a, _ in g.phases}
-    cols = {b for _, b in g.phases}
-    if len(rows) < sh or len(cols) < sw or len(g.phases) < len(rows) * len(cols):
-        return False
-    # every padded row pad..pad+h-1 must lie inside the grid of its phase
-    return (ph + h - 1) // sh < hq and (pw + w - 1) // sw < wq
-
-
-def gather_columns(buffer, g: FlatGeometry, out=None):
-    """im2col on the phase buffer: ``cols[c, t, :] = buffer[phase_t, c, off_t : off_t + L]``.
-
-    Shape:
-        buffer (phases, C, L + tail) -> cols (C*kh*kw, L), row order (c, i, j) as the weight
-    """
-    xp = array_module(buffer)
-    c = buffer.shape[1]
-    taps, length = g.taps, g.length
-    if len(taps) == 1 and taps[0][1] == 0:
-        return buffer[0, :, :length]  # 1x1, stride 1, no padding: the input is its own columns
-    cols = out if out is not None else xp.empty((c, len(taps), length), dtype=buffer.dtype)
-    cols = cols.reshape(c, len(taps), length)
-
-    blocks = _tap_blocks(buffer, taps, g.kernel, length)
-    cols4 = cols.reshape(c, g.kernel[0], g.kernel[1], length)
-
-    def copy(c0, c1):
-        for row_slice, col_slice, view in blocks:
-            cols4[c0:c1, row_slice, col_slice] = view[c0:c1]
-
-    parallel_chunks(copy, c, cols.nbytes, xp)
-    return cols.reshape(c * len(taps), length)
-
-
-def scatter_columns(dcols, g: FlatGeometry, channels: int, out=None):
-    """col2im on the phase buffer (adjoint of ``gather_columns``): add each tap's block back.
-
-    ``out`` (any contents) receives the result; it is zeroed here, chunk by chunk.
-
-    Shape:
-        dcols (C*kh*kw, L) -> buffer (phases, C, L + tail)
-    """
-    xp = array_module(dcols)
-    taps, length = g.taps, g.length
-    if len(taps) == 1 and taps[0][1] == 0:
-        return dcols.reshape(1, channels, length)
-    blocks = dcols.reshape(channels, len(taps), length)
-    shape = (len(g.phases), channels, length + g.tail)
-    buffer = out if out is not None else xp.empty(shape, dtype=dcols.dtype)
-
-    def add(c0, c1):
-        buffer[:, c0:c1] = 0
-        for t, (p, offset) in enumerate(taps):
-            buffer[p, c0:c1, offset:offset + length] += blocks[c0:c1, t]
-
-    parallel_chunks(add, channels, dcols.nbytes * 2, xp)
-    return buffer
-
-
-# Columns per chunk: the chunk's columns take about this many bytes, so they are gathered into
-# and read by the GEMM while still in the core's L2 cache (4 MB per core here).
-CHUNK_BYTES = 1 << 20
-# ... but at least this many columns per row of the fixed GEMM operand (the weight), up to
-# MAX_MIN_COLUMNS: OpenBLAS packs that operand again for every chunk, which chunks of a few
-# hundred columns do not amortise. Measured (forward GEMM, 2 threads): 2x512x28x28 -> 512,
-# 90 ms with 256-column chunks, 53 ms with 1024 (one 2-thread GEMM of the whole matrix: 49 ms);
-# 16x256x14x14 -> 256, 55 -> 30 ms (26 ms).
-COLUMNS_PER_ROW = 8
-MIN_COLUMNS, MAX_MIN_COLUMNS = 256, 1024
-# Deep layers have few columns (2x512x14x14: 482): they are still cut into one chunk per thread
-# down to this many columns each (backward 121 -> 94 ms there).
-MIN_THREAD_COLUMNS = 64
-
-
-def _chunk_length(k: int, itemsize: int, rows: int, length: int) -> int:
-    """Columns per chunk for ``rows x k`` times ``k x length``: cache-sized, then evened out.
-
-    The chunk count is rounded up to a multiple of the thread count so that every thread gets
-    the same work (two unequal chunks for two threads left one core idle half the time).
-    """
-    target = max(CHUNK_BYTES // (k * itemsize), min(max(MIN_COLUMNS, COLUMNS_PER_ROW * rows), MAX_MIN_COLUMNS))
-    threads = num_threads()
-    count = -(-length // target)
-    if length >= threads * MIN_THREAD_COLUMNS:  # short rows too: one chunk would leave a core idle
-        count = -(-count // threads) * threads
-    return max(1, -(-length // count))
-
-
-def _tap_blocks(buffer, taps, kernel, length: int):
-    """The column gather as a few strided copies: ``[(rows, cols, view)]`` with ``view[c, u, v, q]``
-    the column ``q`` of tap ``(rows[u], cols[v])`` (``rows``, ``cols`` slices of the kernel).
-
-    The taps of one phase sit on a lattice of the kernel, ``i = i0 + u*di``, ``j = j0 + v*dj``,
-    and read offsets ``base + u*si + v*sj``: one strided view of the phase's rows covers them all
-    (stride 1: one block for the whole kernel, including the mirrored taps of the direct ``dx``;
-    stride 2: four). Gathering a chunk then takes a copy per block instead of a NumPy call per
-    tap; each call is microseconds of Python that the threads take turns at under the GIL
-    (measured: ResNet-20's 16-channel layer, forward + backward, 48.6 -> 36.1 ms). Taps that do
-    not form a lattice get a block each.
-
-    Shape:
-        buffer (phases, C, >= length + max offset) -> views (C, len(rows), len(cols), length)
-    """
-    xp = array_module(buffer)
-    kh, kw = kernel if kernel is not None else (1, len(taps))
-    by_phase = {}
-    for t, (phase, offset) in enumerate(taps):
-        by_phase.setdefault(phase, {})[divmod(t, kw)] = offset
-    item = buffer.itemsize
-    read_only = {"writeable": False} if xp.__name__ == "numpy" else {}
-    blocks = []
-    for phase, offsets in by_phase.items():
-        rows = buffer[phase]
-        lattice = _lattice(offsets)
-        if lattice is None:  # one block per tap
-            blocks += [(slice(i, i + 1), slice(j, j + 1), rows[:, None, None, off:off + length])
-                       for (i, j), off in offsets.items()]
-            continue
-        row_slice, col_slice, base, step_u, step_v = lattice
-        shape = (rows.shape[0], len(range(kh)[row_slice]), len(range(kw)[col_slice]), length)
-        # The view starts at the block's first tap; negative steps (mirrored taps) read lower
-        # offsets of the same rows, never outside the buffer.
-        view = xp.lib.stride_tricks.as_strided(rows[:, base:], shape=shape,
-                                               strides=(rows.strides[0], step_u * item, step_v * item, item),
-                                               **read_only)
-        blocks.append((row_slice, col_slice, view))
-    return blocks
-
-
-def _lattice(offsets: dict):
-    """``(rows, cols, base, step_u, step_v)`` if the taps ``{(i, j): offset}`` form a lattice, else None."""
-    rows, cols = sorted({i for i, _ in offsets}), sorted({j for _, j in offsets})
-    di = rows[1] - rows[0] if len(rows) > 1 else 1
-    dj = cols[1] - cols[0] if len(cols) > 1 else 1
-    if rows != list(range(rows[0], rows[-1] + 1, di)) or cols != list(range(cols[0], cols[-1] + 1, dj)) \
-            or len(offsets) != len(rows) * len(cols):
-        return None
-    base = offsets[rows[0], cols[0]]
-    step_u = offsets[rows[0] + di, cols[0]] - base if len(rows) > 1 else 0
-    step_v = offsets[rows[0], cols[0] + dj] - base if len(cols) > 1 else 0
-    for (i, j), offset in offsets.items():
-        if offset != base + (i - rows[0]) // di * step_u + (j - cols[0]) // dj * step_v:
-            return None
-    return slice(rows[0], rows[-1] + 1, di), slice(cols[0], cols[-1] + 1, dj), base, step_u, step_v
-
-
-def _gather_blocks(cols, blocks, kernel, l0: int, l1: int) -> None:
-    """Columns ``l0:l1`` into ``cols (C, kh*kw, l1 - l0)`` from :func:`_tap_blocks`'s views."""
-    kh, kw = kernel if kernel is not None else (1, cols.shape[1])
-    cols4 = cols.reshape(cols.shape[0], kh, kw, l1 - l0)
-    for row_slice, col_slice, view in blocks:
-        cols4[:, row_slice, col_slice] = view[..., l0:l1]
-
-
-def _over_column_chunks(buffer, taps, kernel, length: int, visit, rows: int = 0, bounds=None) -> list:
-    """Gather the columns ``cols[c*T + t, q] = buffer[p_t, c, off_t + q]`` chunk by chunk, on every core.
-
-    Calls ``visit(cols, l0, l1, mine)`` for each chunk of columns ``l0:l1`` (``cols`` is
-    ``(C*T, l1 - l0)`` in this thread's scratch), while the chunk sits in the core's cache; the
-    chunks spread over the threads (:func:`parallel_chunks`) with BLAS on one thread each, and
-    ``mine`` is a dict private to the calling thread (for its buffers and running sums). Returns
-    the threads' dicts. The whole column matrix, ``kh*kw`` times the input, is never built.
-    ``bounds`` (a list of ``(l0, l1)``) replaces the even chunks of :func:`_chunk_length`.
-    """
-    xp = array_module(buffer)
-    k = buffer.shape[1] * len(taps)
-    if bounds is None:
-        chunk = _chunk_length(k, buffer.itemsize, rows, length)
-        bounds = [(l0, min(length, l0 + chunk)) for l0 in range(0, length, chunk)]
-    widest = max(l1 - l0 for l0, l1 in bounds)
-    blocks = _tap_blocks(buffer, taps, kernel, length)
-    results = []
-
-    def work(first, stop):
-        cols_buffer = scratch("flat_chunk_cols", (k * widest,), buffer.dtype, xp)
-        mine = {}
-        for l0, l1 in bounds[first:stop]:
-            cols = cols_buffer[: k * (l1 - l0)].reshape(buffer.shape[1], len(taps), l1 - l0)
-            _gather_blocks(cols, blocks, kernel, l0, l1)
-            visit(cols.reshape(k, l1 - l0), l0, l1, mine)
-        results.append(mine)
-
-    with single_threaded_blas():
-        parallel_chunks(work, len(bounds), k * length * buffer.itemsize, xp)
-    return results
-
-
-def _image_chunks(g: FlatGeometry, target: int) -> list:
-    """Chunk bounds of about ``target`` grid columns that never cut a grid row, and cut an image
-    only when one image is wider than ``target``: whole images ``(l0, l1)``, else row bands of
-    one image. Each chunk's product then maps onto a block of the NCHW output.
-    """
-    n, (hq, wq) = g.input_shape[0], g.grid
-    per_image = hq * wq
-    if target >= per_image:
-        images = max(1, round(target / per_image))
-        return [(first * per_image, min(n, first + images) * per_image) for first in range(0, n, images)]
-    band = max(1, target // wq)
-    return [(image * per_image + y0 * wq, image * per_image + min(hq, y0 + band) * wq)
-            for image in range(n) for y0 in range(0, hq, band)]
-
-
-def _grid_window_store(g: FlatGeometry, out, first_row: int, first_col: int, bias=None):
-    """A chunk store for :func:`_over_column_chunks` bounds from :func:`_image_chunks`: crops a
-    chunk's ``(rows, images*Hq*Wq)`` product to the window ``first_row:first_row + out_h``,
-    ``first_col:first_col + out_w`` of each image's grid and copies it into its block of ``out
-    (N, rows, out_h, out_w)``, adding ``bias`` (per row) first.
-
-    Forward: the window at ``(0, 0)`` is the output; stride-1 backward: the window at the
-    padding ``(ph, pw)`` is the input, i.e. ``dx``.
-    """
-    xp = array_module(out)
-    (hq, wq), (out_h, out_w) = g.grid, out.shape[2:]
-    per_image = hq * wq
-    bias_column = None if bias is None else bias.reshape(-1, 1)
-    rows_window = slice(first_row, first_row + out_h)
-    cols_window = slice(first_col, first_col + out_w)
-
-    def store(product, l0, l1):
-        if bias_column is not None:
-            product += bias_column
-        image, offset = divmod(l0, per_image)
-        if l1 - l0 >= per_image:  # whole images
-            images = (l1 - l0) // per_image
-            block = product.reshape(-1, images, hq, wq)[:, :, rows_window, cols_window]
-            out[image:image + images] = block.transpose(1, 0, 2, 3)
-            return
-        band_first = offset // wq  # a band of grid rows of one image
-        band_rows = (l1 - l0) // wq
-        lo, hi = max(band_first, first_row), min(band_first + band_rows, first_row + out_h)
-        if hi > lo:
-            band = product.reshape(-1, band_rows, wq)
-            out[image, :, lo - first_row:hi - first_row] = band[:, lo - band_first:hi - band_first, cols_window]
-
-    return store
-
-
-def tap_gemm_into_output(weight_mat, buffer, g: FlatGeometry, y, bias=None):
-    """The forward GEMM by chunks written straight into the ``(N, F, out_h, out_w)`` output ``y``.
-
-    Chunks follow images or row bands (:func:`_image_chunks`), so each chunk's product, still
-    in the cache, is cropped to the valid corner of its grid positions and copied into its block
-    of ``y`` (plus the bias) by the thread that computed it: no ``(F, L)`` grid in memory and
-    no separate pass to change its layout (forward 2-12% faster).
-
-    Shape:
-        weight_mat (F, C*T), buffer (phases, C, L + tail) -> y (N, F, out_h, out_w)
-    """
-    f, k = weight_mat.shape
-    bounds = _image_chunks(g, _chunk_length(k, buffer.itemsize, f, g.length))
-    return tap_gemm(weight_mat, buffer, g.taps, g.length, _grid_window_store(g, y, 0, 0, bias), g.kernel, bounds)
-
-
-def _product(weight_mat, cols, l0, l1, mine):
-    """``weight_mat @ cols`` into this thread's contiguous chunk buffer (BLAS cannot write a
-    column slice of a larger array directly); valid until the thread's next chunk."""
-    xp = array_module(cols)
-    rows = weight_mat.shape[0]
-    if mine.get("product") is None or mine["product"].size < rows * (l1 - l0):
-        mine["product"] = scratch("flat_chunk_out", (rows * cols.shape[1],), cols.dtype, xp)
-    return xp.matmul(weight_mat, cols, out=mine["product"][: rows * (l1 - l0)].reshape(rows, l1 - l0))
-
-
-def _as_store(out):
-    """``out`` as a chunk store ``store(product, l0, l1)``: itself if it is one (see
-    :func:`_grid_window_store`), else one writing columns ``l0:l1`` of the array ``out``."""
-    if callable(out):
-        return out
-
-    def store(product, l0, l1):
-        out[:, l0:l1] = product
-
-    return store
-
-
-def _accumulate(mine, key, value):
-    if key in mine:
-        mine[key] += value
-    else:
-        mine[key] = value
-
-
-def tap_gemm(weight_mat, buffer, taps, length: int, out, kernel=None, bounds=None):
-    """``out[:, :length] = weight_mat @ cols`` with ``cols[c*T + t, q] = buffer[p_t, c, off_t + q]``.
-
-    By cache-sized chunks of columns on every core (:func:`_over_column_chunks`). Against one
-    im2col of the whole batch then one big GEMM, this measured 2.5x faster at 16 channels on
-    32x32 (the 85 MB of columns of a batch of 128 never reach memory) and needs ~1 MB of
-    scratch instead of the columns. ``out`` is an array, or a chunk store (:func:`_as_store`)
-    used with its ``bounds``.
-
-    Shape:
-        weight_mat (F, C*T), buffer (phases, C, >= length + max offset) -> out (F, >= length)
-    """
-    store = _as_store(out)
-
-    def visit(cols, l0, l1, mine):
-        store(_product(weight_mat, cols, l0, l1, mine), l0, l1)
-
-    _over_column_chunks(buffer, taps, kernel, length, visit, rows=weight_mat.shape[0], bounds=bounds)
-    return out
-
-
-def tap_weight_gradient(buffer, taps, dy_grid, length: int, kernel=None):
-    """``dy_grid[:, :length] @ cols^T`` (the weight gradient ``(F, C*T)``), by cached chunks.
-
-    Same columns as :func:`tap_gemm`; each thread sums its chunks' ``(C*T, F)`` products, as
-    ``cols @ dY^T`` (see ``conv2d_flat_backward`` on this orientation), then the threads' sums
-    are added.
-    """
-    def visit(cols, l0, l1, mine):
-        _accumulate(mine, "sum", array_module(cols).matmul(cols, dy_grid[:, l0:l1].T))
-
-    return sum(mine["sum"] for mine in _over_column_chunks(buffer, taps, kernel, length, visit,
-                                                             rows=dy_grid.shape[0])).T
-
-
-def tap_gemm_and_correlate(weight_mat, buffer, taps, length: int, out, other, kernel=None, bounds=None):
-    """:func:`tap_gemm`, and from the same gathered chunks ``cols @ other[:, :length]^T``.
-
-    Stride-1 backward in one pass: with ``buffer`` the margined ``dY`` and the mirrored taps,
-    ``out`` receives ``dx`` on the grid and, with ``other`` the input's phase buffer
-    ``X (C, L + tail)``, the correlation ``sum_p dY[f, p - off_t] X[c, p]`` is the weight
-    gradient ``dW[f, c, t]``: one gather of ``dY``'s columns serves both GEMMs.
-
-    ``out`` and ``bounds`` as for :func:`tap_gemm`.
-
-    Shape:
-        weight_mat (C, F*T), buffer (1, F, >= length + max offset), other (C, >= length)
-        -> out (C, >= length); returns (F*T, C)
-    """
-    xp = array_module(buffer)
-    store = _as_store(out)
-
-    def visit(cols, l0, l1, mine):
-        store(_product(weight_mat, cols, l0, l1, mine), l0, l1)
-        _accumulate(mine, "sum", xp.matmul(cols, other[:, l0:l1].T))
-
-    return sum(mine["sum"] for mine in _over_column_chunks(buffer, taps, kernel, length, visit,
-                                                         rows=weight_mat.shape[0], bounds=bounds))
 
 
 class FlatCache(NamedTuple):
@@ -691,8 +218,8 @@ def conv2d_flat_backward(dy, cache: FlatCache, need_dx=True, need_dweight=True, 
             taps = tuple((0, margin - g.taps[t][1]) for t in members)
             kernel = _phase_kernel(g, members)
             if into_dx:
-                out = _grid_window_store(g, dx, *g.padding)
-                bounds = _image_chunks(g, _chunk_length(f * len(members), dy.itemsize, c, length))
+                out = grid_window_store(g, dx, *g.padding)
+                bounds = image_chunks(g, chunk_length(f * len(members), dy.itemsize, c, length))
             else:
                 out, bounds = dphases[p], None
             with section("gemm"):
@@ -708,3 +235,42 @@ def conv2d_flat_backward(dy, cache: FlatCache, need_dx=True, need_dweight=True, 
             with section("col2im"):
                 dx = from_phases(dphases, g)
     return dx, dweight, dbias
+
+
+def conv2d_flat_memory(x, weight, stride=1, padding=0, dilation=1, keep_columns_max_bytes=0) -> LayerMemory:
+    """What the flat kernel holds (``x``, ``weight`` as ArraySpecs): the cache is the input itself
+    (plus the columns when they are small enough to keep). Shared scratch buffers: the phase
+    buffer, dy on the grid with margins of ``tail`` zeros, per thread one chunk of columns and
+    of output (the columns are never built whole; with kept columns also the output grid), and
+    for dx the phases of dx (strided layers) or dcols and the phases (fewer than
+    ``DIRECT_DX_MIN_CHANNELS`` channels); stride-1 dx is written straight from the GEMM chunks."""
+    itemsize = x.itemsize
+    g = flat_geometry(tuple(x.shape), tuple(weight.shape[2:]), stride, padding, dilation)
+    f, c = weight.shape[:2]
+    k = c * g.kernel[0] * g.kernel[1]
+    phases = len(g.phases) * c * (g.length + g.tail) * itemsize
+    cols = k * g.length * itemsize
+    kept = cols if cols <= keep_columns_max_bytes else 0
+
+    # forward: (F, K) @ chunks of the input's columns; backward: (C, F*T) @ chunks of dY's. Each
+    # thread that takes part holds one chunk; small jobs run on the calling thread alone.
+    def widest(k_rows, rows, length, image_aligned):
+        chunk = chunk_length(k_rows, itemsize, rows, length)
+        bounds = image_chunks(g, chunk) if image_aligned else [(0, min(chunk, length))]
+        threads = num_threads() if k_rows * length * itemsize >= MIN_PARALLEL_BYTES and len(bounds) > 1 else 1
+        return max(b - a for a, b in bounds), threads
+
+    forward_chunk, forward_threads = widest(k, f, g.length, True)
+    backward_chunk, backward_threads = widest(f * len(g.taps), c, g.length + g.tail, tuple(g.stride) == (1, 1))
+    chunk_cols = max(forward_threads * k * forward_chunk, backward_threads * f * len(g.taps) * backward_chunk)
+    chunk_out = max(forward_threads * f * forward_chunk, backward_threads * c * backward_chunk)
+    scratch_bytes = {"flat_phases": phases, "flat_dy": f * (g.length + 2 * g.tail) * itemsize,
+                     "flat_chunk_cols": chunk_cols * itemsize, "flat_chunk_out": chunk_out * itemsize}
+    if kept:  # the whole-column path writes the output grid (F, L) before its layout copy
+        scratch_bytes["flat_y"] = f * g.length * itemsize
+    if c < DIRECT_DX_MIN_CHANNELS:  # dx through dcols (C*kh*kw, L) and col2im into phases
+        scratch_bytes["flat_cols"] = cols
+        scratch_bytes["flat_dphases"] = phases
+    elif tuple(g.stride) != (1, 1):  # dx phase by phase, then interleaved
+        scratch_bytes["flat_dphases"] = phases
+    return LayerMemory(keeps_input=True, saved=kept, backward_temp=2 * weight.size * itemsize, scratch=scratch_bytes)

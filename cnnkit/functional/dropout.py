@@ -7,9 +7,17 @@ reuses the mask of the forward pass.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..backend import array_module
+from .memory import LayerMemory
+
+
+class DropoutCache(NamedTuple):
+    keep: object  # the boolean mask of kept elements, or None for the identity
+    scale: float  # 1 / (1 - p)
 
 
 def dropout_forward(x, p: float, generator: np.random.Generator, training: bool = True):
@@ -24,7 +32,7 @@ def dropout_forward(x, p: float, generator: np.random.Generator, training: bool 
         x: any shape -> y: same shape as x; the cache holds a boolean mask of that shape
     """
     if not training or p == 0:
-        return x, (None, 1.0)
+        return x, DropoutCache(None, 1.0)
     xp = array_module(x)
     keep = generator.random(x.shape, dtype=np.float32) >= p
     if xp is not np:
@@ -33,7 +41,7 @@ def dropout_forward(x, p: float, generator: np.random.Generator, training: bool 
     scale = 1.0 / (1.0 - p) if p < 1 else 0.0
     y = x * keep
     y *= scale
-    return y, (keep, scale)
+    return y, DropoutCache(keep, scale)
 
 
 def dropout_backward(dy, cache):
@@ -48,3 +56,11 @@ def dropout_backward(dy, cache):
     dx = dy * keep
     dx *= scale
     return dx
+
+
+def dropout_memory(x, p: float, training: bool = True) -> LayerMemory:
+    """Training: a boolean keep mask (one byte per element) is kept; the float32 uniform draws are a
+    forward temporary. ``p = 0`` or eval: the identity, nothing kept."""
+    if not training or p == 0:
+        return LayerMemory(aliases_input=True)
+    return LayerMemory(saved=x.size, forward_temp=4 * x.size)

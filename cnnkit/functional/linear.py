@@ -5,7 +5,16 @@ every GEMM of a training step; see :mod:`cnnkit.functional.parallel` for why.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
+from .memory import LayerMemory
 from .parallel import threaded_matmul
+from .registry import Kernel, define_op
+
+
+class LinearCache(NamedTuple):
+    x: object
+    weight: object
 
 
 def linear_forward(x, weight, bias=None):
@@ -18,7 +27,7 @@ def linear_forward(x, weight, bias=None):
     y = threaded_matmul(x, weight.T)
     if bias is not None:
         y += bias
-    return y, (x, weight)
+    return y, LinearCache(x, weight)
 
 
 def linear_backward(dy, cache, need_dx=True, need_dweight=True, need_dbias=True):
@@ -32,3 +41,13 @@ def linear_backward(dy, cache, need_dx=True, need_dweight=True, need_dbias=True)
     dweight = threaded_matmul(dy.T, x) if need_dweight else None
     dbias = dy.sum(axis=0) if need_dbias else None
     return dx, dweight, dbias
+
+
+def linear_memory(x, weight, bias=None) -> LayerMemory:
+    """The cache references x and the weight; backward makes dweight then copies it into .grad."""
+    return LayerMemory(keeps_input=True, backward_temp=2 * weight.size * x.itemsize)
+
+
+LINEAR = define_op("linear", reference="numpy")
+LINEAR.register(Kernel("numpy", "numpy", 0, linear_forward, linear_backward, LinearCache, memory=linear_memory,
+                       doc="one GEMM forward, two backward"))

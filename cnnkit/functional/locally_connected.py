@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 from ..backend import array_module
 from .im2col import col2im, sliding_windows
+from .memory import LayerMemory
+from .shapes import pair
 from .parallel import threaded_matmul
 
 
@@ -91,3 +93,18 @@ def locally_connected2d_backward(dy, cache: LocallyConnected2dCache, need_dx=Tru
         dcols = dcols.reshape(out_h, out_w, n, c, kh, kw).transpose(2, 3, 4, 5, 0, 1)
         dx = col2im(dcols, cache.input_shape, (kh, kw), cache.stride, cache.padding, cache.dilation)
     return dx, dweight, dbias
+
+
+def locally_connected2d_memory(x, weight, bias=None, stride=1, padding=0, dilation=1) -> LayerMemory:
+    """The columns ``(P, N, K)`` are kept for backward; forward also makes the padded input and
+    the ``(P, N, F)`` product; backward makes ``dy`` position-major, ``dweight`` (the weight's
+    size) and its copy into ``.grad``, and ``dcols`` (the columns' size)."""
+    n, c, h, w = x.shape
+    out_h, out_w, f, _, kh, kw = weight.shape
+    itemsize = x.itemsize
+    padding = pair(padding, "padding", "locally_connected2d")
+    cols = out_h * out_w * n * c * kh * kw * itemsize
+    padded = n * c * (h + 2 * padding[0]) * (w + 2 * padding[1]) * itemsize if any(padding) else 0
+    product = n * f * out_h * out_w * itemsize
+    return LayerMemory(saved=cols, forward_temp=padded + product,
+                       backward_temp=product + 2 * weight.size * itemsize + cols)

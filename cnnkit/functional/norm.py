@@ -20,8 +20,30 @@ Both kernels view an input ``(N, C, *)`` as ``(N, C, L)`` (``L`` = product of th
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from ..backend import array_module
+from .memory import LayerMemory
 from .parallel import parallel_chunks
+from .registry import Kernel, define_op
+
+
+class BatchNormCache(NamedTuple):
+    source: object  # training: xc = x - mean (a new array); eval: x itself, as (N, C, L)
+    mean: object  # eval: a copy of the running mean x is centred on; training: None (xc is centred)
+    inv_std: object  # (C,)
+    weight: object  # (C,) or None
+    training: bool
+    input_shape: tuple
+
+
+class LocalResponseNormCache(NamedTuple):
+    x: object
+    denom: object  # k + alpha/size * window sum of x^2
+    scale: object  # denom ** -beta
+    size: int
+    alpha: float
+    beta: float
 
 
 def _as_ncl(x):
@@ -41,11 +63,6 @@ def _channel_sum(xp, a):
 def _channel_dot(xp, a, b):
     """Per-channel ``sum(a * b)`` over ``N`` and ``L``, without materialising ``a * b``."""
     return xp.einsum("ncl,ncl->c", a, b)
-
-
-def _per_channel(v):
-    """Reshape a ``(C,)`` vector to ``(C, 1)`` so it broadcasts against ``(N, C, L)``."""
-    return v[:, None]
 
 
 def _rows(xp, v, length: int):
@@ -123,14 +140,14 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
         inv_std = 1 / xp.sqrt(var + eps)
         scale = inv_std if weight is None else weight * inv_std
         source, shift = centered, bias
-        cache = (centered, None, inv_std, weight, True, x.shape)
+        cache = BatchNormCache(centered, None, inv_std, weight, True, x.shape)
     else:
         inv_std = 1 / xp.sqrt(running_var + eps)
         scale = inv_std if weight is None else weight * inv_std
         source = x3
         shift = -running_mean * scale if bias is None else bias - running_mean * scale
         # x itself, and a copy of the mean it is centred on (the buffer may change later).
-        cache = (x3, running_mean.copy(), inv_std, weight, False, x.shape)
+        cache = BatchNormCache(x3, running_mean.copy(), inv_std, weight, False, x.shape)
     scale_rows = _rows(xp, scale, length)
     shift_rows = None if shift is None else _rows(xp, shift, length)
 
@@ -241,7 +258,7 @@ def local_response_norm_forward(x, size, alpha=1e-4, beta=0.75, k=1.0):
     denom += k
     scale = denom ** -beta
     y = x * scale
-    return y, (x, denom, scale, size, alpha, beta)
+    return y, LocalResponseNormCache(x, denom, scale, size, alpha, beta)
 
 
 def local_response_norm_backward(dy, cache, need_dx=True):
@@ -269,3 +286,25 @@ def local_response_norm_backward(dy, cache, need_dx=True):
     dx *= -2 * alpha * beta / size
     dx += dy * scale
     return dx
+
+
+def batch_norm_memory(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5) -> LayerMemory:
+    """Training: the cache holds ``xc = x - mean`` (a new array the size of x) and (C,)
+    statistics, neither x nor y; eval (running statistics): it references x itself."""
+    if not training:
+        return LayerMemory(keeps_input=True)
+    return LayerMemory(saved=x.nbytes)
+
+
+def local_response_norm_memory(x, size, alpha=1e-4, beta=0.75, k=1.0) -> LayerMemory:
+    """The cache holds x, denom and scale: the input plus two new arrays of its size."""
+    return LayerMemory(keeps_input=True, saved=2 * x.nbytes, forward_temp=x.nbytes, backward_temp=2 * x.nbytes)
+
+
+BATCH_NORM = define_op("batch_norm", reference="numpy")
+BATCH_NORM.register(Kernel("numpy", "numpy", 0, batch_norm_forward, batch_norm_backward, BatchNormCache,
+                           memory=batch_norm_memory, doc="per-channel sums over batch slices on every core"))
+LOCAL_RESPONSE_NORM = define_op("local_response_norm", reference="numpy")
+LOCAL_RESPONSE_NORM.register(Kernel("numpy", "numpy", 0, local_response_norm_forward, local_response_norm_backward,
+                                    LocalResponseNormCache, memory=local_response_norm_memory,
+                                    doc="shifted slice adds over the channel window"))

@@ -24,7 +24,9 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import array_module
+from .memory import LayerMemory
 from .parallel import parallel_chunks
+from .registry import Kernel, define_op
 from .shapes import check_positive, conv_output_size, pair
 from .workspace import scratch
 
@@ -52,6 +54,36 @@ class PoolGeometry(NamedTuple):
             rows = slice(i * dh, i * dh + (oh - 1) * sh + 1, sh)
             for j in range(kw):
                 yield i * kw + j, rows, slice(j * dw, j * dw + (ow - 1) * sw + 1, sw)
+
+
+class MaxPoolCache(NamedTuple):
+    switches: object  # (N, C, OH, OW): the kernel offset i*KW + j each output took (uint8 up to 16x16)
+    geometry: PoolGeometry
+
+
+class AvgPoolCache(NamedTuple):
+    divisor: object  # (OH, OW): PyTorch's divisor of each output
+    geometry: PoolGeometry
+
+
+class LPPowerCache(NamedTuple):
+    """LP pooling with a finite ``p``: the average pooling of ``x^p`` and its results."""
+
+    avg_cache: AvgPoolCache
+    power_sum: object  # u: the window sums of x^p, (N, C, OH, OW)
+    y: object  # u^(1/p)
+    window_taps: int  # KH*KW
+
+
+class LPPoolCache(NamedTuple):
+    p: float
+    x: object
+    inner: object  # MaxPoolCache (p = +-inf) or LPPowerCache
+
+
+class AdaptiveAvgPoolCache(NamedTuple):
+    input_shape: tuple
+    matrices: object  # None for equal blocks, else the (rows, cols) bin-averaging matrices
 
 
 def check_pool_padding(kernel: tuple, padding: tuple, layer: str) -> None:
@@ -287,7 +319,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     _over_plane_blocks(xp, n * c, h * w * x.dtype.itemsize, block_work)
     if switches is None:
         return y.reshape(n, c, oh, ow), None
-    return y.reshape(n, c, oh, ow), (switches.reshape(n, c, oh, ow), g)
+    return y.reshape(n, c, oh, ow), MaxPoolCache(switches.reshape(n, c, oh, ow), g)
 
 
 def _max_pool_block(x_padded, g: PoolGeometry, y, switches, first_tap, has_nan, xp) -> None:
@@ -351,7 +383,7 @@ def max_pool2d_indices(cache):
     """
     switches, g = cache
     xp = array_module(switches)
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = g.kernel, g.stride, g.padding, g.dilation, g.output
+    (_, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = g.kernel, g.stride, g.padding, g.dilation, g.output
     k = switches.astype(np.int64)
     rows = xp.arange(oh).reshape(oh, 1) * sh - ph + (k // kw) * dh
     cols = xp.arange(ow) * sw - pw + (k % kw) * dw
@@ -405,7 +437,7 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, 
             total += window
     divisor = xp.asarray(avg_divisor(g, count_include_pad, divisor_override).astype(x.dtype))
     total /= divisor
-    return total, (divisor, g)
+    return total, AvgPoolCache(divisor, g)
 
 
 def avg_pool2d_backward(dy, cache):
@@ -446,16 +478,16 @@ def lp_pool2d_forward(x, norm_type, kernel_size, stride=None, ceil_mode=False, *
         sign = 1.0 if p > 0 else -1.0
         y, max_cache = max_pool2d_forward(sign * xp.abs(x), kernel_size, stride, 0, 1, ceil_mode,
                                           check_geometry=check_geometry, layer=layer)
-        return sign * y, (p, x, max_cache)
+        return sign * y, LPPoolCache(p, x, max_cache)
     if p == 0 or math.isnan(p):
         raise ValueError(f"{layer}: norm_type must be non-zero, got {norm_type!r}")
     mean_power, avg_cache = avg_pool2d_forward(x ** p, kernel_size, stride, 0, ceil_mode, True,
                                                check_geometry=check_geometry, layer=layer)
-    window_taps = avg_cache[1].kernel[0] * avg_cache[1].kernel[1]
+    window_taps = avg_cache.geometry.kernel[0] * avg_cache.geometry.kernel[1]
     u = mean_power * window_taps
     with np.errstate(invalid="ignore"):  # a negative sum to a fractional power is NaN, as in PyTorch
         y = u ** (1.0 / p)
-    return y, (p, x, (avg_cache, u, y, window_taps))
+    return y, LPPoolCache(p, x, LPPowerCache(avg_cache, u, y, window_taps))
 
 
 def lp_pool2d_backward(dy, cache):
@@ -533,11 +565,11 @@ def adaptive_avg_pool2d_forward(x, output_size, *, layer="adaptive_avg_pool2d"):
     oh, ow = adaptive_output_size((h, w), output_size, layer)
     if h % oh == 0 and w % ow == 0:
         y = x.reshape(n, c, oh, h // oh, ow, w // ow).mean(axis=(3, 5))
-        return y, (x.shape, None)
+        return y, AdaptiveAvgPoolCache(x.shape, None)
     rows = xp.asarray(adaptive_pool_matrix(h, oh, x.dtype))
     cols = xp.asarray(adaptive_pool_matrix(w, ow, x.dtype))
     y = xp.matmul(rows, xp.matmul(x, cols.T))
-    return y, (x.shape, (rows, cols))
+    return y, AdaptiveAvgPoolCache(x.shape, (rows, cols))
 
 
 def adaptive_avg_pool2d_backward(dy, cache):
@@ -554,3 +586,62 @@ def adaptive_avg_pool2d_backward(dy, cache):
         return xp.ascontiguousarray(xp.broadcast_to(share, (n, c, oh, h // oh, ow, w // ow))).reshape(n, c, h, w)
     rows, cols = matrices
     return xp.matmul(rows.T, xp.matmul(dy, cols))
+
+
+# -- the ops and their memory rules ---------------------------------------------------------------
+
+def _scatter_bytes(g: PoolGeometry, itemsize: int) -> int:
+    """Backward adds each kernel offset's gradient onto the stride phases of a padded input-sized
+    buffer, then interleaves them into dx (a second buffer when strided or padded)."""
+    n, c, h, w = g.input_shape
+    (ph, pw), (sh, sw) = g.padding, g.stride
+    padded = n * c * (h + 2 * ph + sh) * (w + 2 * pw + sw) * itemsize
+    return padded if (sh, sw) != (1, 1) or (ph, pw) != (0, 0) else 0
+
+
+def max_pool2d_memory(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, **options):
+    """The switches (one byte per output up to 16x16 kernels), kept for backward; forward also
+    makes the padded input, a window copy and two masks; backward scatters like average pooling."""
+    g = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    out = g.input_shape[0] * g.input_shape[1] * g.output[0] * g.output[1]
+    switch = 1 if g.kernel[0] * g.kernel[1] <= 256 else 4
+    n, c, h, w = g.input_shape
+    ph, pw = g.padding
+    padded = n * c * (h + 2 * ph) * (w + 2 * pw) * x.itemsize if (ph or pw) else 0
+    return LayerMemory(saved=out * switch, forward_temp=padded + out * (x.itemsize + 2),
+                       backward_temp=_scatter_bytes(g, x.itemsize) + out * (x.itemsize + 1))
+
+
+def avg_pool2d_memory(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                      divisor_override=None, **options):
+    """Only the divisor and the geometry are kept; backward scatters ``dy / divisor``."""
+    g = pool_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode)
+    out = g.input_shape[0] * g.input_shape[1] * g.output[0] * g.output[1]
+    return LayerMemory(backward_temp=_scatter_bytes(g, x.itemsize) + out * x.itemsize)
+
+
+def lp_pool2d_memory(x, norm_type, kernel_size, stride=None, ceil_mode=False, **options):
+    """The input (referenced), the power sums and the output (finite p), or the switches (p = inf)."""
+    if math.isinf(float(norm_type)):
+        rule = max_pool2d_memory(x, kernel_size, stride, 0, 1, ceil_mode)
+        return LayerMemory(keeps_input=True, saved=rule.saved, forward_temp=rule.forward_temp + x.nbytes,
+                           backward_temp=rule.backward_temp + x.nbytes)
+    g = pool_geometry(x.shape, kernel_size, stride, 0, 1, ceil_mode)
+    out = g.input_shape[0] * g.input_shape[1] * g.output[0] * g.output[1] * x.itemsize
+    return LayerMemory(keeps_input=True, saved=2 * out, forward_temp=x.nbytes + out,
+                       backward_temp=2 * x.nbytes + 3 * out + _scatter_bytes(g, x.itemsize))
+
+
+def adaptive_avg_pool2d_memory(x, output_size, **options):
+    """The cache is the input shape (and small pooling matrices); backward is two small GEMMs."""
+    n, c = x.shape[:2]
+    oh, ow = adaptive_output_size(tuple(x.shape[2:]), output_size)
+    return LayerMemory(backward_temp=n * c * oh * ow * x.itemsize)
+
+
+MAX_POOL2D = define_op("max_pool2d", reference="numpy")
+MAX_POOL2D.register(Kernel("numpy", "numpy", 0, max_pool2d_forward, max_pool2d_backward, MaxPoolCache,
+                           memory=max_pool2d_memory, doc="a loop over the kernel offsets, with switches"))
+AVG_POOL2D = define_op("avg_pool2d", reference="numpy")
+AVG_POOL2D.register(Kernel("numpy", "numpy", 0, avg_pool2d_forward, avg_pool2d_backward, AvgPoolCache,
+                           memory=avg_pool2d_memory, doc="a loop over the kernel offsets"))

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import numpy as np
+
 from ..backend import array_module
+from ..functional.memory import LayerMemory
 from ..nn.activation import ReLU
 from ..nn.containers import Sequential
 from ..nn.flatten import Flatten
@@ -80,6 +83,21 @@ class PadShortcut(Module):
             raise ValueError(f"PadShortcut expects {self.in_channels} channels, got input shape {tuple(input_shape)}")
         s = self.stride
         return (self.out_channels, -(-h // s), -(-w // s))
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return LayerMemory()  # only the input's shape is cached
+
+    def onnx_export(self, ctx, x, prefix):
+        """``x[:, :, ::s, ::s]`` (a Slice), then zero channels appended (a Pad)."""
+        s = self.stride
+        c, h, w = ctx.shape(x)
+        big = np.iinfo(np.int64).max
+        inputs = [x] + [ctx.constant(ctx.join(prefix, n), np.array(v, np.int64)) for n, v in
+                        (("starts", [0, 0]), ("ends", [big, big]), ("axes", [2, 3]), ("steps", [s, s]))]
+        kept = ctx.node("Slice", inputs, ctx.join(prefix, "Slice"), shape=(c, -(-h // s), -(-w // s)))
+        pads = ctx.constant(ctx.join(prefix, "pads"),
+                            np.array([0, 0, 0, 0, 0, self.out_channels - self.in_channels, 0, 0], np.int64))
+        return ctx.node("Pad", [kept, pads], ctx.join(prefix, "Pad"), mode="constant")
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"

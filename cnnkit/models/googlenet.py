@@ -9,7 +9,7 @@ from ..nn.conv import Conv2d
 from ..nn.dropout import Dropout
 from ..nn.flatten import Flatten
 from ..nn.linear import Linear
-from ..nn.module import Module
+from ..nn.graph import Graph
 from ..nn.normalization import BatchNorm2d, LocalResponseNorm
 from ..nn.pooling import AdaptiveAvgPool2d, MaxPool2d
 from ._common import check_num_classes, he_init_, make_rng
@@ -90,28 +90,24 @@ INCEPTION_TABLE = OrderedDict(
     inception5b=(832, 384, 192, 384, 48, 128, 128),    # 7x7x1024
 )
 
-# The trunk in order; names absent from a model (norm1/norm2 with batch_norm) are skipped.
-_TRUNK = ("conv1", "maxpool1", "norm1", "conv2", "conv3", "norm2", "maxpool2", "inception3a", "inception3b",
-          "maxpool3", "inception4a", "inception4b", "inception4c", "inception4d", "inception4e", "maxpool4",
-          "inception5a", "inception5b", "avgpool", "flatten", "dropout", "fc")
 # variant -> (batch_norm, branch3 kernel size, LRN after conv1/conv3, maxpool4 kernel size)
 _VARIANTS = {"paper": (False, 5, True, 3), "torchvision": (True, 3, False, 2)}
-# Auxiliary classifiers tap these outputs (paper: on top of 4a and 4d).
-_TAPS = {"inception4a": "aux1", "inception4d": "aux2"}
 
 
-class GoogLeNet(Module):
-    """GoogLeNet with explicit forward/backward over its trunk and the auxiliary taps.
+class GoogLeNet(Graph):
+    """GoogLeNet as a :class:`~cnnkit.nn.graph.Graph`: the trunk in order, the auxiliary heads
+    reading the outputs of inception 4a and 4d.
 
     In training mode with ``aux_logits=True``, ``forward`` returns ``(logits, aux2, aux1)``
     (torchvision's order) and ``backward`` takes ``(dlogits, daux2, daux1)`` (an entry may be
-    ``None``); the auxiliary gradients join the trunk at the outputs of inception 4a and 4d. In
-    eval mode, or without the auxiliary heads, it maps images to logits like any classifier.
+    ``None``); the graph adds the auxiliary gradients to the trunk's at 4a and 4d. In eval mode,
+    or without the auxiliary heads, the heads do not run and it maps images to logits like any
+    classifier. ``output_shape`` is the logits' shape.
     """
 
     def __init__(self, num_classes: int = 1000, aux_logits: bool = False, dropout: float = 0.4,
                  dropout_aux: float = 0.7, *, variant: str = "paper", rng=None):
-        super().__init__()
+        super().__init__(input="image")
         if variant not in _VARIANTS:
             raise ValueError(f"GoogLeNet: variant must be one of {sorted(_VARIANTS)}, got {variant!r}")
         batch_norm, branch3_kernel_size, lrn, last_pool = _VARIANTS[variant]
@@ -119,67 +115,51 @@ class GoogLeNet(Module):
         inc = dict(batch_norm=batch_norm, branch3_kernel_size=branch3_kernel_size, rng=rng)
         self.variant = variant
         self.aux_logits = bool(aux_logits)
-        self.conv1 = BasicConv2d(3, 64, 7, stride=2, padding=3, **conv)   # N x 64 x 112 x 112
-        self.maxpool1 = MaxPool2d(3, 2, ceil_mode=True)                    # N x 64 x 56 x 56
-        self.norm1 = LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0) if lrn else None
-        self.conv2 = BasicConv2d(64, 64, 1, **conv)                        # 3x3 reduce: N x 64 x 56 x 56
-        self.conv3 = BasicConv2d(64, 192, 3, padding=1, **conv)            # N x 192 x 56 x 56
-        self.norm2 = LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0) if lrn else None
-        self.maxpool2 = MaxPool2d(3, 2, ceil_mode=True)                    # N x 192 x 28 x 28
-        for name in ("inception3a", "inception3b"):
-            setattr(self, name, Inception(*INCEPTION_TABLE[name], **inc))  # N x 256/480 x 28 x 28
-        self.maxpool3 = MaxPool2d(3, 2, ceil_mode=True)                    # N x 480 x 14 x 14
-        for name in ("inception4a", "inception4b", "inception4c", "inception4d", "inception4e"):
-            setattr(self, name, Inception(*INCEPTION_TABLE[name], **inc))  # N x 512..832 x 14 x 14
-        self.maxpool4 = MaxPool2d(last_pool, 2, ceil_mode=True)            # N x 832 x 7 x 7
-        for name in ("inception5a", "inception5b"):
-            setattr(self, name, Inception(*INCEPTION_TABLE[name], **inc))  # N x 832/1024 x 7 x 7
-        if self.aux_logits:
-            self.aux1 = InceptionAux(512, num_classes, batch_norm=batch_norm, dropout=dropout_aux, rng=rng)
-            self.aux2 = InceptionAux(528, num_classes, batch_norm=batch_norm, dropout=dropout_aux, rng=rng)
-        self.avgpool = AdaptiveAvgPool2d((1, 1))                           # N x 1024 x 1 x 1
-        self.flatten = Flatten()                                           # N x 1024
-        self.dropout = Dropout(dropout, generator=rng)
-        self.fc = Linear(1024, num_classes, generator=rng)
+        layers = OrderedDict(
+            conv1=BasicConv2d(3, 64, 7, stride=2, padding=3, **conv),    # N x 64 x 112 x 112
+            maxpool1=MaxPool2d(3, 2, ceil_mode=True),                     # N x 64 x 56 x 56
+            norm1=LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0) if lrn else None,
+            conv2=BasicConv2d(64, 64, 1, **conv),                         # 3x3 reduce: N x 64 x 56 x 56
+            conv3=BasicConv2d(64, 192, 3, padding=1, **conv),             # N x 192 x 56 x 56
+            norm2=LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0) if lrn else None,
+            maxpool2=MaxPool2d(3, 2, ceil_mode=True),                     # N x 192 x 28 x 28
+            inception3a=Inception(*INCEPTION_TABLE["inception3a"], **inc),  # N x 256 x 28 x 28
+            inception3b=Inception(*INCEPTION_TABLE["inception3b"], **inc),  # N x 480 x 28 x 28
+            maxpool3=MaxPool2d(3, 2, ceil_mode=True),                     # N x 480 x 14 x 14
+            inception4a=Inception(*INCEPTION_TABLE["inception4a"], **inc),  # N x 512 x 14 x 14
+            inception4b=Inception(*INCEPTION_TABLE["inception4b"], **inc),  # N x 512 x 14 x 14
+            inception4c=Inception(*INCEPTION_TABLE["inception4c"], **inc),  # N x 512 x 14 x 14
+            inception4d=Inception(*INCEPTION_TABLE["inception4d"], **inc),  # N x 528 x 14 x 14
+            inception4e=Inception(*INCEPTION_TABLE["inception4e"], **inc),  # N x 832 x 14 x 14
+            maxpool4=MaxPool2d(last_pool, 2, ceil_mode=True),             # N x 832 x 7 x 7
+            inception5a=Inception(*INCEPTION_TABLE["inception5a"], **inc),  # N x 832 x 7 x 7
+            inception5b=Inception(*INCEPTION_TABLE["inception5b"], **inc),  # N x 1024 x 7 x 7
+        )
+        x = self.input_name
+        for name, module in layers.items():
+            if module is not None:
+                x = self.add_node(name, module, x)
+        trunk_end = x
+        if self.aux_logits:  # torchvision's attribute order: the heads after 5b
+            self.add_node("aux1", InceptionAux(512, num_classes, batch_norm=batch_norm, dropout=dropout_aux, rng=rng),
+                          "inception4a")
+            self.add_node("aux2", InceptionAux(528, num_classes, batch_norm=batch_norm, dropout=dropout_aux, rng=rng),
+                          "inception4d")
+        x = trunk_end
+        for name, module in (("avgpool", AdaptiveAvgPool2d((1, 1))),      # N x 1024 x 1 x 1
+                             ("flatten", Flatten()),                      # N x 1024
+                             ("dropout", Dropout(dropout, generator=rng)),
+                             ("fc", Linear(1024, num_classes, generator=rng))):
+            x = self.add_node(name, module, x)
 
-    def _trunk(self) -> list[tuple[str, Module]]:
-        return [(name, getattr(self, name)) for name in _TRUNK if getattr(self, name, None) is not None]
-
-    def forward(self, x):
-        aux_out = {}
-        for name, module in self._trunk():
-            x = module(x)
-            if self.aux_logits and self.training and name in _TAPS:
-                aux_out[_TAPS[name]] = getattr(self, _TAPS[name])(x)
-        self._save(tuple(aux_out))
-        if aux_out:
-            return x, aux_out["aux2"], aux_out["aux1"]
-        return x
-
-    def backward(self, dy, input_grad: bool = True):
-        used = self._restore()
-        daux = {}
-        if used:
-            if not (isinstance(dy, (tuple, list)) and len(dy) == 3):
-                raise ValueError("GoogLeNet.backward: the forward returned (logits, aux2, aux1); "
-                                 "pass (dlogits, daux2, daux1) (None for an unused head)")
-            dy, daux["aux2"], daux["aux1"] = dy
-        trunk = self._trunk()
-        for i in range(len(trunk) - 1, -1, -1):
-            name, module = trunk[i]
-            aux = _TAPS.get(name)
-            if aux in used and daux.get(aux) is not None:
-                dy = dy + getattr(self, aux).backward(daux[aux])
-            dy = module.backward(dy, input_grad=input_grad if i == 0 else True)
-        return dy
+    def _outputs(self) -> list[str]:
+        if self.aux_logits and self.training:
+            return ["fc", "aux2", "aux1"]
+        return ["fc"]
 
     def output_shape(self, input_shape):
-        shape = input_shape  # passed on as given, children in forward order (see cnnkit.summary)
-        for name, module in self._trunk():
-            shape = module.output_shape(shape)
-            if self.aux_logits and name in _TAPS:
-                getattr(self, _TAPS[name]).output_shape(shape)  # checks (and lets summary see) the heads
-        return shape
+        shapes = super().output_shape(input_shape)  # checks every node, the heads included
+        return shapes[0] if len(self._outputs()) > 1 else shapes
 
     def extra_repr(self) -> str:
         return f"variant={self.variant!r}, aux_logits={self.aux_logits}"

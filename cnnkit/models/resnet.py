@@ -1,10 +1,12 @@
 """ResNets for ImageNet (He et al. 2015), torchvision's layout and attribute names.
 
-A block computes ``relu(F(x) + shortcut(x))``. Its backward runs the ReLU's backward, hands the
-same gradient to both paths (the sum copies it), and adds the two input gradients::
+A block computes ``relu(F(x) + shortcut(x))``: a :class:`~cnnkit.nn.containers.Residual` whose
+body layers and ``downsample`` shortcut are its own children (torchvision's state-dict keys,
+``layer1.0.conv1.weight``, ``layer2.0.downsample.0.weight``). Its backward is the container's:
+the ReLU's backward, the same gradient handed to both paths, the two input gradients added::
 
     dsum = relu.backward(dy)
-    dx   = F.backward(dsum) + (shortcut.backward(dsum) if downsample else dsum)
+    dx   = F.backward(dsum) + (downsample.backward(dsum) if downsample else dsum)
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from collections import OrderedDict
 
 from ..nn import init
 from ..nn.activation import ReLU
-from ..nn.containers import Sequential
+from ..nn.containers import Residual, Sequential
 from ..nn.conv import Conv2d
 from ..nn.flatten import Flatten
 from ..nn.linear import Linear
@@ -33,58 +35,11 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1, *, rng=None) -> Co
     return Conv2d(in_planes, out_planes, 1, stride=stride, bias=False, generator=rng)
 
 
-class ResidualBlock(Module):
-    """Base of the blocks: ``relu(body(x) + shortcut(x))`` with an explicit backward.
-
-    Subclasses list their body layers in ``_body`` (attribute names, in order) and set
-    ``downsample`` (``None`` for the identity shortcut). The last ReLU is ``relu``.
-    """
-
-    _body: tuple[str, ...] = ()
-    downsample: Module | None
-
-    def _body_layers(self) -> list[Module]:
-        return [getattr(self, name) for name in self._body]
-
-    def forward(self, x):
-        out = x
-        for layer in self._body_layers():
-            out = layer(out)
-        identity = x if self.downsample is None else self.downsample(x)
-        if out.shape != identity.shape:
-            raise ValueError(
-                f"{type(self).__name__}: residual path gives {tuple(out.shape)} but the shortcut gives "
-                f"{tuple(identity.shape)}; a block that changes stride or channels needs a downsample"
-            )
-        return self.relu(out + identity)
-
-    def backward(self, dy, input_grad: bool = True):
-        dsum = self.relu.backward(dy)
-        # The sum passes dsum unchanged to both paths; their input gradients add up at x.
-        layers = self._body_layers()
-        d = dsum
-        for i in range(len(layers) - 1, -1, -1):
-            d = layers[i].backward(d, input_grad=input_grad if i == 0 else True)
-        if self.downsample is None:
-            return d + dsum if input_grad else None
-        dshortcut = self.downsample.backward(dsum, input_grad=input_grad)
-        return d + dshortcut if input_grad else None
-
-    def output_shape(self, input_shape):
-        # Children are asked in forward order with the shapes passed on as given (see cnnkit.summary).
-        shape = input_shape
-        for layer in self._body_layers():
-            shape = layer.output_shape(shape)
-        identity = input_shape if self.downsample is None else self.downsample.output_shape(input_shape)
-        if tuple(shape) != tuple(identity):
-            raise ValueError(
-                f"{type(self).__name__}: residual path gives {shape} but the shortcut gives {identity} "
-                "(a block that changes stride or channels needs a downsample)"
-            )
-        return self.relu.output_shape(shape)
+def _shortcut(downsample: Module | None):
+    return None if downsample is None else {"downsample": downsample}
 
 
-class BasicBlock(ResidualBlock):
+class BasicBlock(Residual):
     """Two 3x3 convs (ResNet-18/34): ``conv1 bn1 relu1 conv2 bn2`` + shortcut, then ``relu``.
 
     Shape:
@@ -92,21 +47,16 @@ class BasicBlock(ResidualBlock):
     """
 
     expansion = 1
-    _body = ("conv1", "bn1", "relu1", "conv2", "bn2")
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Module | None = None, *, rng=None):
-        super().__init__()
-        self.conv1 = conv3x3(inplanes, planes, stride, rng=rng)
-        self.bn1 = BatchNorm2d(planes)
-        self.relu1 = ReLU()
-        self.conv2 = conv3x3(planes, planes, rng=rng)
-        self.bn2 = BatchNorm2d(planes)
-        self.downsample = downsample
-        self.relu = ReLU()
+        super().__init__(OrderedDict(
+            conv1=conv3x3(inplanes, planes, stride, rng=rng), bn1=BatchNorm2d(planes), relu1=ReLU(),
+            conv2=conv3x3(planes, planes, rng=rng), bn2=BatchNorm2d(planes),
+        ), _shortcut(downsample), ReLU())
         self.stride = stride
 
 
-class Bottleneck(ResidualBlock):
+class Bottleneck(Residual):
     """1x1 reduce, 3x3, 1x1 expand (ResNet-50/101/152): ``conv1 bn1 relu1 conv2 bn2 relu2 conv3 bn3``.
 
     Where the stride sits: the paper (and Caffe's released models) put the stride-2 of a stage's
@@ -120,21 +70,16 @@ class Bottleneck(ResidualBlock):
     """
 
     expansion = 4
-    _body = ("conv1", "bn1", "relu1", "conv2", "bn2", "relu2", "conv3", "bn3")
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Module | None = None, *,
                  stride_in_1x1: bool = False, rng=None):
-        super().__init__()
-        self.conv1 = conv1x1(inplanes, planes, stride if stride_in_1x1 else 1, rng=rng)
-        self.bn1 = BatchNorm2d(planes)
-        self.relu1 = ReLU()
-        self.conv2 = conv3x3(planes, planes, 1 if stride_in_1x1 else stride, rng=rng)
-        self.bn2 = BatchNorm2d(planes)
-        self.relu2 = ReLU()
-        self.conv3 = conv1x1(planes, planes * self.expansion, rng=rng)
-        self.bn3 = BatchNorm2d(planes * self.expansion)
-        self.downsample = downsample
-        self.relu = ReLU()
+        super().__init__(OrderedDict(
+            conv1=conv1x1(inplanes, planes, stride if stride_in_1x1 else 1, rng=rng), bn1=BatchNorm2d(planes),
+            relu1=ReLU(),
+            conv2=conv3x3(planes, planes, 1 if stride_in_1x1 else stride, rng=rng), bn2=BatchNorm2d(planes),
+            relu2=ReLU(),
+            conv3=conv1x1(planes, planes * self.expansion, rng=rng), bn3=BatchNorm2d(planes * self.expansion),
+        ), _shortcut(downsample), ReLU())
         self.stride = stride
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from numbers import Real
 
 from ..functional import activation as F
+from ..functional.memory import ArraySpec, LayerMemory
 from .module import Module
 from .validation import check_input
 
@@ -41,6 +42,19 @@ class _Elementwise(Module):
         cache = self._restore()
         return self._backward_kernel(dy, cache) if input_grad else None
 
+    # Most activations keep their output (see cnnkit.functional.activation); a layer that keeps
+    # something else says so.
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return F.output_memory(ArraySpec((batch_size,) + tuple(input_shape), dtype))
+
+    _onnx_op = ""
+
+    def _onnx_attrs(self) -> dict:
+        return {}
+
+    def onnx_export(self, ctx, x, prefix):
+        return ctx.node(self._onnx_op, [x], ctx.join(prefix, self._onnx_op), **self._onnx_attrs())
+
 
 class ReLU(_Elementwise):
     """``y = max(x, 0)``.
@@ -49,15 +63,25 @@ class ReLU(_Elementwise):
         input (N, *) -> output (N, *), same shape
     """
 
-    def __init__(self, inplace: bool = False):
+    _onnx_op = "Relu"
+
+    def __init__(self, inplace: bool = False, *, algorithm: str = "auto"):
         super().__init__()
         self.inplace = bool(inplace)  # accepted for PyTorch compatibility; never used
+        self.algorithm = F.RELU.check_algorithm(algorithm, "ReLU")
+        self.last_algorithm = None
 
     def _forward_kernel(self, x):
-        return F.relu_forward(x)
+        return self._run(F.RELU, x)
 
     def _backward_kernel(self, dy, cache):
-        return F.relu_backward(dy, cache)
+        return F.RELU.backward(dy, cache)
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return F.RELU.memory(self.algorithm, ArraySpec((batch_size,) + tuple(input_shape), dtype))
+
+    def counts_activation(self, input_shape, output_shape) -> bool:
+        return False  # in place, in the notes' convention
 
 
 class LeakyReLU(_Elementwise):
@@ -80,6 +104,17 @@ class LeakyReLU(_Elementwise):
     def _backward_kernel(self, dy, cache):
         return F.leaky_relu_backward(dy, cache)
 
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return F.leaky_relu_memory(ArraySpec((batch_size,) + tuple(input_shape), dtype))
+
+    def counts_activation(self, input_shape, output_shape) -> bool:
+        return False  # in place, in the notes' convention
+
+    _onnx_op = "LeakyRelu"
+
+    def _onnx_attrs(self) -> dict:
+        return {"alpha": self.negative_slope}
+
     def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}"
 
@@ -90,6 +125,8 @@ class Tanh(_Elementwise):
     Shape:
         input (N, *) -> output (N, *), same shape
     """
+
+    _onnx_op = "Tanh"
 
     def _forward_kernel(self, x):
         return F.tanh_forward(x)
@@ -104,6 +141,8 @@ class Sigmoid(_Elementwise):
     Shape:
         input (N, *) -> output (N, *), same shape
     """
+
+    _onnx_op = "Sigmoid"
 
     def _forward_kernel(self, x):
         return F.sigmoid_forward(x)
@@ -129,6 +168,9 @@ class _AlongDim(_Elementwise):
                 f"{tuple(x.shape)} (valid: {-x.ndim} to {x.ndim - 1})"
             )
 
+    def _onnx_attrs(self) -> dict:
+        return {"axis": self.dim}
+
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
 
@@ -139,6 +181,8 @@ class Softmax(_AlongDim):
     Shape:
         input (N, C, *) -> output (N, C, *), same shape, summing to 1 along ``dim``
     """
+
+    _onnx_op = "Softmax"
 
     def _forward_kernel(self, x):
         return F.softmax_forward(x, axis=self.dim)
@@ -153,6 +197,8 @@ class LogSoftmax(_AlongDim):
     Shape:
         input (N, C, *) -> output (N, C, *), same shape
     """
+
+    _onnx_op = "LogSoftmax"
 
     def _forward_kernel(self, x):
         return F.log_softmax_forward(x, axis=self.dim)
@@ -180,3 +226,12 @@ class Identity(Module):
     def backward(self, dy, input_grad: bool = True):
         self._restore()
         return dy if input_grad else None
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return LayerMemory(aliases_input=True)  # the output is the input; only its shape is cached
+
+    def counts_activation(self, input_shape, output_shape) -> bool:
+        return False
+
+    def onnx_export(self, ctx, x, prefix):
+        return x

@@ -1,5 +1,7 @@
-"""Containers: ``Sequential`` (a chain), ``Residual`` (sum of two branches), ``Concat`` (channel
-concatenation of parallel branches, the inception pattern).
+"""Containers: ``Sequential`` (a chain), ``Residual`` (sum of two branches, then an optional
+activation), ``Concat`` (channel concatenation of parallel branches, the inception pattern);
+:class:`cnnkit.nn.graph.Graph` for any other DAG. These are the one way to build branches: the
+zoo's ResNet blocks are ``Residual``s, its inception modules ``Concat``s, GoogLeNet a ``Graph``.
 
 Backward composes the children's backwards: ``Sequential`` runs them in reverse, ``Residual``
 sums the gradients of its two branches, ``Concat`` splits ``dy`` along channels. The
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from ..backend import array_module
+from ..functional.add import ADD
 from .module import Module
 
 
@@ -36,6 +39,39 @@ def _first_trainable(children) -> int:
 def _drop_caches(module: Module) -> None:
     for m in module.modules():
         m._cache = None
+
+
+# -- a chain of modules: Sequential's work, and each branch of a Residual -------------------------
+def _chain_forward(modules, x):
+    for m in modules:
+        x = m(x)
+    return x
+
+
+def _chain_backward(modules, dy, input_grad: bool):
+    """Children's backwards in reverse; the input gradient only where asked for."""
+    # Without an input gradient, a frozen prefix (fine-tuning only the head) needs no
+    # backward at all: stop at the first child that has something to learn.
+    first = 0 if input_grad else _first_trainable(modules)
+    for i in range(len(modules) - 1, first - 1, -1):
+        dy = modules[i].backward(dy, input_grad=input_grad or i > first)
+    for child in modules[:first]:
+        _drop_caches(child)  # their forward caches will never be consumed
+    return dy if input_grad else None
+
+
+def _chain_shape(modules, shape):
+    # Children are asked in forward order with the shapes passed on as given (cnnkit.summary
+    # follows which array each shape stands for).
+    for m in modules:
+        shape = m.output_shape(shape)
+    return shape
+
+
+def _chain_export(ctx, parent: Module, names, x, prefix: str):
+    for name in names:
+        x = ctx.export(getattr(parent, name), x, ctx.join(prefix, name))
+    return x
 
 
 class Sequential(Module):
@@ -66,65 +102,92 @@ class Sequential(Module):
         return self
 
     def forward(self, x):
-        for m in self.children():
-            x = m(x)
-        return x
+        return _chain_forward(list(self.children()), x)
 
     def backward(self, dy, input_grad: bool = True):
-        children = list(self.children())
-        # Without an input gradient, a frozen prefix (fine-tuning only the head) needs no
-        # backward at all: stop at the first child that has something to learn.
-        first = 0 if input_grad else _first_trainable(children)
-        for i in range(len(children) - 1, first - 1, -1):
-            dy = children[i].backward(dy, input_grad=input_grad or i > first)
-        for child in children[:first]:
-            _drop_caches(child)  # their forward caches will never be consumed
-        return dy if input_grad else None
+        return _chain_backward(list(self.children()), dy, input_grad)
 
     def output_shape(self, input_shape):
-        shape = tuple(input_shape)
-        for m in self.children():
-            shape = m.output_shape(shape)
-        return shape
+        return _chain_shape(list(self.children()), input_shape)
+
+    def onnx_export(self, ctx, x, prefix):
+        return _chain_export(ctx, self, [name for name, _ in self.named_children()], x, prefix)
 
 
 class Residual(Module):
-    """``y = body(x) + shortcut(x)``; the shortcut is the identity when ``None``.
+    """``y = after(body(x) + shortcut(x))``: a residual block; the shortcut is the identity when ``None``.
+
+    ``body`` and ``shortcut`` are each a module, or a dict of name -> module run as a chain. A
+    dict's modules become this container's own children under those names, so a block keeps
+    torchvision's state-dict keys (``conv1``, ``bn1``, ..., ``downsample.0``) instead of
+    ``body.conv1``. ``after`` (e.g. ResNet's ``ReLU``) runs on the sum, as the child ``relu``
+    unless given as a dict too. Backward hands the sum's gradient to both branches and adds
+    their input gradients (the multivariate chain rule at the fan-out).
 
     Shape:
         body and shortcut must give the same output shape; that is checked by ``output_shape``
         and at forward time.
     """
 
-    def __init__(self, body: Module, shortcut: Module | None = None):
+    def __init__(self, body, shortcut=None, after=None):
         super().__init__()
-        _named([body] + ([shortcut] if shortcut is not None else []), "Residual")
-        self.body = body
-        self.shortcut = shortcut
+        self._body = self._adopt(body, "body")
+        self._shortcut = self._adopt(shortcut, "shortcut")
+        self._after = self._adopt(after, "relu")
+
+    def _adopt(self, branch, default_name: str) -> tuple:
+        """Store a branch's modules as children; return their names, in order."""
+        if branch is None:
+            return ()
+        items = [(default_name, branch)] if isinstance(branch, Module) else _named([branch], "Residual")
+        for name, module in items:
+            if name in vars(self) or hasattr(type(self), name):
+                raise ValueError(f"Residual: child name {name!r} is used twice")
+            setattr(self, name, module)
+        return tuple(name for name, _ in items)
+
+    def _chain(self, names) -> list:
+        return [getattr(self, name) for name in names]
+
+    def named_branch(self, which: str) -> list:
+        """``[(name, module)]`` of the ``"body"``, the ``"shortcut"`` or ``"after"``, in order."""
+        names = {"body": self._body, "shortcut": self._shortcut, "after": self._after}[which]
+        return [(name, getattr(self, name)) for name in names]
 
     def forward(self, x):
-        y = self.body(x)
-        skip = x if self.shortcut is None else self.shortcut(x)
+        y = _chain_forward(self._chain(self._body), x)
+        skip = _chain_forward(self._chain(self._shortcut), x)
         if y.shape != skip.shape:
             raise ValueError(
-                f"Residual: body output {tuple(y.shape)} and shortcut output {tuple(skip.shape)} differ; "
-                "give the shortcut a projection (e.g. a 1x1 Conv2d with the body's stride)"
+                f"{type(self).__name__}: body output {tuple(y.shape)} and shortcut output {tuple(skip.shape)} "
+                "differ; give the shortcut a projection (e.g. a 1x1 Conv2d with the body's stride)"
             )
-        return y + skip
+        total, cache = ADD.forward(y, skip)
+        self._save(cache)
+        return _chain_forward(self._chain(self._after), total)
 
     def backward(self, dy, input_grad: bool = True):
-        dx = self.body.backward(dy, input_grad=input_grad)
-        if self.shortcut is None:
-            return dx + dy if input_grad else None
-        dskip = self.shortcut.backward(dy, input_grad=input_grad)
-        return dx + dskip if input_grad else None
+        dsum = _chain_backward(self._chain(self._after), dy, True)
+        dbody, dskip = ADD.backward(dsum, self._restore())
+        dx = _chain_backward(self._chain(self._body), dbody, input_grad)
+        if not self._shortcut:
+            return dx + dskip if input_grad else None
+        dshortcut = _chain_backward(self._chain(self._shortcut), dskip, input_grad)
+        return dx + dshortcut if input_grad else None
 
     def output_shape(self, input_shape):
-        body = self.body.output_shape(input_shape)
-        skip = tuple(input_shape) if self.shortcut is None else self.shortcut.output_shape(input_shape)
+        body = _chain_shape(self._chain(self._body), input_shape)
+        skip = _chain_shape(self._chain(self._shortcut), input_shape)
         if tuple(body) != tuple(skip):
-            raise ValueError(f"Residual: body output {tuple(body)} and shortcut output {tuple(skip)} differ")
-        return tuple(body)
+            raise ValueError(f"{type(self).__name__}: body output {tuple(body)} and shortcut output "
+                             f"{tuple(skip)} differ")
+        return _chain_shape(self._chain(self._after), body)
+
+    def onnx_export(self, ctx, x, prefix):
+        y = _chain_export(ctx, self, self._body, x, prefix)
+        skip = _chain_export(ctx, self, self._shortcut, x, prefix)
+        total = ctx.node("Add", [y, skip], ctx.join(prefix, "add"), shape=ctx.shape(y))
+        return _chain_export(ctx, self, self._after, total, prefix)
 
 
 class Concat(Module):
@@ -170,3 +233,7 @@ class Concat(Module):
         if len({s[1:] for s in shapes}) > 1:
             raise ValueError(f"Concat: branch outputs differ outside the channel axis: {shapes}")
         return (sum(s[0] for s in shapes),) + shapes[0][1:]
+
+    def onnx_export(self, ctx, x, prefix):
+        outputs = [ctx.export(child, x, ctx.join(prefix, name)) for name, child in self.named_children()]
+        return ctx.node("Concat", outputs, ctx.join(prefix, "concat"), axis=1)

@@ -14,13 +14,18 @@ from numbers import Integral
 import numpy as np
 
 from ..backend import DEFAULT_DTYPE
-from ..functional.conv import ALGORITHMS, conv2d_algorithm, conv2d_backward, conv2d_forward
-from ..functional.workspace import Workspace
-from ..functional.locally_connected import locally_connected2d_backward, locally_connected2d_forward
+from ..functional.conv import CONV2D
+from ..functional.locally_connected import (
+    locally_connected2d_backward,
+    locally_connected2d_forward,
+    locally_connected2d_memory,
+)
+from ..functional.memory import ArraySpec, LayerMemory, numel
 from ..functional.shapes import check_positive, conv_output_size, pair
+from ..functional.workspace import Workspace
 from .init import default_weight_and_bias
 from .module import Module, Parameter
-from .validation import check_input
+from .validation import check_input, check_sample_shape
 
 
 def _positive_int(value, name: str, layer: str) -> int:
@@ -36,15 +41,6 @@ def _spatial_output(layer: str, hw, kernel, stride, padding, dilation, check_geo
                          check_geometry=check_geometry, layer=layer, axis=("height", "width")[a])
         for a in (0, 1)
     )
-
-
-def _check_sample_shape(layer: str, input_shape, channels: int) -> tuple[int, int]:
-    shape = tuple(input_shape)
-    if len(shape) != 3:
-        raise ValueError(f"{layer}.output_shape expects one sample's shape (C, H, W), got {shape}")
-    if shape[0] != channels:
-        raise ValueError(f"{layer} expects {channels} input channels, got {shape[0]} (input shape {shape})")
-    return shape[1], shape[2]
 
 
 class Conv2d(Module):
@@ -65,13 +61,9 @@ class Conv2d(Module):
                  groups: int = 1, bias: bool = True, *, check_geometry: bool = True, dtype=DEFAULT_DTYPE,
                  generator: np.random.Generator | None = None, algorithm: str = "auto"):
         super().__init__()
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"Conv2d: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
-        if algorithm == "flat" and groups != 1:
-            raise ValueError(f"Conv2d: algorithm='flat' needs groups=1, got groups={groups!r}")
-        # "auto" picks per input shape (cnnkit.functional.conv.choose_algorithm); "im2col" is
+        # "auto" picks per call among the kernels of cnnkit.functional.conv.CONV2D; "im2col" is
         # the reference kernel, always available. `last_algorithm` tells which one ran.
-        self.algorithm = algorithm
+        self.algorithm = CONV2D.check_algorithm(algorithm, "Conv2d")
         self.last_algorithm = None
         # Set by cnnkit.nn.fuse: a ReLU applied in place on the output this layer just made
         # (one pass over memory the layer owns, instead of a ReLU layer's new array).
@@ -97,6 +89,11 @@ class Conv2d(Module):
         weight, b = default_weight_and_bias(weight_shape, self.out_channels if bias else 0, dtype, generator)
         self.weight = Parameter(weight)
         self.bias = Parameter(b) if bias else None
+        if algorithm != "auto":  # an explicit kernel that cannot run this layer at all: say so now
+            span = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size))
+            reason = CONV2D.kernel(algorithm).decline(*self._specs((1, self.in_channels) + span))
+            if reason:
+                raise ValueError(f"Conv2d: algorithm={algorithm!r} cannot run this layer: {reason}")
 
     def _resolve_padding(self, padding) -> tuple[int, int]:
         if isinstance(padding, str):
@@ -121,13 +118,18 @@ class Conv2d(Module):
         return _spatial_output("Conv2d", hw, self.kernel_size, self.stride, self.padding, self.dilation,
                                self.check_geometry)
 
+    def _specs(self, x_shape):
+        """The kernel arguments for an input of ``x_shape``, arrays as ArraySpecs (no data)."""
+        dtype = self.weight.dtype
+        bias = None if self.bias is None else ArraySpec(self.bias.shape, dtype)
+        return (ArraySpec(tuple(x_shape), dtype), ArraySpec(self.weight.shape, dtype), bias, self.stride,
+                self.padding, self.dilation, self.groups)
+
     def forward(self, x):
         check_input(x, "Conv2d", 4, self.in_channels, self.weight.dtype)
         self._output_hw(x.shape[2:])  # the clear geometry errors, before any array work
-        y, cache = conv2d_forward(x, self.weight.data, None if self.bias is None else self.bias.data,
-                                  self.stride, self.padding, self.dilation, self.groups,
-                                  algorithm=self.algorithm, workspace=self._workspace)
-        self.last_algorithm = conv2d_algorithm(cache)
+        y, cache = self._run(CONV2D, x, self.weight.data, None if self.bias is None else self.bias.data,
+                             self.stride, self.padding, self.dilation, self.groups, workspace=self._workspace)
         if self.fused_relu:
             np.maximum(y, 0, out=y)  # y is the kernel's new array: nobody else holds it yet
             cache = (cache, y)
@@ -139,7 +141,7 @@ class Conv2d(Module):
         if self.fused_relu:
             cache, y = cache
             dy = dy * (y > 0)
-        dx, dweight, dbias = conv2d_backward(
+        dx, dweight, dbias = CONV2D.backward(
             dy, cache, need_dx=input_grad, need_dweight=self._wants_grad("weight"),
             need_dbias=self._wants_grad("bias"),
         )
@@ -147,8 +149,31 @@ class Conv2d(Module):
         return dx
 
     def output_shape(self, input_shape):
-        hw = _check_sample_shape("Conv2d", input_shape, self.in_channels)
+        hw = check_sample_shape("Conv2d", input_shape, self.in_channels)
         return (self.out_channels,) + self._output_hw(hw)
+
+    def macs(self, input_shape, output_shape) -> int:
+        kh, kw = self.kernel_size
+        return numel(output_shape) * (self.in_channels // self.groups) * kh * kw
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        rule = CONV2D.memory(self.algorithm, *self._specs((batch_size,) + tuple(input_shape)))
+        if self.fused_relu:  # the output is kept for the ReLU's mask; backward masks dy
+            rule.keeps_output = True
+            rule.backward_temp += batch_size * numel(output_shape) * np.dtype(dtype).itemsize
+        return rule
+
+    def onnx_export(self, ctx, x, prefix):
+        inputs = [x, ctx.constant(ctx.join(prefix, "weight"), self.weight.data)]
+        if self.bias is not None:
+            inputs.append(ctx.constant(ctx.join(prefix, "bias"), self.bias.data))
+        ph, pw = self.padding
+        y = ctx.node("Conv", inputs, ctx.join(prefix, "Conv"), kernel_shape=list(self.kernel_size),
+                     strides=list(self.stride), pads=[ph, pw, ph, pw], dilations=list(self.dilation),
+                     group=self.groups)
+        if self.fused_relu:  # cnnkit.nn.fuse put the ReLU inside the layer: it is part of its output
+            y = ctx.node("Relu", [y], ctx.join(prefix, "Relu"))
+        return y
 
     def extra_repr(self) -> str:
         text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
@@ -228,10 +253,22 @@ class LocallyConnected2d(Module):
         return dx
 
     def output_shape(self, input_shape):
-        hw = _check_sample_shape("LocallyConnected2d", input_shape, self.in_channels)
+        hw = check_sample_shape("LocallyConnected2d", input_shape, self.in_channels)
         if tuple(hw) != self.input_size:
             raise ValueError(f"LocallyConnected2d was built for input_size={self.input_size}, got {tuple(hw)}")
         return (self.out_channels,) + self.output_size
+
+    def macs(self, input_shape, output_shape) -> int:
+        kh, kw = self.kernel_size
+        return numel(output_shape) * self.in_channels * kh * kw
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        x = ArraySpec((batch_size,) + tuple(input_shape), dtype)
+        return locally_connected2d_memory(x, ArraySpec(self.weight.shape, dtype), None, self.stride, self.padding)
+
+    def onnx_export(self, ctx, x, prefix):
+        raise NotImplementedError(f"ONNX export: LocallyConnected2d {prefix!r} has no ONNX operator "
+                                  "(a convolution without weight sharing)")
 
     def extra_repr(self) -> str:
         text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -5,7 +5,8 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from ..functional.dropout import dropout_backward, dropout_forward
+from ..functional.dropout import dropout_backward, dropout_forward, dropout_memory
+from ..functional.memory import ArraySpec, LayerMemory
 from .activation import check_any_rank
 from .module import Module
 
@@ -54,6 +55,15 @@ class Dropout(Module):
     def backward(self, dy, input_grad: bool = True):
         cache = self._restore()
         return dropout_backward(dy, cache) if input_grad else None
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return dropout_memory(ArraySpec((batch_size,) + tuple(input_shape), dtype), self.p, self.training)
+
+    def counts_activation(self, input_shape, output_shape) -> bool:
+        return False  # in place, in the notes' convention
+
+    def onnx_export(self, ctx, x, prefix):
+        return x  # the inference graph: dropout is the identity
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..backend import array_module
+from ..functional.memory import LayerMemory
 from .module import Module
 
 
@@ -66,6 +67,22 @@ class Flatten(Module):
                 "so a per-sample output shape does not exist"
             )
         return _flattened(full, start, end)[1:]
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return LayerMemory(aliases_input=True)  # a view of the input; only its shape is cached
+
+    def counts_activation(self, input_shape, output_shape) -> bool:
+        return False
+
+    def onnx_export(self, ctx, x, prefix):
+        rank = len(ctx.shape(x)) + 1
+        start = self.start_dim + rank if self.start_dim < 0 else self.start_dim
+        end = self.end_dim + rank if self.end_dim < 0 else self.end_dim
+        if start == 1 and end == rank - 1:
+            return ctx.node("Flatten", [x], ctx.join(prefix, "Flatten"), axis=1)
+        # shape excludes the batch: index `end` is axis end + 1
+        target = (0,) * start + (-1,) + tuple(ctx.shape(x)[end:])
+        return ctx.reshape(x, target, prefix)
 
     def extra_repr(self) -> str:
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"

@@ -25,6 +25,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from ..backend import array_module
+from ..functional.memory import LayerMemory
 from .module import Module
 
 
@@ -124,21 +125,36 @@ class Graph(Module):
             return [self.input_name]
         return [self.nodes[-1].output]
 
-    def _last_uses(self) -> dict[str, int]:
-        """For each tensor, the index of the last node reading it (graph outputs live to the end)."""
+    def _last_uses(self, live) -> dict[str, int]:
+        """For each tensor, the index of the last live node reading it (graph outputs live to the end)."""
         last = {}
         for i, node in enumerate(self.nodes):
+            if node not in live:
+                continue
             for tensor in node.inputs:
                 last[tensor] = i
         for tensor in self._outputs():
             last[tensor] = len(self.nodes)
         return last
 
+    def _live_nodes(self) -> list[Node]:
+        """The nodes the current outputs depend on, in order (a head not asked for does not run)."""
+        wanted = set(self._outputs())
+        live = []
+        for node in reversed(self.nodes):
+            if node.output in wanted:
+                live.append(node)
+                wanted.update(node.inputs)
+        return live[::-1]
+
     # -- forward / backward -------------------------------------------------------------------
     def forward(self, x):
+        live = set(self._live_nodes())
         values = {self.input_name: x}
-        last_use = self._last_uses()
+        last_use = self._last_uses(live)
         for i, node in enumerate(self.nodes):
+            if node not in live:
+                continue
             module = getattr(self, node.name)
             args = [values[t] for t in node.inputs]
             values[node.output] = module(*args) if len(args) > 1 else module(args[0])
@@ -159,15 +175,20 @@ class Graph(Module):
     def backward(self, dy, input_grad: bool = True):
         input_shape, input_dtype = self._restore()
         outputs = self._outputs()
-        dys = (dy,) if len(outputs) == 1 else tuple(dy)
-        if len(dys) != len(outputs):
-            raise ValueError(f"Graph.backward: {len(outputs)} outputs but {len(dys)} gradients")
+        if len(outputs) == 1:
+            dys = (dy,)
+        elif isinstance(dy, (tuple, list)) and len(dy) == len(outputs):
+            dys = tuple(dy)
+        else:
+            raise ValueError(f"{type(self).__name__}.backward: the forward returned {len(outputs)} outputs "
+                             f"({', '.join(outputs)}); pass a tuple of {len(outputs)} gradients in that order "
+                             "(None for an output that gets no gradient)")
         grads: dict[str, object] = {}
         for tensor, g in zip(outputs, dys):
             if g is not None:
                 _accumulate(grads, tensor, g)
         needs = self._needs_grad(input_grad)
-        for node in reversed(self.nodes):
+        for node in reversed(self._live_nodes()):
             module = getattr(self, node.name)
             g = grads.pop(node.output, None)
             if g is None or not needs[node.output]:
@@ -188,16 +209,33 @@ class Graph(Module):
         return dx
 
     def output_shape(self, input_shape):
-        shapes = {self.input_name: tuple(input_shape)}
+        # Shapes are passed on as the children return them (cnnkit.summary tags each with the
+        # array it stands for); every node is checked, also heads the current outputs skip.
+        shapes = {self.input_name: input_shape}
         for node in self.nodes:
             module = getattr(self, node.name)
             args = [shapes[t] for t in node.inputs]
             try:
-                shapes[node.output] = tuple(module.output_shape(*args))
+                shapes[node.output] = module.output_shape(*args)
             except ValueError as exc:
                 raise ValueError(f"Graph node {node.name!r} ({type(module).__name__}): {exc}") from exc
         outputs = self._outputs()
         return shapes[outputs[0]] if len(outputs) == 1 else tuple(shapes[t] for t in outputs)
+
+    def onnx_export(self, ctx, x, prefix):
+        outputs = self._outputs()
+        if len(outputs) != 1:
+            raise NotImplementedError(f"ONNX export: a Graph with several outputs {outputs} is not supported")
+        names = {self.input_name: x}
+        for node in self._live_nodes():
+            child = getattr(self, node.name)
+            args = [names[t] for t in node.inputs]
+            child_prefix = ctx.join(prefix, node.name)
+            if isinstance(child, MultiInputModule):
+                names[node.output] = ctx.export_multi(child, args, child_prefix)
+            else:
+                names[node.output] = ctx.export(child, args[0], child_prefix)
+        return names[outputs[0]]
 
     def extra_repr(self) -> str:
         return f"input={self.input_name!r}, outputs={self._outputs()}"
@@ -264,6 +302,13 @@ class Add(MultiInputModule):
     def output_shape(self, *shapes):
         return _broadcast_shapes("Add", shapes)
 
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return LayerMemory()  # only the input shapes are cached
+
+    def onnx_export(self, ctx, inputs, prefix):
+        op = "Sum" if len(inputs) > 2 else "Add"
+        return ctx.node(op, inputs, prefix or op, shape=self.output_shape(*[ctx.shape(a) for a in inputs]))
+
 
 class Mul(MultiInputModule):
     """Element-wise product of two inputs, with broadcasting (ONNX ``Mul``); ``dx_a = dy * x_b``.
@@ -285,6 +330,12 @@ class Mul(MultiInputModule):
 
     def output_shape(self, a, b):
         return _broadcast_shapes("Mul", [a, b])
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return LayerMemory(keeps_input=True)  # both inputs are cached (each the other's gradient)
+
+    def onnx_export(self, ctx, inputs, prefix):
+        return ctx.node("Mul", inputs, prefix or "Mul", shape=self.output_shape(*[ctx.shape(a) for a in inputs]))
 
 
 class Cat(MultiInputModule):
@@ -333,6 +384,13 @@ class Cat(MultiInputModule):
         out = list(shapes[0])
         out[axis] = sum(s[axis] for s in shapes)
         return tuple(out)
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return LayerMemory()  # only the widths are cached
+
+    def onnx_export(self, ctx, inputs, prefix):
+        return ctx.node("Concat", inputs, prefix or "Concat", axis=self.dim,
+                        shape=self.output_shape(*[ctx.shape(a) for a in inputs]))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"

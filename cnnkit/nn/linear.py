@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import DEFAULT_DTYPE
-from ..functional.linear import linear_backward, linear_forward
+from ..functional.linear import LINEAR
+from ..functional.memory import ArraySpec, LayerMemory
 from .init import default_weight_and_bias
 from .module import Module, Parameter
 from .validation import check_input
@@ -18,8 +19,10 @@ class Linear(Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, dtype=DEFAULT_DTYPE,
-                 generator: np.random.Generator | None = None):
+                 generator: np.random.Generator | None = None, algorithm: str = "auto"):
         super().__init__()
+        self.algorithm = LINEAR.check_algorithm(algorithm, "Linear")
+        self.last_algorithm = None
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"Linear: {name} must be a positive int, got {value!r}")
@@ -31,13 +34,13 @@ class Linear(Module):
 
     def forward(self, x):
         check_input(x, "Linear", 2, self.in_features, self.weight.dtype)
-        y, cache = linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data)
+        y, cache = self._run(LINEAR, x, self.weight.data, None if self.bias is None else self.bias.data)
         self._save(cache)
         return y
 
     def backward(self, dy, input_grad: bool = True):
         cache = self._restore()
-        dx, dweight, dbias = linear_backward(
+        dx, dweight, dbias = LINEAR.backward(
             dy, cache, need_dx=input_grad, need_dweight=self._wants_grad("weight"),
             need_dbias=self._wants_grad("bias"),
         )
@@ -48,6 +51,20 @@ class Linear(Module):
         if tuple(input_shape) != (self.in_features,):
             raise ValueError(f"Linear expects input shape ({self.in_features},), got {tuple(input_shape)}")
         return (self.out_features,)
+
+    def macs(self, input_shape, output_shape) -> int:
+        return self.in_features * self.out_features
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        bias = None if self.bias is None else ArraySpec(self.bias.shape, dtype)
+        return LINEAR.memory(self.algorithm, ArraySpec((batch_size,) + tuple(input_shape), dtype),
+                             ArraySpec(self.weight.shape, dtype), bias)
+
+    def onnx_export(self, ctx, x, prefix):
+        inputs = [x, ctx.constant(ctx.join(prefix, "weight"), self.weight.data)]
+        if self.bias is not None:
+            inputs.append(ctx.constant(ctx.join(prefix, "bias"), self.bias.data))
+        return ctx.node("Gemm", inputs, ctx.join(prefix, "Gemm"), transB=1)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

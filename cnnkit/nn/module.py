@@ -14,6 +14,20 @@ The contract, written once:
   ``(F,)``, without data.
 * ``state_dict()`` walks attributes in definition order and uses PyTorch's key names, so
   ``features.0.weight`` or ``layer1.0.bn1.running_mean`` move freely between the two.
+
+What tools need to know about a leaf layer lives with the layer, so that summary, profile and
+the ONNX exporter iterate over layers instead of keeping tables of their own:
+
+* ``macs(input_shape, output_shape)``: multiply-adds of one sample (0 where none are counted);
+* ``step_memory(input_shape, output_shape, batch_size, dtype)``: what its kernel keeps and
+  allocates in a training step (a :class:`~cnnkit.functional.memory.LayerMemory`);
+* ``counts_activation(input_shape, output_shape)``: whether its output is a new activation in
+  the notes' forward-memory convention (ReLU and dropout run in place there);
+* ``onnx_export(ctx, x, prefix)``: emit its ONNX node(s) through ``ctx``
+  (:class:`cnnkit.onnx.exporter.ExportContext`) and return the output tensor's name.
+
+The defaults below suit a module defined outside cnnkit that declares nothing (no MACs, its
+input kept for backward); every cnnkit layer declares its own (``tests/test_layer_rules.py``).
 """
 from __future__ import annotations
 
@@ -25,6 +39,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from ..backend import DEFAULT_DTYPE, array_module
+from ..functional.memory import LayerMemory
 
 _grad_mode = threading.local()
 
@@ -120,6 +135,13 @@ class Module:
         """Shape of one sample's output for one sample's ``input_shape`` (default: unchanged)."""
         return tuple(input_shape)
 
+    def _run(self, op, *args, **kwargs):
+        """``(y, cache)`` from the kernel of ``op`` that runs this call (the layer's ``algorithm``,
+        ``"auto"`` when it has none); ``last_algorithm`` then names that kernel."""
+        kernel = op.select(getattr(self, "algorithm", "auto"), *args, **kwargs)
+        self.last_algorithm = kernel.name
+        return kernel.forward(*args, **kwargs)
+
     def _save(self, cache) -> None:
         """Keep ``cache`` for backward, unless inside ``no_grad`` (inference caches nothing)."""
         self._cache = cache if is_grad_enabled() else None
@@ -146,6 +168,19 @@ class Module:
             )
         self._cache = None
         return cache
+
+    # -- what tools need to know (see the module docstring) ------------------------------------
+    def macs(self, input_shape: tuple, output_shape: tuple) -> int:
+        """Multiply-adds of one sample's forward pass (convolutions and linear layers count)."""
+        return 0
+
+    def step_memory(self, input_shape: tuple, output_shape: tuple, batch_size: int, dtype) -> LayerMemory:
+        """Bytes this layer holds during one training step, for a batch of ``batch_size``."""
+        return LayerMemory(keeps_input=True)
+
+    def counts_activation(self, input_shape: tuple, output_shape: tuple) -> bool:
+        """Whether the output is a new activation in the notes' forward-memory convention."""
+        return True
 
     # -- buffers and tree walking -------------------------------------------------------------
     def register_buffer(self, name: str, value) -> None:

@@ -10,12 +10,8 @@ from numbers import Integral, Real
 import numpy as np
 
 from ..backend import DEFAULT_DTYPE
-from ..functional.norm import (
-    batch_norm_backward,
-    batch_norm_forward,
-    local_response_norm_backward,
-    local_response_norm_forward,
-)
+from ..functional.memory import ArraySpec, LayerMemory
+from ..functional.norm import BATCH_NORM, LOCAL_RESPONSE_NORM
 from .module import Module, Parameter
 from .validation import check_input
 
@@ -31,9 +27,12 @@ class _BatchNorm(Module):
     _layouts: str = ""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, *, dtype=DEFAULT_DTYPE):
+                 affine: bool = True, track_running_stats: bool = True, *, dtype=DEFAULT_DTYPE,
+                 algorithm: str = "auto"):
         super().__init__()
         name = type(self).__name__
+        self.algorithm = BATCH_NORM.check_algorithm(algorithm, name)
+        self.last_algorithm = None
         if not isinstance(num_features, Integral) or isinstance(num_features, bool) or num_features < 1:
             raise ValueError(f"{name}: num_features must be a positive int, got {num_features!r}")
         if not _is_number(eps) or eps <= 0:
@@ -98,8 +97,8 @@ class _BatchNorm(Module):
             self.num_batches_tracked += 1
             # momentum=None: cumulative moving average, the k-th batch weighs 1/k.
             factor = 1.0 / int(self.num_batches_tracked) if self.momentum is None else self.momentum
-        y, cache = batch_norm_forward(
-            x,
+        y, cache = self._run(
+            BATCH_NORM, x,
             None if self.weight is None else self.weight.data,
             None if self.bias is None else self.bias.data,
             self.running_mean if (update_running_stats or not use_batch_stats) else None,
@@ -111,7 +110,7 @@ class _BatchNorm(Module):
 
     def backward(self, dy, input_grad: bool = True):
         cache = self._restore()
-        dx, dweight, dbias = batch_norm_backward(
+        dx, dweight, dbias = BATCH_NORM.backward(
             dy, cache, need_dx=input_grad,
             need_dweight=self._wants_grad("weight"),
             need_dbias=self._wants_grad("bias"),
@@ -127,6 +126,29 @@ class _BatchNorm(Module):
                 f"{self._sample_layout()}, got {shape}"
             )
         return shape
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        x = ArraySpec((batch_size,) + tuple(input_shape), dtype)
+        stats = ArraySpec((self.num_features,), dtype)
+        affine = stats if self.affine else None
+        batch_stats = self.training or not self.track_running_stats
+        return BATCH_NORM.memory(self.algorithm, x, affine, affine, stats, stats, batch_stats)
+
+    def onnx_export(self, ctx, x, prefix):
+        if not self.track_running_stats:
+            raise NotImplementedError(
+                f"ONNX export: {type(self).__name__} {prefix!r} has no running statistics "
+                "(track_running_stats=False), so its inference output depends on the batch"
+            )
+        c = self.num_features
+        scale = self.weight.data if self.weight is not None else np.ones(c)
+        bias = self.bias.data if self.bias is not None else np.zeros(c)
+        inputs = [x] + [ctx.constant(ctx.join(prefix, n), v) for n, v in
+                        (("weight", scale), ("bias", bias), ("running_mean", self.running_mean),
+                         ("running_var", self.running_var))]
+        momentum = 0.9 if self.momentum is None else 1.0 - self.momentum
+        return ctx.node("BatchNormalization", inputs, ctx.join(prefix, "BatchNormalization"), epsilon=self.eps,
+                        momentum=momentum)
 
     def _sample_layout(self) -> str:
         return " or ".join(
@@ -175,8 +197,11 @@ class LocalResponseNorm(Module):
         input (N, C, *) with at least 3 axes -> output: same
     """
 
-    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
+    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, *,
+                 algorithm: str = "auto"):
         super().__init__()
+        self.algorithm = LOCAL_RESPONSE_NORM.check_algorithm(algorithm, "LocalResponseNorm")
+        self.last_algorithm = None
         if not isinstance(size, Integral) or isinstance(size, bool) or size < 1:
             raise ValueError(f"LocalResponseNorm: size must be a positive int, got {size!r}")
         for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
@@ -195,13 +220,24 @@ class LocalResponseNorm(Module):
                 f"got shape {tuple(x.shape)}"
             )
         check_input(x, "LocalResponseNorm", ndim)
-        y, cache = local_response_norm_forward(x, self.size, self.alpha, self.beta, self.k)
+        y, cache = self._run(LOCAL_RESPONSE_NORM, x, self.size, self.alpha, self.beta, self.k)
         self._save(cache)
         return y
 
     def backward(self, dy, input_grad: bool = True):
         cache = self._restore()
-        return local_response_norm_backward(dy, cache, need_dx=input_grad)
+        return LOCAL_RESPONSE_NORM.backward(dy, cache, need_dx=input_grad)
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return LOCAL_RESPONSE_NORM.memory(self.algorithm, ArraySpec((batch_size,) + tuple(input_shape), dtype),
+                                          self.size, self.alpha, self.beta, self.k)
+
+    def onnx_export(self, ctx, x, prefix):
+        if self.size % 2 == 0:
+            raise NotImplementedError(f"ONNX export: LRN {prefix!r} with an even size {self.size} places its "
+                                      "window differently in ONNX than in PyTorch/cnnkit")
+        return ctx.node("LRN", [x], ctx.join(prefix, "LRN"), size=self.size, alpha=self.alpha, beta=self.beta,
+                        bias=self.k)
 
     def output_shape(self, input_shape):
         shape = tuple(input_shape)

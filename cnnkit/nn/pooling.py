@@ -10,29 +10,30 @@ from __future__ import annotations
 import math
 from numbers import Real
 
+import numpy as np
+
+from ..functional.memory import ArraySpec, LayerMemory
 from ..functional.pool import (
+    AVG_POOL2D,
+    MAX_POOL2D,
     adaptive_avg_pool2d_backward,
     adaptive_avg_pool2d_forward,
+    adaptive_avg_pool2d_memory,
     adaptive_output_size,
-    avg_pool2d_backward,
-    avg_pool2d_forward,
+    adaptive_pool_matrix,
     check_pool_padding,
     lp_pool2d_backward,
     lp_pool2d_forward,
-    max_pool2d_backward,
-    max_pool2d_forward,
+    lp_pool2d_memory,
     max_pool2d_indices,
 )
 from ..functional.shapes import check_positive, conv_output_size, pair
 from .module import Module, is_grad_enabled
-from .validation import check_input
+from .validation import check_input, check_sample_shape
 
 
-def _check_sample_shape(input_shape, layer: str) -> tuple[int, int, int]:
-    shape = tuple(input_shape)
-    if len(shape) != 3:
-        raise ValueError(f"{layer}.output_shape expects one sample's shape (C, H, W), got {shape}")
-    return shape
+def _batch_spec(input_shape, batch_size, dtype) -> ArraySpec:
+    return ArraySpec((batch_size,) + tuple(input_shape), dtype)
 
 
 class _WindowPool2d(Module):
@@ -52,7 +53,8 @@ class _WindowPool2d(Module):
         self.check_geometry = bool(check_geometry)
 
     def output_shape(self, input_shape):
-        channels, height, width = _check_sample_shape(input_shape, type(self).__name__)
+        height, width = check_sample_shape(type(self).__name__, input_shape)
+        channels = input_shape[0]
         sizes = [
             conv_output_size(size, k, s, p, d, self.ceil_mode, check_geometry=self.check_geometry,
                              layer=type(self).__name__, axis=axis)
@@ -63,6 +65,13 @@ class _WindowPool2d(Module):
 
     def _geometry_repr(self) -> str:
         return "" if self.check_geometry else ", check_geometry=False"
+
+    def _onnx_attrs(self, with_pads: bool = True) -> dict:
+        (ph, pw) = self._padding
+        attrs = dict(kernel_shape=list(self._kernel), strides=list(self._stride))
+        if with_pads:
+            attrs["pads"] = [ph, pw, ph, pw]
+        return attrs
 
 
 class MaxPool2d(_WindowPool2d):
@@ -79,8 +88,10 @@ class MaxPool2d(_WindowPool2d):
     """
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False, *,
-                 check_geometry=True):
+                 check_geometry=True, algorithm: str = "auto"):
         super().__init__()
+        self.algorithm = MAX_POOL2D.check_algorithm(algorithm, "MaxPool2d")
+        self.last_algorithm = None
         if return_indices:
             raise ValueError(
                 "MaxPool2d: return_indices=True is not supported (forward returns one array); call "
@@ -95,15 +106,27 @@ class MaxPool2d(_WindowPool2d):
 
     def forward(self, x):
         check_input(x, "MaxPool2d", 4)
-        y, cache = max_pool2d_forward(x, self._kernel, self._stride, self._padding, self._dilation, self.ceil_mode,
-                                      check_geometry=self.check_geometry, layer="MaxPool2d",
-                                      need_switches=is_grad_enabled())
+        y, cache = self._run(MAX_POOL2D, x, self._kernel, self._stride, self._padding, self._dilation,
+                             self.ceil_mode, check_geometry=self.check_geometry, layer="MaxPool2d",
+                             need_switches=is_grad_enabled())
         self._save(cache)
         return y
 
     def backward(self, dy, input_grad: bool = True):
         cache = self._restore()
-        return max_pool2d_backward(dy, cache) if input_grad else None
+        return MAX_POOL2D.backward(dy, cache) if input_grad else None
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return MAX_POOL2D.memory(self.algorithm, _batch_spec(input_shape, batch_size, dtype), self._kernel,
+                                 self._stride, self._padding, self._dilation, self.ceil_mode)
+
+    def onnx_export(self, ctx, x, prefix):
+        attrs = self._onnx_attrs()
+        if ctx.opset >= 10:
+            attrs.update(dilations=list(self._dilation), ceil_mode=int(self.ceil_mode))
+        elif self.ceil_mode or self._dilation != (1, 1):
+            raise NotImplementedError(f"ONNX export: MaxPool {prefix!r} with ceil_mode/dilation needs opset >= 10")
+        return ctx.node("MaxPool", [x], ctx.join(prefix, "MaxPool"), **attrs)
 
     def indices(self):
         """PyTorch's ``return_indices`` for the last forward (flat ``ih*W + iw`` per output, int64).
@@ -129,8 +152,10 @@ class AvgPool2d(_WindowPool2d):
     """
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-                 divisor_override=None, *, check_geometry=True):
+                 divisor_override=None, *, check_geometry=True, algorithm: str = "auto"):
         super().__init__()
+        self.algorithm = AVG_POOL2D.check_algorithm(algorithm, "AvgPool2d")
+        self.last_algorithm = None
         self._setup(kernel_size, stride, padding, 1, ceil_mode, check_geometry)
         if divisor_override is not None and (
             isinstance(divisor_override, bool) or not isinstance(divisor_override, Real) or divisor_override == 0
@@ -144,15 +169,32 @@ class AvgPool2d(_WindowPool2d):
 
     def forward(self, x):
         check_input(x, "AvgPool2d", 4)
-        y, cache = avg_pool2d_forward(x, self._kernel, self._stride, self._padding, self.ceil_mode,
-                                      self.count_include_pad, self.divisor_override,
-                                      check_geometry=self.check_geometry, layer="AvgPool2d")
+        y, cache = self._run(AVG_POOL2D, x, self._kernel, self._stride, self._padding, self.ceil_mode,
+                             self.count_include_pad, self.divisor_override,
+                             check_geometry=self.check_geometry, layer="AvgPool2d")
         self._save(cache)
         return y
 
     def backward(self, dy, input_grad: bool = True):
         cache = self._restore()
-        return avg_pool2d_backward(dy, cache) if input_grad else None
+        return AVG_POOL2D.backward(dy, cache) if input_grad else None
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return AVG_POOL2D.memory(self.algorithm, _batch_spec(input_shape, batch_size, dtype), self._kernel,
+                                 self._stride, self._padding, self.ceil_mode, self.count_include_pad,
+                                 self.divisor_override)
+
+    def onnx_export(self, ctx, x, prefix):
+        if self.divisor_override is not None:
+            raise NotImplementedError(f"ONNX export: AvgPool2d {prefix!r} with divisor_override has no ONNX "
+                                      "equivalent")
+        attrs = self._onnx_attrs()
+        attrs["count_include_pad"] = int(self.count_include_pad)
+        if ctx.opset >= 10:
+            attrs["ceil_mode"] = int(self.ceil_mode)
+        elif self.ceil_mode:
+            raise NotImplementedError(f"ONNX export: AvgPool {prefix!r} with ceil_mode needs opset >= 10")
+        return ctx.node("AveragePool", [x], ctx.join(prefix, "AveragePool"), **attrs)
 
     def extra_repr(self) -> str:
         text = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -196,6 +238,21 @@ class LPPool2d(_WindowPool2d):
         cache = self._restore()
         return lp_pool2d_backward(dy, cache) if input_grad else None
 
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return lp_pool2d_memory(_batch_spec(input_shape, batch_size, dtype), self.norm_type, self._kernel,
+                                self._stride, self.ceil_mode)
+
+    def onnx_export(self, ctx, x, prefix):
+        if math.isinf(self.norm_type) or float(self.norm_type) != int(self.norm_type):
+            raise NotImplementedError(f"ONNX export: LpPool's p is an integer; {prefix!r} has norm_type "
+                                      f"{self.norm_type}")
+        attrs = self._onnx_attrs(with_pads=False)
+        if self.ceil_mode:
+            if ctx.opset < 18:
+                raise NotImplementedError(f"ONNX export: LpPool {prefix!r} with ceil_mode needs opset >= 18")
+            attrs["ceil_mode"] = 1
+        return ctx.node("LpPool", [x], ctx.join(prefix, "LpPool"), p=int(self.norm_type), **attrs)
+
     def extra_repr(self) -> str:
         return (f"norm_type={self.norm_type}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"ceil_mode={self.ceil_mode}{self._geometry_repr()}")
@@ -226,8 +283,30 @@ class AdaptiveAvgPool2d(Module):
         return adaptive_avg_pool2d_backward(dy, cache) if input_grad else None
 
     def output_shape(self, input_shape):
-        channels, height, width = _check_sample_shape(input_shape, "AdaptiveAvgPool2d")
-        return (channels, *adaptive_output_size((height, width), self.output_size, "AdaptiveAvgPool2d"))
+        height, width = check_sample_shape("AdaptiveAvgPool2d", input_shape)
+        return (input_shape[0], *adaptive_output_size((height, width), self.output_size, "AdaptiveAvgPool2d"))
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return adaptive_avg_pool2d_memory(_batch_spec(input_shape, batch_size, dtype), self.output_size)
+
+    def counts_activation(self, input_shape, output_shape) -> bool:
+        # torchvision's AdaptiveAvgPool2d(7) in VGG (6 in AlexNet) is the identity at the usual
+        # input size; the notes' tables have no such layer, so it counts only when it pools.
+        return tuple(input_shape) != tuple(output_shape)
+
+    def onnx_export(self, ctx, x, prefix):
+        c, h, w = ctx.shape(x)
+        oh, ow = adaptive_output_size((h, w), self.output_size, "AdaptiveAvgPool2d")
+        if (oh, ow) == (1, 1):
+            return ctx.node("GlobalAveragePool", [x], ctx.join(prefix, "GlobalAveragePool"))
+        if h % oh == 0 and w % ow == 0:  # equal bins: a plain average pool
+            k = [h // oh, w // ow]
+            return ctx.node("AveragePool", [x], ctx.join(prefix, "AveragePool"), kernel_shape=k, strides=k)
+        # general bins: y = P_h @ x @ P_w^T with the averaging matrices (exact, any sizes)
+        p_w = ctx.constant(ctx.join(prefix, "pool_w"), adaptive_pool_matrix(w, ow, np.float64).T)
+        p_h = ctx.constant(ctx.join(prefix, "pool_h"), adaptive_pool_matrix(h, oh, np.float64))
+        rows = ctx.node("MatMul", [x, p_w], ctx.join(prefix, "MatMul_w"), shape=(c, h, ow))
+        return ctx.node("MatMul", [p_h, rows], ctx.join(prefix, "MatMul_h"))
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"

@@ -31,3 +31,13 @@ def check_input(x, layer: str, ndim: int, channels: int | None = None, dtype=Non
             f"{layer} has {np.dtype(dtype)} parameters but got a {x.dtype} input; cast the input "
             f"(x.astype(np.{np.dtype(dtype).name})) or the model (model.to(np.{x.dtype.name}))"
         )
+
+
+def check_sample_shape(layer: str, input_shape, channels: int | None = None) -> tuple[int, int]:
+    """``(H, W)`` of one sample's ``(C, H, W)`` shape; a clear error for another rank or channel count."""
+    shape = tuple(input_shape)
+    if len(shape) != 3:
+        raise ValueError(f"{layer}.output_shape expects one sample's shape (C, H, W), got {shape}")
+    if channels is not None and shape[0] != channels:
+        raise ValueError(f"{layer} expects {channels} input channels, got {shape[0]} (input shape {shape})")
+    return shape[1], shape[2]

@@ -4,7 +4,8 @@
 ``onnx`` (and ``onnxruntime``, to run the files) are optional: ``pip install 'cnnkit[onnx]'``.
 They are imported only when these functions run.
 """
-from .exporter import ExportContext, export, register_exporter
+from .export_registry import register_exporter
+from .exporter import ExportContext, export
 from .importer import UnsupportedOperatorError, load, register_fold, register_op
 
 __all__ = ["load", "export", "register_op", "register_fold", "register_exporter", "ExportContext",

@@ -1,13 +1,15 @@
 """cnnkit -> ONNX: ``export(model, path, input_shape)``.
 
-Export walks the module tree. Each module type has an exporter, found through the class's MRO in
-a registry (:func:`register_exporter`), or the module's own ``onnx_export(ctx, x, prefix)``
-method: a leaf layer emits its ONNX node(s), a container or a block (ResNet's residual block,
-an inception module) exports its children and the node that merges them (``Add``, ``Concat``).
-Initializers are named by state-dict key (``layer1.0.conv1.weight``), as PyTorch's exporter does.
+Export walks the module tree. Every cnnkit module exports itself with its
+``onnx_export(ctx, x, prefix)`` method: a leaf layer emits its ONNX node(s), a container
+(``Sequential``, ``Residual``, ``Concat``, ``Graph``) exports its children and the node that
+merges them (``Add``, ``Concat``). Initializers are named by state-dict key
+(``layer1.0.conv1.weight``), as PyTorch's exporter does.
 
-An exporter is ``fn(ctx, module, x, prefix) -> y``: ``x`` and ``y`` are tensor names, ``prefix``
-is the module's state-dict prefix; ``ctx.shape(x)`` is one sample's shape of ``x``.
+For a module type defined outside cnnkit, :func:`register_exporter` adds an exporter
+``fn(ctx, module, x, prefix) -> y`` (it takes precedence over a method): ``x`` and ``y`` are
+tensor names, ``prefix`` is the module's state-dict prefix; ``ctx.shape(x)`` is one sample's
+shape of ``x``; ``ctx.node``, ``ctx.constant`` and ``ctx.join`` build the graph.
 """
 from __future__ import annotations
 
@@ -16,31 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from ..nn.module import Module
+from . import export_layers
 from ._deps import require
+from .export_registry import find_exporter
 
-EXPORTERS: dict[type, object] = {}
 DEFAULT_OPSET = 13
-
-
-def register_exporter(*types):
-    """Decorator: ``fn(ctx, module, x, prefix) -> output tensor name`` exports these module types."""
-
-    def decorate(fn):
-        for t in types:
-            EXPORTERS[t] = fn
-        return fn
-
-    return decorate
-
-
-def find_exporter(module: Module):
-    for cls in type(module).__mro__:
-        if cls in EXPORTERS:
-            return EXPORTERS[cls]
-    method = getattr(module, "onnx_export", None)
-    if method is not None:
-        return lambda ctx, m, x, prefix: method(ctx, x, prefix)
-    return None
 
 
 class ExportContext:
@@ -65,6 +47,16 @@ class ExportContext:
 
     def shape(self, tensor: str) -> tuple:
         return self.shapes[tensor]
+
+    @staticmethod
+    def join(prefix: str, name: str) -> str:
+        """A child's name under ``prefix`` (the state-dict convention: ``layer1.0`` + ``conv1``)."""
+        return f"{prefix}.{name}" if prefix else name
+
+    def reshape(self, x: str, target, prefix: str) -> str:
+        """A ``Reshape`` of ``x`` to ``target`` (ONNX's rules: 0 copies a dimension, -1 is inferred)."""
+        shape = self.constant(self.join(prefix, "shape"), np.array(target, np.int64))
+        return self.node("Reshape", [x, shape], self.join(prefix, "Reshape"))
 
     def constant(self, name: str, value, dtype=None) -> str:
         """Add an initializer (floating arrays in the export dtype); returns its name."""
@@ -103,9 +95,16 @@ class ExportContext:
             self.shapes[y] = tuple(module.output_shape(self.shapes[x]))
         return y
 
-
-def join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
+    def export_multi(self, module: Module, inputs: list, prefix: str) -> str:
+        """Export a module with several inputs (``Add``, ``Cat``, ... in a ``Graph``)."""
+        exporter = find_exporter(module)
+        if exporter is None:
+            raise NotImplementedError(f"ONNX export: no exporter for the multi-input {type(module).__name__} "
+                                      f"({prefix!r})")
+        y = exporter(self, module, list(inputs), prefix)
+        if y not in self.shapes:
+            self.shapes[y] = tuple(module.output_shape(*[self.shapes[a] for a in inputs]))
+        return y
 
 
 def export(model: Module, path, input_shape, *, opset: int = DEFAULT_OPSET, input_name: str = "input",
@@ -119,8 +118,7 @@ def export(model: Module, path, input_shape, *, opset: int = DEFAULT_OPSET, inpu
     onnx = require("onnx")
     from onnx import TensorProto, helper
 
-    from . import export_ops  # noqa: F401  (registers the exporters)
-
+    export_layers.register_all()
     input_shape = tuple(int(s) for s in input_shape)
     model.output_shape(input_shape)  # clear shape errors before any ONNX work
     ctx = ExportContext(opset, dtype)

@@ -114,23 +114,11 @@ def _walk(module, rf, name, target):
     if not children:
         out, found = _leaf(module, rf), None
     elif isinstance(module, Residual):
-        body, found = _walk(module.body, rf, f"{name}.body" if name else "body", target)
-        if module.shortcut is None:
-            skip, hit = rf, None
-        else:
-            skip, hit = _walk(module.shortcut, rf, f"{name}.shortcut" if name else "shortcut", target)
+        body, found = _chain(module.named_branch("body"), rf, name, target)
+        skip, hit = _chain(module.named_branch("shortcut"), rf, name, target)
         out, found = body.union(skip), found or hit
-    elif hasattr(module, "_body_layers") and hasattr(module, "downsample"):
-        # the zoo's ResidualBlock: relu(body(x) + downsample(x)), body layers named in _body
-        by_id = {id(m): n for n, m in children}
-        body_named = [(by_id[id(m)], m) for m in module._body_layers()]
-        body, found = _chain(body_named, rf, name, target)
-        skip, hit = rf, None
-        if module.downsample is not None:
-            skip, hit = _walk(module.downsample, rf, f"{name}.downsample" if name else "downsample", target)
-        out, found = body.union(skip), found or hit
-        if target == (f"{name}.relu" if name else "relu"):  # the block's final ReLU keeps the window
-            found = out
+        out, hit = _chain(module.named_branch("after"), out, name, target)  # a ReLU keeps the window
+        found = found or hit
     elif isinstance(module, Concat):
         out, found = None, None
         for child_name, child in children:
