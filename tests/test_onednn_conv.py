@@ -54,7 +54,7 @@ def test_matches_reference(case, layout, rng):
     dy = rng.standard_normal(y_ref.shape)
     dx_ref, dw_ref, db_ref = reference_backward(dy, cache_ref)
 
-    assert conv.decline(f32(x), f32(weight), f32(bias), *args) is None
+    assert conv.conv2d_decline(f32(x), f32(weight), f32(bias), *args) is None
     y, cache = conv.conv2d_forward(in_layout(f32(x), layout), f32(weight), f32(bias), *args)
     assert y.dtype == np.float32
     assert_close(y, y_ref, name="y")
@@ -105,7 +105,7 @@ def test_batch_of_one_without_bias_and_gradients_on_request(rng):
     assert_close(db, dy.sum(axis=(0, 2, 3)))
 
 
-def test_fused_relu_forward_and_backward(rng):
+def test_relu_post_op_forward_and_backward(rng):
     from cnnkit.functional.onednn import conv
 
     x, weight, bias, args = make("3x3 s1 p1", rng)
@@ -113,10 +113,15 @@ def test_fused_relu_forward_and_backward(rng):
     relu = np.maximum(y_ref, 0)
     dy = rng.standard_normal(y_ref.shape)
     dx_ref, dw_ref, db_ref = reference_backward(dy * (y_ref > 0), cache_ref)
-    y, cache = conv.conv2d_forward(f32(x), f32(weight), f32(bias), *args, fused_relu=True)
+    assert conv.conv2d_decline(f32(x), f32(weight), f32(bias), *args, relu=True) is None
+    y, cache = conv.conv2d_forward(f32(x), f32(weight), f32(bias), *args, relu=True)
     assert_close(y, relu)
-    for got, want in zip(conv.conv2d_backward(f32(dy), cache), (dx_ref, dw_ref, db_ref)):
+    # The ReLU's gradient is the caller's (Conv2d masks dy with y > 0), as for the NumPy kernels.
+    for got, want in zip(conv.conv2d_backward(f32(dy) * (y > 0), cache), (dx_ref, dw_ref, db_ref)):
         assert_close(got, want)
+    x[0, 0, 0, 0] = np.nan  # oneDNN's ReLU post-op would turn the NaN outputs into 0: declined
+    assert "NaN" in conv.conv2d_decline(f32(x), f32(weight), f32(bias), *args, relu=True)
+    assert conv.conv2d_decline(f32(x), f32(weight), f32(bias), *args) is None
 
 
 def test_output_is_channels_last_and_behaves_like_an_array(rng):
@@ -138,10 +143,10 @@ def test_declines_what_it_does_not_run(rng):
     from cnnkit.functional.onednn import conv
 
     x, weight, bias, args = make("3x3 s1 p1", rng)
-    assert "float32" in conv.decline(x, weight, bias, *args)  # float64: the reference's job
-    assert "float32" in conv.decline(f32(x), weight, f32(bias), *args)
-    assert "empty" in conv.decline(f32(x[:0]), f32(weight), f32(bias), *args)
-    assert conv.decline(f32(x), f32(weight), f32(bias), *args) is None
+    assert "float32" in conv.conv2d_decline(x, weight, bias, *args)  # float64: the reference's job
+    assert "float32" in conv.conv2d_decline(f32(x), weight, f32(bias), *args)
+    assert "empty" in conv.conv2d_decline(f32(x[:0]), f32(weight), f32(bias), *args)
+    assert conv.conv2d_decline(f32(x), f32(weight), f32(bias), *args) is None
 
 
 def test_non_contiguous_input_view(rng):

@@ -13,6 +13,7 @@ from collections import OrderedDict
 
 from ..backend import array_module
 from ..functional.add import ADD
+from .activation import ReLU
 from .module import Module
 
 
@@ -154,6 +155,11 @@ class Residual(Module):
         names = {"body": self._body, "shortcut": self._shortcut, "after": self._after}[which]
         return [(name, getattr(self, name)) for name in names]
 
+    def _relu_after(self) -> bool:
+        """Whether ``after`` is one plain ReLU, which the add op then applies in the same pass."""
+        after = self._chain(self._after)
+        return len(after) == 1 and type(after[0]) is ReLU and after[0].algorithm == "auto"
+
     def forward(self, x):
         y = _chain_forward(self._chain(self._body), x)
         skip = _chain_forward(self._chain(self._shortcut), x)
@@ -162,13 +168,18 @@ class Residual(Module):
                 f"{type(self).__name__}: body output {tuple(y.shape)} and shortcut output {tuple(skip.shape)} "
                 "differ; give the shortcut a projection (e.g. a 1x1 Conv2d with the body's stride)"
             )
+        if self._relu_after():  # relu(body + shortcut) in one pass (oneDNN: a ReLU post-op)
+            total, cache = ADD.forward(y, skip, relu=True)
+            self._save((cache, True))
+            return total
         total, cache = ADD.forward(y, skip)
-        self._save(cache)
+        self._save((cache, False))
         return _chain_forward(self._chain(self._after), total)
 
     def backward(self, dy, input_grad: bool = True):
-        dsum = _chain_backward(self._chain(self._after), dy, True)
-        dbody, dskip = ADD.backward(dsum, self._restore())
+        cache, relu_fused = self._restore()
+        dsum = dy if relu_fused else _chain_backward(self._chain(self._after), dy, True)
+        dbody, dskip = ADD.backward(dsum, cache)
         dx = _chain_backward(self._chain(self._body), dbody, input_grad)
         if not self._shortcut:
             return dx + dskip if input_grad else None

@@ -30,6 +30,9 @@ def unavailable_reason() -> str | None:
     return None if ok else message
 
 
+from . import kernels  # noqa: E402  (registers the kernels; needs unavailable_reason above)
+
+
 def available() -> bool:
     """Whether the oneDNN library is installed and loads."""
     return unavailable_reason() is None

@@ -11,8 +11,8 @@ primitive descriptors the activation layout (nhwc: channels-last) or ``any`` and
 weight, kept by the layer in PyTorch's ``(F, C/groups, kh, kw)``, is reordered into the blocked
 layout the kernel wants on each forward (it changes every step; it is small), and the weight
 gradient is reordered back. Groups (depthwise included) are a 5-D weight ``(G, F/G, C/G, kh, kw)``.
-Dilation ``d`` is oneDNN's ``d - 1``. ``fused_relu=True`` applies ``max(y, 0)`` inside the
-kernel (a post-op, used by inference fusion), and backward then masks ``dy`` with ``y > 0``.
+Dilation ``d`` is oneDNN's ``d - 1``. ``relu=True`` applies ``max(y, 0)`` inside the kernel (a
+post-op, used by inference fusion).
 
 The cache keeps the input ``x`` (the weight gradient needs it), the weight and the forward
 primitive; nothing else. Backward computes only what is asked: with ``need_dx=False`` (the first
@@ -25,8 +25,10 @@ from typing import NamedTuple
 import numpy as np
 
 from ..im2col import conv_geometry
+from ..memory import LayerMemory
 from . import library as L
 from . import runtime as R
+from .checks import all_finite, array_reason, first_reason, has_data, unavailable
 from .layout import activation_tag, compute_tag, converted, empty_activation, plain, reorder_into
 
 
@@ -98,55 +100,45 @@ class _Forward:
 
 
 class Conv2dOnednnCache(NamedTuple):
-    """What backward needs: the input, the weight, the forward primitive; and the output when a
-    ReLU was fused into the forward."""
+    """What backward needs: the input (for the weight gradient), the weight, the forward primitive."""
 
     x: object
     weight: object
     forward: _Forward
     geometry: ConvGeometry
-    y: object  # only with fused_relu: dy is masked by y > 0
 
 
-def decline(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, fused_relu=False, **_):
+def conv2d_decline(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None, relu=False):
     """Why oneDNN will not run this convolution (None when it will).
 
-    With ``fused_relu`` the inputs must be finite: a NaN output would become 0 in oneDNN's ReLU
-    post-op, where PyTorch and the reference keep it (one sum of the input).
+    With ``relu`` the inputs must be finite: a NaN output would become 0 in oneDNN's ReLU
+    post-op, where PyTorch and the reference keep it (one sum over the input, real arrays only).
     """
-    from . import unavailable_reason
-
-    reason = unavailable_reason()
+    reason = first_reason(unavailable(), array_reason("input", x, (4,)), array_reason("weight", weight, (4,)),
+                          array_reason("bias", bias))
     if reason:
         return reason
-    for name, a in (("input", x), ("weight", weight), ("bias", bias)):
-        if a is not None and (not isinstance(a, np.ndarray) or a.dtype != np.float32):
-            return f"{name} is {getattr(a, 'dtype', type(a).__name__)}, oneDNN runs float32 only"
-    if x.ndim != 4 or weight.ndim != 4:
-        return f"input and weight must be 4-D, got {x.ndim}-D and {weight.ndim}-D"
     if x.size == 0:
-        return f"empty input {x.shape}"
-    if fused_relu:
-        from .eltwise import all_finite
-
-        if not all(all_finite(a) for a in (x, weight, bias) if a is not None):
-            return "a fused ReLU on inputs holding NaN or inf (oneDNN's ReLU would turn NaN into 0)"
+        return f"empty input {tuple(x.shape)}"
+    if relu and any(has_data(a) and not all_finite(a) for a in (x, weight, bias) if a is not None):
+        return "a fused ReLU on inputs holding NaN or inf (oneDNN's ReLU would turn NaN into 0)"
     return None
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, fused_relu=False):
-    """Return ``(y, cache)``: oneDNN's convolution, same contract as ``functional.conv.conv2d_forward``.
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None, relu=False):
+    """Return ``(y, cache)``: oneDNN's convolution, same contract as the reference kernels of
+    ``functional.conv`` (``workspace`` is not needed here).
 
     ``y`` comes back in the activation layout (channels-last by default, see
-    :mod:`cnnkit.functional.onednn.layout`); ``fused_relu`` applies ``max(y, 0)`` in the kernel.
+    :mod:`cnnkit.functional.onednn.layout`); ``relu`` applies ``max(y, 0)`` inside the kernel (a
+    post-op: no second pass), the caller masks ``dy`` with ``y > 0`` before backward.
 
     Shape:
         x: (N, C, H, W), weight: (F, C/groups, kh, kw), bias: (F,) -> y: (N, F, out_h, out_w)
         out_h = floor((H + 2*ph - dh*(kh - 1) - 1) / sh) + 1, likewise out_w
     """
     g = geometry(x.shape, weight.shape, bias is not None, stride, padding, dilation, groups)
-    fwd = R.cached(("conv_forward", g, bool(fused_relu), compute_tag(), activation_tag()),
-                   lambda: _Forward(g, bool(fused_relu)))
+    fwd = R.cached(("conv_forward", g, bool(relu), compute_tag(), activation_tag()), lambda: _Forward(g, bool(relu)))
     x = plain(x)
     src = converted(x, fwd.src_md, (fwd.key, "src"))
     weights = converted(np.ascontiguousarray(weight), fwd.weights_md, (fwd.key, "weights"), _weight_dims(g))
@@ -162,7 +154,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
         buffers[L.ARG_DST] = out
         fwd.primitive.run(buffers)
         reorder_into(out, fwd.dst_md, y, (fwd.key, "dst"))
-    return y, Conv2dOnednnCache(x, weight, fwd, g, y if fused_relu else None)
+    return y, Conv2dOnednnCache(x, weight, fwd, g)
 
 
 class _BackwardData:
@@ -220,9 +212,7 @@ def conv2d_backward(dy, cache: Conv2dOnednnCache, need_dx=True, need_dweight=Tru
     Shape:
         dy: (N, F, out_h, out_w) -> dx: (N, C, H, W), dweight: (F, C/groups, kh, kw), dbias: (F,)
     """
-    x, weight, fwd, g, y = cache
-    if y is not None:  # a ReLU fused into the forward: its gradient first
-        dy = dy * (y > 0)
+    x, weight, fwd, g = cache
     dy = plain(dy)
     dx = dweight = dbias = None
     if need_dx:
@@ -256,3 +246,41 @@ def conv2d_backward(dy, cache: Conv2dOnednnCache, need_dx=True, need_dweight=Tru
     if need_dbias and dbias is None:  # a bias gradient for a convolution made without one
         dbias = dy.sum(axis=(0, 2, 3), dtype=np.float32)
     return dx, dweight, dbias
+
+
+def _scratchpad_bytes(g: ConvGeometry) -> int:
+    """The largest scratchpad of the three primitives of ``g`` (their descriptors only: no JIT)."""
+
+    def build():
+        tag = compute_tag()
+        src = R.MemoryDesc.from_tag(g.input_shape, tag)
+        any_weights = R.MemoryDesc.from_tag(_weight_dims(g), L.TAG_ANY)
+        bias = R.MemoryDesc.from_tag((g.output_shape[1],), L.TAG_A) if g.bias else None
+        dst = R.MemoryDesc.from_tag(g.output_shape, tag)
+        strides, dilates, pad_l, _ = _dnnl_geometry(g)
+        pad_r = R.dims(_right_padding(g))
+        attr = R.Attributes()
+        fwd = R.create_pd("dnnl_convolution_forward_primitive_desc_create", R.engine(), L.FORWARD_TRAINING,
+                          L.CONVOLUTION_DIRECT, src.handle, any_weights.handle, bias.handle if bias else None,
+                          dst.handle, strides, dilates, pad_l, pad_r, attr.handle)
+        data = R.create_pd("dnnl_convolution_backward_data_primitive_desc_create", R.engine(),
+                           L.CONVOLUTION_DIRECT, src.handle, any_weights.handle, dst.handle, strides, dilates,
+                           pad_l, pad_r, fwd.handle, attr.handle)
+        weights = R.create_pd("dnnl_convolution_backward_weights_primitive_desc_create", R.engine(),
+                              L.CONVOLUTION_DIRECT, src.handle, any_weights.handle, bias.handle if bias else None,
+                              dst.handle, strides, dilates, pad_l, pad_r, fwd.handle, attr.handle)
+        return max(pd.size(L.QUERY_SCRATCHPAD_MD) for pd in (fwd, data, weights))
+
+    return R.cached(("conv_scratchpad", g, compute_tag()), build)
+
+
+def conv2d_memory(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None, relu=False):
+    """What the oneDNN kernel holds (arrays as ArraySpecs): the cache references the input (the
+    weight gradient reads it); forward makes the weight in the kernel's layout; backward the
+    weight for the backward-data kernel, the weight gradient in the kernel's layout and in
+    PyTorch's, and the layer's copy into ``.grad``; every primitive uses the shared scratchpad
+    (its size asked of oneDNN)."""
+    g = geometry(x.shape, weight.shape, bias is not None, stride, padding, dilation, groups)
+    weight_bytes = weight.size * 4
+    scratch = {"onednn_scratchpad": _scratchpad_bytes(g) + 64}
+    return LayerMemory(keeps_input=True, forward_temp=weight_bytes, backward_temp=4 * weight_bytes, scratch=scratch)

@@ -23,26 +23,28 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..memory import LayerMemory
 from . import library as L
 from . import runtime as R
+from .checks import all_finite, array_reason, first_reason, has_data, holds_nan, unavailable
 from .layout import converted, empty_like_layout, is_channels_last
 
-MIN_ELEMENTS = 1 << 14  # below this, NumPy's single call costs less than a trip through ctypes
+# Below this many values NumPy's one call beats the trip through ctypes (measured: a ReLU of
+# 16k values takes ~15 us either way).
+MIN_ELEMENTS = 1 << 14
 
 
 def _decline_input(*arrays):
-    from . import unavailable_reason
-
-    reason = unavailable_reason()
-    if reason:
-        return reason
-    for a in arrays:
-        if not isinstance(a, np.ndarray) or a.dtype != np.float32:
-            return f"input is {getattr(a, 'dtype', type(a).__name__)}, oneDNN runs float32 only"
-    if arrays[0].size < MIN_ELEMENTS:
-        return f"small input ({arrays[0].size} values): NumPy is faster"
-    if arrays[0].ndim > 6:
+    reason = first_reason(unavailable(), *(array_reason("input", a) for a in arrays))
+    if reason is None and arrays[0].ndim > 6:
         return f"{arrays[0].ndim}-D input"
+    return reason
+
+
+def small_defer(x, *args, **kwargs):
+    """``defer`` of the element-wise kernels: tiny arrays run faster on NumPy."""
+    if x.size < MIN_ELEMENTS:
+        return f"small input ({x.size} values): NumPy's one call is faster"
     return None
 
 
@@ -58,33 +60,21 @@ def _like(x):
 
 
 # -- ReLU -------------------------------------------------------------------------------------------
-def _memory_flat(a):
-    """A 1-D view of ``a``'s elements in memory order (C-ordered or channels-last), else ``a``."""
-    if a.flags.c_contiguous:
-        return a.reshape(-1)
-    if a.ndim == 4 and is_channels_last(a):
-        return a.transpose(0, 2, 3, 1).reshape(-1)
-    return a
-
-
-def holds_nan(a) -> bool:
-    """Whether ``a`` holds a NaN (one NaN-propagating ``min`` over its memory)."""
-    low = _memory_flat(a).min()
-    return bool(low != low)
-
-
-def all_finite(a) -> bool:
-    """Whether every value of ``a`` is finite (its sum is; an overflowing sum says no, harmlessly)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return bool(np.isfinite(_memory_flat(a).sum()))
-
-
-def relu_decline(x, **_):
-    """Why oneDNN will not run this ReLU (None when it will); costs one ``min`` of ``x``."""
+def relu_decline(x):
+    """Why oneDNN will not run this ReLU (None when it will); one ``min`` of ``x``'s values."""
     reason = _decline_input(x)
-    if reason is None and holds_nan(x):
+    if reason is None and has_data(x) and holds_nan(x):
         return "input holds NaN (PyTorch's ReLU keeps it, oneDNN's makes it 0)"
     return reason
+
+
+def relu_memory(x) -> LayerMemory:
+    """The output is the cache, as in the reference."""
+    return LayerMemory(keeps_output=True)
+
+
+class ReluOnednnCache(NamedTuple):
+    y: object  # the output: dx = dy * [y > 0]
 
 
 class _ReluForward:
@@ -119,16 +109,16 @@ def relu_forward(x):
     fwd = R.cached(("relu_forward", R.layout_key(x)), lambda: _ReluForward(x))
     y = _like(x)
     fwd.primitive.run({L.ARG_SRC: x, L.ARG_DST: y})
-    return y, y
+    return y, ReluOnednnCache(y)
 
 
-def relu_backward(dy, cache):
+def relu_backward(dy, cache: ReluOnednnCache):
     """``dx = dy * [y > 0]`` (the subgradient at 0 is 0, as in PyTorch).
 
     Shape:
         dy: same shape as y -> dx: same shape as x
     """
-    y = cache
+    y = cache.y
     fwd = R.cached(("relu_forward", R.layout_key(y)), lambda: _ReluForward(y))
     bwd = R.cached(("relu_backward", fwd.key), lambda: _ReluBackward(fwd))
     diff_dst = converted(dy, fwd.data_md, (bwd.key, "diff_dst"))
@@ -138,16 +128,23 @@ def relu_backward(dy, cache):
 
 
 # -- the residual sum ------------------------------------------------------------------------------
-def add_decline(a, b, relu=False, **_):
-    """Why oneDNN will not add these (None when it will)."""
+def add_decline(a, b, relu=False):
+    """Why oneDNN will not add these (None when it will); with ``relu``, one sum of each input."""
     reason = _decline_input(a, b)
     if reason:
         return reason
-    if a.shape != b.shape:
-        return f"shapes differ: {a.shape} and {b.shape} (no broadcasting here)"
-    if relu and not (all_finite(a) and all_finite(b)):
+    if tuple(a.shape) != tuple(b.shape):
+        return f"shapes differ: {tuple(a.shape)} and {tuple(b.shape)} (no broadcasting here)"
+    if relu and has_data(a) and not (all_finite(a) and all_finite(b)):
         return "inputs hold NaN or inf (a NaN after the sum would become 0 in oneDNN's ReLU)"
     return None
+
+
+def add_memory(a, b, relu=False) -> LayerMemory:
+    """With a ReLU the output is kept for its mask; backward makes one masked gradient."""
+    if not relu:
+        return LayerMemory()
+    return LayerMemory(keeps_output=True, backward_temp=a.nbytes)
 
 
 class _Add:
@@ -162,7 +159,7 @@ class _Add:
                                                L.ARG_DST: self.data_md}, "add")
 
 
-class AddCache(NamedTuple):
+class AddOnednnCache(NamedTuple):
     y: object  # the output, when a ReLU followed the sum (its mask), else None
 
 
@@ -177,18 +174,16 @@ def add_forward(a, b, relu=False):
     b = converted(b, add.data_md, (add.key, "src_1"))
     y = _like(a)
     add.primitive.run({L.ARG_SRC: a, L.ARG_SRC_1: b, L.ARG_DST: y})
-    return y, AddCache(y if relu else None)
+    return y, AddOnednnCache(y if relu else None)
 
 
-def add_backward(dy, cache: AddCache):
+def add_backward(dy, cache: AddOnednnCache, need_da=True, need_db=True):
     """Return ``(da, db)``: the sum hands ``dy`` (masked by ``y > 0`` after a ReLU) to both inputs.
 
-    The two are the same array; a caller that writes into one must copy it first.
+    The two are the same array, not copied (as in the reference).
 
     Shape:
         dy: the output's shape -> da, db: the same
     """
-    if cache.y is None:
-        return dy, dy
-    d = relu_backward(dy, cache.y)
-    return d, d
+    grad = dy if cache.y is None else relu_backward(dy, ReluOnednnCache(cache.y))
+    return (grad if need_da else None), (grad if need_db else None)

@@ -11,25 +11,25 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..memory import LayerMemory
 from . import library as L
 from . import runtime as R
+from .checks import array_reason, first_reason, unavailable
 
 
-def decline(x, weight, bias=None, **_):
+def linear_decline(x, weight, bias=None):
     """Why oneDNN will not run this product (None when it will)."""
-    from . import unavailable_reason
-
-    reason = unavailable_reason()
-    if reason:
-        return reason
-    for name, a in (("input", x), ("weight", weight), ("bias", bias)):
-        if a is not None and (not isinstance(a, np.ndarray) or a.dtype != np.float32):
-            return f"{name} is {getattr(a, 'dtype', type(a).__name__)}, oneDNN runs float32 only"
-    if x.ndim != 2 or weight.ndim != 2:
-        return f"input and weight must be 2-D, got {x.ndim}-D and {weight.ndim}-D"
-    if x.shape[0] == 0:
+    reason = first_reason(unavailable(), array_reason("input", x, (2,)), array_reason("weight", weight, (2,)),
+                          array_reason("bias", bias))
+    if reason is None and x.shape[0] == 0:
         return "empty batch"
-    return None
+    return reason
+
+
+def linear_memory(x, weight, bias=None) -> LayerMemory:
+    """The cache references x and the weight; backward makes the weight and bias gradients and
+    the layer copies them into ``.grad``."""
+    return LayerMemory(keeps_input=True, backward_temp=2 * weight.size * 4)
 
 
 class _Linear:

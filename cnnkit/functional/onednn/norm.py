@@ -24,24 +24,18 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..memory import LayerMemory
 from . import library as L
 from . import runtime as R
+from .checks import array_reason, first_reason, unavailable
 from .layout import converted, empty_channels_last, is_channels_last
 
 
 def _decline_input(x, ndims=(4,)):
-    from . import unavailable_reason
-
-    reason = unavailable_reason()
-    if reason:
-        return reason
-    if not isinstance(x, np.ndarray) or x.dtype != np.float32:
-        return f"input is {getattr(x, 'dtype', type(x).__name__)}, oneDNN runs float32 only"
-    if x.ndim not in ndims:
-        return f"input must be {' or '.join(map(str, ndims))}-D, got {x.ndim}-D"
-    if x.size == 0:
-        return f"empty input {x.shape}"
-    return None
+    reason = first_reason(unavailable(), array_reason("input", x, ndims))
+    if reason is None and x.size == 0:
+        return f"empty input {tuple(x.shape)}"
+    return reason
 
 
 def _channels_last(x) -> bool:
@@ -72,17 +66,19 @@ def _vector(v, c: int):
 
 
 # -- batch normalisation --------------------------------------------------------------------------
-def batch_norm_decline(x, weight=None, bias=None, running_mean=None, running_var=None, training=True, **_):
-    """Why oneDNN will not run this batch normalisation (None when it will)."""
-    reason = _decline_input(x, (2, 4))
-    if reason:
-        return reason
-    for name, v in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
-        if v is not None and getattr(v, "dtype", None) != np.float32:
-            return f"{name} is {getattr(v, 'dtype', type(v).__name__)}, oneDNN runs float32 only"
-    if not training and (running_mean is None or running_var is None):
+def batch_norm_decline(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+    """Why oneDNN will not run this batch normalisation (None when it will): 2-D or 4-D float32."""
+    reason = first_reason(_decline_input(x, (2, 4)), *(array_reason(name, v) for name, v in (
+        ("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var))))
+    if reason is None and not training and (running_mean is None or running_var is None):
         return "eval mode without running statistics"
-    return None
+    return reason
+
+
+def batch_norm_memory(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5) -> LayerMemory:
+    """The cache references the input itself (oneDNN's backward reads ``x``, not ``x - mean``),
+    plus per-channel vectors; backward makes ``dx`` and the per-channel gradients."""
+    return LayerMemory(keeps_input=True, saved=4 * x.shape[1] * 4)
 
 
 class _BatchNormForward:
@@ -191,7 +187,7 @@ def batch_norm_backward(dy, cache: BatchNormOnednnCache, need_dx=True, need_dwei
 
 
 # -- local response normalisation -----------------------------------------------------------------
-def local_response_norm_decline(x, size, alpha=1e-4, beta=0.75, k=1.0, **_):
+def local_response_norm_decline(x, size, alpha=1e-4, beta=0.75, k=1.0):
     """Why oneDNN will not run this LRN (None when it will)."""
     reason = _decline_input(x)
     if reason:
@@ -276,3 +272,20 @@ def local_response_norm_backward(dy, cache: LrnOnednnCache, need_dx=True):
         buffers[L.ARG_WORKSPACE] = workspace
     bwd.primitive.run(buffers)
     return dx
+
+
+def _lrn_workspace_bytes(shape, params) -> int:
+    def build():
+        data = R.MemoryDesc.from_strides(shape, _strides(shape, True))
+        attr = R.Attributes()
+        pd = R.create_pd("dnnl_lrn_forward_primitive_desc_create", R.engine(), L.FORWARD_TRAINING,
+                         L.LRN_ACROSS_CHANNELS, data.handle, data.handle, *params, attr.handle)
+        return pd.size(L.QUERY_WORKSPACE_MD)
+
+    return R.cached(("lrn_workspace", shape, params), build)
+
+
+def local_response_norm_memory(x, size, alpha=1e-4, beta=0.75, k=1.0) -> LayerMemory:
+    """The cache references the input and keeps oneDNN's workspace (its size asked of oneDNN)."""
+    params = (int(size), float(alpha), float(beta), float(k))
+    return LayerMemory(keeps_input=True, saved=_lrn_workspace_bytes(tuple(x.shape), params))

@@ -25,25 +25,19 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..memory import LayerMemory
 from ..pool import PoolGeometry, pool_geometry
 from . import library as L
 from . import runtime as R
+from .checks import array_reason, first_reason, has_data, lowest, unavailable
 from .layout import converted, empty_channels_last, is_channels_last
 
 
 def _common_decline(x):
-    from . import unavailable_reason
-
-    reason = unavailable_reason()
-    if reason:
-        return reason
-    if not isinstance(x, np.ndarray) or x.dtype != np.float32:
-        return f"input is {getattr(x, 'dtype', type(x).__name__)}, oneDNN runs float32 only"
-    if x.ndim != 4:
-        return f"input must be 4-D, got {x.ndim}-D"
-    if x.size == 0:
-        return f"empty input {x.shape}"
-    return None
+    reason = first_reason(unavailable(), array_reason("input", x, (4,)))
+    if reason is None and x.size == 0:
+        return f"empty input {tuple(x.shape)}"
+    return reason
 
 
 def _channels_last(x) -> bool:
@@ -124,11 +118,20 @@ class _Backward:
         self.primitive = R.Primitive(self.pd, args, "pooling backward")
 
 
-class PoolOnednnCache(NamedTuple):
-    """What backward needs: the forward primitive and, for max pooling, its workspace (switches)."""
+class MaxPoolOnednnCache(NamedTuple):
+    """What max pooling's backward needs: the workspace, i.e. the switches (per output the offset
+    ``i*KW + j`` of the winning tap, as the reference keeps them), the geometry, the primitive."""
 
+    switches: object
+    geometry: PoolGeometry
     forward: _Forward
-    workspace: object
+
+
+class AvgPoolOnednnCache(NamedTuple):
+    """What average pooling's backward needs: the forward primitive (no data)."""
+
+    geometry: PoolGeometry
+    forward: _Forward
 
 
 def _run_forward(x, g: PoolGeometry, algorithm: int, training: bool):
@@ -144,11 +147,10 @@ def _run_forward(x, g: PoolGeometry, algorithm: int, training: bool):
                      else R.aligned_bytes(R.md_size(fwd.workspace_md)))
         buffers[L.ARG_WORKSPACE] = workspace
     fwd.primitive.run(buffers)
-    return y, PoolOnednnCache(fwd, workspace)
+    return y, fwd, workspace
 
 
-def _run_backward(dy, cache: PoolOnednnCache):
-    fwd, workspace = cache
+def _run_backward(dy, fwd: _Forward, workspace):
     bwd = R.cached(("pool_backward", fwd.key), lambda: _Backward(fwd))
     diff_dst = converted(dy, bwd.diff_dst_md, (bwd.key, "diff_dst"))
     dx = _new(fwd.geometry.input_shape, fwd.channels_last)
@@ -160,12 +162,12 @@ def _run_backward(dy, cache: PoolOnednnCache):
 
 
 # -- max pooling ----------------------------------------------------------------------------------
-def max_pool2d_decline(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, **_):
-    """Why oneDNN will not run this max pooling (None when it will); costs one ``min`` of ``x``."""
+def max_pool2d_decline(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, **options):
+    """Why oneDNN will not run this max pooling (None when it will); one ``min`` of ``x``'s values."""
     reason = _common_decline(x)
-    if reason:
+    if reason or not has_data(x):
         return reason
-    low = float(x.min())
+    low = lowest(x)
     if low != low:
         return "input holds NaN (PyTorch's max pooling propagates it, oneDNN's does not)"
     if low == -np.inf:
@@ -186,39 +188,35 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     """
     g = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode,
                       check_geometry=check_geometry, layer=layer)
-    y, cache = _run_forward(x, g, L.POOLING_MAX, bool(need_switches))
-    return y, (cache if need_switches else None)
+    y, fwd, workspace = _run_forward(x, g, L.POOLING_MAX, bool(need_switches))
+    if not need_switches:
+        return y, None
+    if fwd.workspace_dtype is None:  # pragma: no cover - a workspace layout other than the switches
+        raise RuntimeError("oneDNN max pooling keeps its argmax in an unknown layout")
+    return y, MaxPoolOnednnCache(workspace, g, fwd)
 
 
-def max_pool2d_backward(dy, cache: PoolOnednnCache):
-    """Route each output's gradient to the input its workspace names; return ``dx``.
+def max_pool2d_backward(dy, cache: MaxPoolOnednnCache):
+    """Route each output's gradient to the input its switch (oneDNN's workspace) names; return ``dx``.
+
+    ``functional.pool.max_pool2d_indices`` reads this cache too (its ``switches`` are the same).
 
     Shape:
         dy: (N, C, OH, OW) -> dx: (N, C, H, W)
     """
-    return _run_backward(dy, cache)
+    return _run_backward(dy, cache.forward, cache.switches)
 
 
-def max_pool2d_indices(cache: PoolOnednnCache):
-    """PyTorch's ``return_indices`` (flat ``ih*W + iw`` per output, int64) from the workspace.
-
-    Shape:
-        (N, C, OH, OW) int64, each in [0, H*W)
-    """
-    fwd, workspace = cache
-    if fwd.workspace_dtype is None:  # pragma: no cover - a workspace layout we do not know
-        raise RuntimeError("max_pool2d_indices: this oneDNN build keeps the switches in an unknown layout")
-    g = fwd.geometry
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = g.kernel, g.stride, g.padding, g.dilation, g.output
-    k = workspace.astype(np.int64)
-    rows = np.arange(oh).reshape(oh, 1) * sh - ph + (k // kw) * dh
-    cols = np.arange(ow) * sw - pw + (k % kw) * dw
-    return np.ascontiguousarray(rows * g.input_shape[3] + cols)
+def max_pool2d_memory(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, **options):
+    """The workspace (one byte per output up to 16x16 windows) is kept for backward; nothing else."""
+    g = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    out = g.input_shape[0] * g.input_shape[1] * g.output[0] * g.output[1]
+    return LayerMemory(saved=out * (1 if g.kernel[0] * g.kernel[1] <= 256 else 4))
 
 
 # -- average pooling ------------------------------------------------------------------------------
 def avg_pool2d_decline(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-                       divisor_override=None, **_):
+                       divisor_override=None, **options):
     """Why oneDNN will not run this average pooling (None when it will)."""
     reason = _common_decline(x)
     if reason:
@@ -246,13 +244,20 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, 
     g = pool_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode,
                       check_geometry=check_geometry, layer=layer)
     algorithm = L.POOLING_AVG_INCLUDE_PADDING if count_include_pad else L.POOLING_AVG_EXCLUDE_PADDING
-    return _run_forward(x, g, algorithm, True)
+    y, fwd, _ = _run_forward(x, g, algorithm, True)
+    return y, AvgPoolOnednnCache(g, fwd)
 
 
-def avg_pool2d_backward(dy, cache: PoolOnednnCache):
+def avg_pool2d_backward(dy, cache: AvgPoolOnednnCache):
     """Spread each output's gradient evenly over its window; return ``dx``.
 
     Shape:
         dy: (N, C, OH, OW) -> dx: (N, C, H, W)
     """
-    return _run_backward(dy, cache)
+    return _run_backward(dy, cache.forward, None)
+
+
+def avg_pool2d_memory(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                      divisor_override=None, **options):
+    """Nothing is kept (the primitive knows the geometry); no temporaries beyond dy and dx."""
+    return LayerMemory()
