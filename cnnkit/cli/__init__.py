@@ -15,6 +15,7 @@ COMMANDS = {
     "profile": ("cnnkit.cli.profile", "per-layer time, GFLOP/s, %% of sgemm peak, conv algorithm and data-movement/GEMM split"),
     "export": ("cnnkit.cli.export", "write a checkpoint or zoo model as an ONNX file (checked against onnxruntime)"),
     "viz": ("cnnkit.cli.viz", "pictures: filters, activation maps, patches, saliency, conv demo, curves, report"),
+    "info": ("cnnkit.cli.info", "version, active kernel backend (NumPy or oneDNN) and why, threads, layout"),
 }
 
 EPILOG = """examples:

@@ -251,10 +251,11 @@ def _load() -> _Library:
             return _Library(ctypes.CDLL(path), path)
         except (OSError, AttributeError) as exc:  # a broken file or a library without our symbols
             errors.append(f"{path}: {exc}")
+    broken = [e for e in errors if not e.endswith(": not found")]
+    if broken:
+        raise OnednnUnavailable(f"libdnnl could not be loaded: {broken[0]}")
     where = os.environ.get("CNNKIT_ONEDNN_LIBRARY") or os.path.join(sys.prefix, "lib")
-    raise OnednnUnavailable(
-        f"libdnnl not found in {where} (install it with: pip install \"cnnkit[onednn]\"); "
-        + "; ".join(errors[:1]))
+    raise OnednnUnavailable(f"libdnnl not found in {where} (install it with: pip install \"cnnkit[onednn]\")")
 
 
 def lib() -> _Library:
