@@ -4,7 +4,8 @@
     python3 dev.py train [ARGS...]   # cnnkit train (the main job) with optional arguments
     python3 dev.py test  [ARGS...]   # the test suite (pytest arguments pass through)
 
-Needs nothing but Python >= 3.10. Re-installs only when pyproject.toml changes.
+Needs nothing but Python >= 3.10. Re-installs only when pyproject.toml changes. Both install the
+oneDNN kernels (``cnnkit[onednn]``) where a wheel exists; ``CNNKIT_BACKEND=numpy`` runs without them.
 """
 import hashlib
 import os
@@ -40,7 +41,7 @@ def main(argv: list[str]) -> int:
         return 2
     command, rest = argv[0], argv[1:]
     if command == "train":
-        ensure_env("")
+        ensure_env("onednn")  # the oneDNN kernels where a wheel exists (x86-64 Linux); NumPy elsewhere
         return subprocess.call([str(PYTHON), "-m", "cnnkit", "train", *rest], cwd=ROOT)
     ensure_env("test")
     workers = ["-n", "2"] if not any(a.startswith("-n") for a in rest) else []
