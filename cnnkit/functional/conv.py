@@ -247,7 +247,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
         if kernel.name != "flat":
             raise ValueError(f"conv2d: keep_columns applies to the flat kernel, not {kernel.name!r}")
         return conv2d_flat_forward(x, weight, bias, stride, padding, dilation, keep_columns, workspace)
-    return kernel.forward(x, weight, bias, stride, padding, dilation, groups, workspace=workspace)
+    return CONV2D.run(kernel, x, weight, bias, stride, padding, dilation, groups, workspace=workspace)
 
 
 def conv2d_backward(dy, cache, need_dx=True, need_dweight=True, need_dbias=True):

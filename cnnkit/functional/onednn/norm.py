@@ -143,8 +143,9 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     if training and m < 2:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
     channels_last = _channels_last(x)
-    fwd = R.cached(("batch_norm_forward", x.shape, channels_last, bool(training), float(eps)),
-                   lambda: _BatchNormForward(x.shape, channels_last, bool(training), float(eps)))
+    with R.one_thread():  # see runtime.one_thread: the statistics meet at spin barriers
+        fwd = R.cached(("batch_norm_forward", x.shape, channels_last, bool(training), float(eps)),
+                       lambda: _BatchNormForward(x.shape, channels_last, bool(training), float(eps)))
     scale = np.ones(c, np.float32) if weight is None else _vector(weight, c)
     shift = np.zeros(c, np.float32) if bias is None else _vector(bias, c)
     if training:
@@ -152,8 +153,9 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     else:  # copies: the running buffers may change before backward
         mean, var = np.array(running_mean, np.float32), np.array(running_var, np.float32)
     y = _new(x.shape, channels_last)
-    fwd.primitive.run({L.ARG_SRC: x, L.ARG_DST: y, L.ARG_SCALE: scale, L.ARG_SHIFT: shift,
-                       L.ARG_MEAN: mean, L.ARG_VARIANCE: var})
+    with R.one_thread():
+        fwd.primitive.run({L.ARG_SRC: x, L.ARG_DST: y, L.ARG_SCALE: scale, L.ARG_SHIFT: shift,
+                           L.ARG_MEAN: mean, L.ARG_VARIANCE: var})
     if training:
         if running_mean is not None:
             running_mean *= 1 - momentum
@@ -176,13 +178,16 @@ def batch_norm_backward(dy, cache: BatchNormOnednnCache, need_dx=True, need_dwei
     x, mean, var, scale, fwd = cache
     if not (need_dx or need_dweight or need_dbias):
         return None, None, None
-    bwd = R.cached(("batch_norm_backward", fwd.key), lambda: _BatchNormBackward(fwd))
+    with R.one_thread():
+        bwd = R.cached(("batch_norm_backward", fwd.key), lambda: _BatchNormBackward(fwd))
     diff_dst = converted(dy, bwd.diff_dst_md, (bwd.key, "diff_dst"))
     dx = _new(fwd.shape, fwd.channels_last)  # made even when not asked: oneDNN always writes it
     c = fwd.shape[1]
     dweight, dbias = np.empty(c, np.float32), np.empty(c, np.float32)
-    bwd.primitive.run({L.ARG_SRC: x, L.ARG_DIFF_DST: diff_dst, L.ARG_DIFF_SRC: dx, L.ARG_SCALE: scale,
-                       L.ARG_MEAN: mean, L.ARG_VARIANCE: var, L.ARG_DIFF_SCALE: dweight, L.ARG_DIFF_SHIFT: dbias})
+    with R.one_thread():
+        bwd.primitive.run({L.ARG_SRC: x, L.ARG_DIFF_DST: diff_dst, L.ARG_DIFF_SRC: dx, L.ARG_SCALE: scale,
+                           L.ARG_MEAN: mean, L.ARG_VARIANCE: var, L.ARG_DIFF_SCALE: dweight,
+                           L.ARG_DIFF_SHIFT: dbias})
     return (dx if need_dx else None), (dweight if need_dweight else None), (dbias if need_dbias else None)
 
 
