@@ -96,7 +96,8 @@ class _Forward:
         if g.bias:
             args[L.ARG_BIAS] = self.bias_md.handle
         self.primitive = R.Primitive(self.pd, args, "conv forward")
-        self.dst_direct = R.md_equal(self.dst_md, R.MemoryDesc.from_tag(g.output_shape, activation_tag()).handle)
+        wanted = R.MemoryDesc.from_tag(g.output_shape, activation_tag())  # referenced until compared
+        self.dst_direct = R.md_equal(self.dst_md, wanted.handle)
 
 
 class Conv2dOnednnCache(NamedTuple):
@@ -175,8 +176,8 @@ class _BackwardData:
         self.diff_dst_md = self.pd.md(L.QUERY_DIFF_DST_MD)
         self.primitive = R.Primitive(self.pd, {L.ARG_DIFF_SRC: self.diff_src_md, L.ARG_WEIGHTS: self.weights_md,
                                                L.ARG_DIFF_DST: self.diff_dst_md}, "conv backward data")
-        self.diff_src_direct = R.md_equal(self.diff_src_md,
-                                          R.MemoryDesc.from_tag(g.input_shape, activation_tag()).handle)
+        wanted = R.MemoryDesc.from_tag(g.input_shape, activation_tag())  # referenced until compared
+        self.diff_src_direct = R.md_equal(self.diff_src_md, wanted.handle)
 
 
 class _BackwardWeights:

@@ -128,7 +128,11 @@ def dims(values) -> L.Dims:
 
 
 class MemoryDesc:
-    """An owned ``dnnl_memory_desc_t`` (destroyed with this object)."""
+    """An owned ``dnnl_memory_desc_t`` (destroyed with this object).
+
+    Keep the object referenced while its ``handle`` is in use: ``f(MemoryDesc...(...).handle)``
+    would hand ``f`` a descriptor already destroyed with the temporary object.
+    """
 
     __slots__ = ("handle",)
 
@@ -319,9 +323,12 @@ class Primitive:
                 status = set_handle(self._slot[index], address)
                 if status != L.SUCCESS:
                     raise OnednnError(f"oneDNN dnnl_memory_set_data_handle failed: {L.STATUS_NAMES.get(status, status)}")
+            start = time.perf_counter()
             status = L_.raw.dnnl_primitive_execute(self.handle, stream(), len(self.indices), self.exec_args)
+            elapsed = time.perf_counter() - start
         _stats["executions"] += 1
-        _executions_by_kind[self.kind] = _executions_by_kind.get(self.kind, 0) + 1
+        count, seconds = _executions_by_kind.get(self.kind, (0, 0.0))
+        _executions_by_kind[self.kind] = (count + 1, seconds + elapsed)
         if status != L.SUCCESS:
             raise OnednnError(f"oneDNN primitive ({self.pd.implementation()}) failed to run: "
                               f"{L.STATUS_NAMES.get(status, status)}")
@@ -358,8 +365,10 @@ def cached(key, build):
 
 def stats() -> dict:
     """Counters: ``primitives`` built (JIT compiles), their ``compile_seconds``, ``executions``
-    (in all and ``by_kind``), and how many objects are ``cached``."""
-    return dict(_stats, cached=len(_cache), by_kind=dict(_executions_by_kind))
+    (in all, and per kind of primitive in ``by_kind`` with ``seconds_by_kind``), and how many
+    objects are ``cached``."""
+    return dict(_stats, cached=len(_cache), by_kind={k: n for k, (n, _) in _executions_by_kind.items()},
+                seconds_by_kind={k: t for k, (_, t) in _executions_by_kind.items()})
 
 
 def clear_cache() -> None:
