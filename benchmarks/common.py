@@ -15,7 +15,7 @@ import time
 
 THREADS = int(os.environ.get("CNNKIT_BENCH_THREADS", "2"))
 # BLAS reads these at load time: set them before NumPy is imported anywhere.
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CNNKIT_NUM_THREADS"):
     os.environ.setdefault(_var, str(THREADS))
 # PyTorch's OpenMP threads spin while they wait for work. On a machine shared with other jobs a
 # spinning thread steals the core its partner needs: LeNet-5's PyTorch training step measured
@@ -142,8 +142,19 @@ def machine_info(torch) -> dict:
     except ImportError:
         pass
     import cnnkit
+    from cnnkit import backend
 
+    name, why = backend.active_backend()
+    kernels = name
+    if name == "onednn":
+        from cnnkit.cli.info import collect
+
+        dnnl = collect()["onednn"]
+        kernels = (f"oneDNN {dnnl['version']} ({dnnl['isa']}, {dnnl['openmp_threads']} OpenMP threads, "
+                   f"{dnnl['activation_layout']} activations)")
     return {
+        "backend": name,
+        "kernels": kernels,
         "cpu": cpu,
         "cores": os.cpu_count(),
         "threads": THREADS,

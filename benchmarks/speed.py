@@ -35,11 +35,14 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a subset of the layers and models, fewer repetitions")
     p.add_argument("--only", default="layers,ops,models,memory",
-                   help="comma-separated sections to run: layers, ops, models, memory (default: all)")
+                   help="comma-separated sections to run: layers, ops, models, memory, layouts "
+                        "(default: all but layouts)")
     p.add_argument("--repeat", type=int, help="interleaved rounds per measurement (default 7, --quick 3)")
     p.add_argument("--output", default=os.path.join(ROOT, "BENCHMARKS.md"), help="the Markdown file to update")
     p.add_argument("--no-write", action="store_true", help="print the tables, do not touch BENCHMARKS.md")
     p.add_argument("--render", metavar="JSON", help="only rewrite BENCHMARKS.md from a saved results file")
+    p.add_argument("--backend", choices=("auto", "numpy", "onednn"),
+                   help="cnnkit's kernel backend (default: CNNKIT_BACKEND, else auto: oneDNN where installed)")
     return p.parse_args(argv)
 
 
@@ -51,6 +54,11 @@ def main(argv=None) -> int:
         return 0
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
     repeat = args.repeat or (3 if args.quick else 7)
+    if args.backend:
+        os.environ["CNNKIT_BACKEND"] = args.backend  # also for the memory runs' child processes
+        from cnnkit import backend
+
+        backend.set_backend(args.backend)
     torch = common.setup_threads()
     started = time.time()
     info = common.machine_info(torch)
@@ -58,6 +66,11 @@ def main(argv=None) -> int:
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     log(f"machine: {info}")
     results = {"info": info, "quick": args.quick, "repeat": repeat}
+    if "layouts" in sections:
+        import layers
+
+        log("activation layouts (oneDNN), whole training steps:")
+        results["layouts"] = layers.run_layouts(torch, args.quick, repeat, log)
     if "layers" in sections:
         import layers
 
@@ -80,7 +93,8 @@ def main(argv=None) -> int:
         results["memory"] = memory.run(args.quick, log)
     results["seconds"] = time.time() - started
     results["command"] = "python benchmarks/speed.py" + (" --quick" if args.quick else "") + (
-        f" --only {args.only}" if sections != {"layers", "ops", "models", "memory"} else "")
+        f" --only {args.only}" if sections != {"layers", "ops", "models", "memory"} else "") + (
+        f" --backend {args.backend}" if args.backend else "")
     results["date"] = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
 
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
@@ -173,6 +187,9 @@ def render(results: dict) -> str:
         f"cnnkit {info['cnnkit']}. Square float32 sgemm through NumPy: {info['sgemm_gflops']:.0f} GFLOP/s "
         "at the start of the run.",
         "",
+        f"cnnkit's kernels: **{info.get('kernels', 'NumPy')}** (backend `{info.get('backend', 'numpy')}`; "
+        "`cnnkit info` says which is active and why).",
+        "",
         "Ratio = cnnkit time / PyTorch time (below 1: cnnkit is faster). The machine is shared, so "
         "absolute times vary from run to run; the ratios come from interleaved runs in one process.",
     ]
@@ -183,6 +200,17 @@ def render(results: dict) -> str:
         rows = [[r["model"], r["batch"], r["input"], r["mode"], fmt_ms(r["cnnkit"]), fmt_ms(r["torch"]),
                  f"**{fmt_ratio(r['cnnkit'], r['torch'])}**"] for r in results["models"]]
         out.append(markdown_table(["model", "batch", "input", "", "cnnkit ms", "PyTorch ms", "ratio"], rows))
+    if results.get("layouts"):
+        out += ["", "### Activation layouts (oneDNN), whole training steps", "",
+                "The same training step with oneDNN handing on channels-last arrays, or C-ordered (NCHW) "
+                "arrays that each convolution reorders to and from its kernel's layout (nhwc, or oneDNN's "
+                "blocked choice). *Reorders* is the time oneDNN spent in them; a step minus its reorders "
+                "bounds what blocked activations kept between layers could reach.", ""]
+        rows = [[r["model"], r["batch"], r["mode"], fmt_ms(r["cnnkit"]), fmt_ms(r["reorder_seconds"]),
+                 fmt_ms(r["cnnkit"] - r["reorder_seconds"]), fmt_ms(r["torch"]), f"**{fmt_ratio(r['cnnkit'], r['torch'])}**"]
+                for r in results["layouts"]]
+        out.append(markdown_table(["model", "batch", "activations", "step ms", "reorders ms", "step - reorders ms",
+                                   "PyTorch ms", "ratio"], rows))
     if results.get("memory"):
         out += ["", "### Peak memory of a training step", "",
                 "Each framework in its own process: resident-set high-water mark during three training "
@@ -198,19 +226,26 @@ def render(results: dict) -> str:
     if results.get("conv"):
         out += ["", "### Convolution layers", "",
                 "Forward in training mode; backward computes the input, weight (and bias) gradients. "
-                "GFLOP/s over forward + backward (3x the forward's 2·N·F·C·kh·kw·out_h·out_w); "
+                "GFLOP/s: forward 2·N·F·C·kh·kw·out_h·out_w, backward twice that; "
                 "% sgemm: that rate over a 1024x1024 sgemm timed in the same interleaved rounds.", ""]
         rows = []
         for r in results["conv"]:
+            def rate(fwd_key, bwd_key):
+                if fwd_key not in r:  # results saved before the split into forward and backward
+                    return "", ""
+                return tuple(f"{r[k]:.0f} ({100 * r[k] / r['sgemm_gflops']:.0f}%)" for k in (fwd_key, bwd_key))
+
+            ck_fwd, ck_bwd = rate("cnnkit_fwd_gflops", "cnnkit_bwd_gflops")
+            pt_fwd, pt_bwd = rate("torch_fwd_gflops", "torch_bwd_gflops")
             rows.append([r["group"], r["name"], r["shape"], r["algorithm"],
                          fmt_ms(r["cnnkit_fwd"]), fmt_ms(r["torch_fwd"]), f"**{fmt_ratio(r['cnnkit_fwd'], r['torch_fwd'])}**",
                          fmt_ms(r["cnnkit_bwd"]), fmt_ms(r["torch_bwd"]), f"**{fmt_ratio(r['cnnkit_bwd'], r['torch_bwd'])}**",
-                         f"{r['cnnkit_gflops']:.0f} ({100 * r['cnnkit_gflops'] / r['sgemm_gflops']:.0f}%)",
-                         f"{r['torch_gflops']:.0f} ({100 * r['torch_gflops'] / r['sgemm_gflops']:.0f}%)"])
+                         ck_fwd, ck_bwd, pt_fwd, pt_bwd])
         out.append(markdown_table(["net", "layer", "input -> filters", "cnnkit algorithm",
                                    "fwd cnnkit ms", "fwd PyTorch ms", "fwd ratio",
                                    "bwd cnnkit ms", "bwd PyTorch ms", "bwd ratio",
-                                   "cnnkit GFLOP/s (% sgemm)", "PyTorch GFLOP/s (% sgemm)"], rows))
+                                   "cnnkit fwd GFLOP/s (% sgemm)", "cnnkit bwd GFLOP/s (% sgemm)",
+                                   "PyTorch fwd GFLOP/s (% sgemm)", "PyTorch bwd GFLOP/s (% sgemm)"], rows))
     if results.get("ops"):
         out += ["", "### Pooling, batch normalisation, linear", "",
                 "Training-mode forward; backward with the input and parameter gradients.", ""]
