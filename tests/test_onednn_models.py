@@ -138,8 +138,10 @@ def test_profile_names_onednn_and_counts_jit_compiles():
     result = profile(M.create("lenet5", seed=0), SHAPES["lenet5"], batch_size=4, repeat=1, warmup=1,
                      sgemm_gflops=100.0)
     conv = next(r for r in result.layers if r.type == "Conv2d")
-    assert conv.algorithm == "onednn"
+    assert conv.algorithm == "onednn" and conv.split_ms()[1] > 0  # oneDNN primitives count as compute
     assert runtime.stats()["primitives"] > before  # new shapes: JIT compiles, counted
+    warmup_jit, timed_jit = result.jit_ms  # ... and reported: all in the warm-up step
+    assert warmup_jit > 0 and timed_jit == 0 and "JIT compiles" in str(result)
 
 
 def test_import_cnnkit_loads_no_library():

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ...profile import section
+from ..instrument import section
 from ..parallel import num_threads
 from ..workspace import scratch
 from . import library as L
@@ -293,6 +293,8 @@ class Primitive:
         L_ = lib()
         self.pd = pd
         self.kind = kind
+        # For cnnkit.profile: reorders are data movement, every other primitive is compute.
+        self.section = "reorder" if kind == "reorder" else "onednn"
         self.handle = L.handle()
         L_.call("dnnl_primitive_create", ctypes.byref(self.handle), pd.handle)
         self.scratchpad_bytes = pd.size(L.QUERY_SCRATCHPAD_MD)
@@ -323,9 +325,10 @@ class Primitive:
                 status = set_handle(self._slot[index], address)
                 if status != L.SUCCESS:
                     raise OnednnError(f"oneDNN dnnl_memory_set_data_handle failed: {L.STATUS_NAMES.get(status, status)}")
-            start = time.perf_counter()
-            status = L_.raw.dnnl_primitive_execute(self.handle, stream(), len(self.indices), self.exec_args)
-            elapsed = time.perf_counter() - start
+            with section(self.section):
+                start = time.perf_counter()
+                status = L_.raw.dnnl_primitive_execute(self.handle, stream(), len(self.indices), self.exec_args)
+                elapsed = time.perf_counter() - start
         _stats["executions"] += 1
         count, seconds = _executions_by_kind.get(self.kind, (0, 0.0))
         _executions_by_kind[self.kind] = (count + 1, seconds + elapsed)
