@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cnnkit", description="Convolutional neural networks in NumPy: train, evaluate, inspect.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from .. import __version__
+    from .._version import __version__
 
     parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

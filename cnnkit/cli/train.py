@@ -157,8 +157,9 @@ def run(args) -> int:
     callbacks = [HistoryWriter(out_dir), checkpoint]
     if args.diagnostics:
         from ..train.diagnostics import Diagnostics
+        from ..viz.curves import plot_diagnostics
 
-        callbacks.insert(0, Diagnostics(every=args.diagnostics, out_dir=out_dir))
+        callbacks.insert(0, Diagnostics(every=args.diagnostics, out_dir=out_dir, plot=plot_diagnostics))
     if args.early_stop:
         callbacks.append(EarlyStopping(patience=args.early_stop))
     trainer = Trainer(model, optimizer, scheduler=scheduler, callbacks=callbacks, progress=not args.no_progress)

@@ -42,6 +42,9 @@ class _Elementwise(Module):
         cache = self._restore()
         return self._backward_kernel(dy, cache) if input_grad else None
 
+    def macs(self, input_shape, output_shape) -> int:
+        return 0  # element-wise: not counted, as in the papers' tables
+
     # Most activations keep their output (see cnnkit.functional.activation); a layer that keeps
     # something else says so.
     def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
@@ -226,6 +229,9 @@ class Identity(Module):
     def backward(self, dy, input_grad: bool = True):
         self._restore()
         return dy if input_grad else None
+
+    def macs(self, input_shape, output_shape) -> int:
+        return 0  # the identity
 
     def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
         return LayerMemory(aliases_input=True)  # the output is the input; only its shape is cached

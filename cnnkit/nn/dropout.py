@@ -56,6 +56,9 @@ class Dropout(Module):
         cache = self._restore()
         return dropout_backward(dy, cache) if input_grad else None
 
+    def macs(self, input_shape, output_shape) -> int:
+        return 0  # element-wise: not counted
+
     def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
         return dropout_memory(ArraySpec((batch_size,) + tuple(input_shape), dtype), self.p, self.training)
 

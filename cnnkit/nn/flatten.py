@@ -68,6 +68,9 @@ class Flatten(Module):
             )
         return _flattened(full, start, end)[1:]
 
+    def macs(self, input_shape, output_shape) -> int:
+        return 0  # a view
+
     def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
         return LayerMemory(aliases_input=True)  # a view of the input; only its shape is cached
 

@@ -38,11 +38,15 @@ class Node(NamedTuple):
 class MultiInputModule(Module):
     """A module with several inputs: ``forward(*xs) -> y``, ``backward(dy) -> (dx0, dx1, ...)``.
 
-    ``output_shape(*shapes)`` takes one sample's shape per input.
+    ``output_shape(*shapes)`` takes one sample's shape per input; ``onnx_export(ctx, inputs,
+    prefix)`` one tensor name per input.
     """
 
     def __call__(self, *xs):
         return self.forward(*xs)
+
+    def macs(self, input_shape, output_shape) -> int:
+        return 0  # element-wise merges are not counted
 
 
 def _is_trainable(module: Module) -> bool:
