@@ -11,10 +11,31 @@ gradients can be compared to it.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..backend import array_module
 from .activation import log_softmax_forward
+
+
+class CrossEntropyCache(NamedTuple):
+    log_p: object  # (N, C) log-probabilities
+    labels: object
+    weight: object  # class weights (C,) or None
+    target_weight: object  # the weight of each sample's label (N,) or None
+    label_smoothing: float
+    reduction: str
+    normalizer: object  # what "mean" divides by
+
+
+class MultiMarginCache(NamedTuple):
+    margins: object  # (N, C), the label column zeroed
+    labels: object
+    target_weight: object
+    p: int
+    reduction: str
+
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -131,7 +152,7 @@ def cross_entropy_forward(logits, labels, *, weight=None, label_smoothing: float
         per_sample = per_sample + (label_smoothing / classes) * smooth
     normalizer = n if target_weight is None else target_weight.sum()
     loss = _reduce(per_sample, reduction, normalizer)
-    cache = (log_p, labels, weight, target_weight, label_smoothing, reduction, normalizer)
+    cache = CrossEntropyCache(log_p, labels, weight, target_weight, label_smoothing, reduction, normalizer)
     return loss, cache
 
 
@@ -201,7 +222,7 @@ def multi_margin_forward(logits, labels, *, p: int = 1, margin: float = 1.0, wei
     if target_weight is not None:
         per_sample *= target_weight
     loss = _reduce(per_sample, reduction, n)
-    return loss, (margins, labels, target_weight, p, reduction)
+    return loss, MultiMarginCache(margins, labels, target_weight, p, reduction)
 
 
 def multi_margin_backward(dloss, cache):

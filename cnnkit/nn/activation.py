@@ -14,6 +14,8 @@ from ..functional.memory import ArraySpec, LayerMemory
 from .module import Module
 from .validation import check_input
 
+__all__ = ["ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Softmax", "LogSoftmax", "Identity"]  # what cnnkit.nn exports from here
+
 
 def check_any_rank(x, layer: str) -> None:
     """Raise a clear error unless ``x`` is a floating-point array (any rank)."""

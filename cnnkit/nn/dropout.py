@@ -10,6 +10,8 @@ from ..functional.memory import ArraySpec, LayerMemory
 from .activation import check_any_rank
 from .module import Module
 
+__all__ = ["Dropout"]  # what cnnkit.nn exports from here
+
 
 def make_generator(generator, layer: str) -> np.random.Generator:
     """``None`` -> a freshly seeded generator, an int -> ``default_rng(seed)``, a Generator as is."""

@@ -5,6 +5,8 @@ from ..backend import array_module
 from ..functional.memory import LayerMemory
 from .module import Module
 
+__all__ = ["Flatten"]  # what cnnkit.nn exports from here
+
 
 def _resolve_dims(start_dim: int, end_dim: int, ndim: int, shape) -> tuple[int, int]:
     """Turn possibly negative dims into ``0 <= start <= end < ndim`` or raise naming the values."""

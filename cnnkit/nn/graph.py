@@ -28,6 +28,8 @@ from ..backend import array_module
 from ..functional.memory import LayerMemory
 from .module import Module
 
+__all__ = ["Graph", "MultiInputModule", "Add", "Mul", "Cat"]  # what cnnkit.nn exports from here
+
 
 class Node(NamedTuple):
     name: str                 # attribute name of the module on the graph (its state-dict prefix)

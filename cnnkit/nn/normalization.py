@@ -15,6 +15,8 @@ from ..functional.norm import BATCH_NORM, LOCAL_RESPONSE_NORM
 from .module import Module, Parameter
 from .validation import check_input
 
+__all__ = ["BatchNorm1d", "BatchNorm2d", "LocalResponseNorm"]  # what cnnkit.nn exports from here
+
 
 def _is_number(value) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool)

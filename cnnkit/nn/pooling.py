@@ -31,6 +31,8 @@ from ..functional.shapes import check_positive, conv_output_size, pair
 from .module import Module, is_grad_enabled
 from .validation import check_input, check_sample_shape
 
+__all__ = ["MaxPool2d", "AvgPool2d", "LPPool2d", "AdaptiveAvgPool2d"]  # what cnnkit.nn exports from here
+
 
 def _batch_spec(input_shape, batch_size, dtype) -> ArraySpec:
     return ArraySpec((batch_size,) + tuple(input_shape), dtype)
