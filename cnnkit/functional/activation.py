@@ -107,6 +107,42 @@ def leaky_relu_backward(dy, cache):
     return xp.where(positive, dy, dy * negative_slope)
 
 
+# -- hard swish --------------------------------------------------------------------------------
+class HardswishCache(NamedTuple):
+    x: object
+
+
+def hardswish_forward(x):
+    """``y = x * relu6(x + 3) / 6`` (MobileNetV3's cheap swish); return ``(y, cache)``.
+
+    Shape:
+        x: any shape -> y: same shape as x
+    """
+    xp = array_module(x)
+    y = xp.clip(x + 3, 0, 6)
+    y *= x
+    y /= 6
+    return y, HardswishCache(x)
+
+
+def hardswish_backward(dy, cache):
+    """``dx = 0`` for ``x <= -3``, ``dy * (x/3 + 1/2)`` for ``-3 < x < 3``, ``dy`` from 3 on (PyTorch's
+    choice at the two kinks).
+
+    Shape:
+        dy: same shape as y -> dx: same shape as x
+    """
+    xp = array_module(dy)
+    x = cache.x
+    slope = xp.where(x <= -3, 0, xp.where(x < 3, x / 3 + 0.5, 1)).astype(dy.dtype, copy=False)
+    return dy * slope
+
+
+def input_memory(x, *args, **kwargs) -> LayerMemory:
+    """Hard swish keeps its input ``x`` (the slope is a function of x), nothing new."""
+    return LayerMemory(keeps_input=True)
+
+
 # -- tanh --------------------------------------------------------------------------------------
 def tanh_forward(x):
     """``y = tanh(x)``; return ``(y, cache)``.

@@ -14,7 +14,7 @@ from ..functional.memory import ArraySpec, LayerMemory
 from .module import Module
 from .validation import check_input
 
-__all__ = ["ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Softmax", "LogSoftmax", "Identity"]  # what cnnkit.nn exports from here
+__all__ = ["ReLU", "LeakyReLU", "Hardswish", "Tanh", "Sigmoid", "Softmax", "LogSoftmax", "Identity"]  # what cnnkit.nn exports from here
 
 
 def check_any_rank(x, layer: str) -> None:
@@ -122,6 +122,33 @@ class LeakyReLU(_Elementwise):
 
     def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}"
+
+
+class Hardswish(_Elementwise):
+    """``y = x * relu6(x + 3) / 6`` (Howard et al. 2019, MobileNetV3), PyTorch's ``nn.Hardswish``.
+
+    Shape:
+        input (N, *) -> output (N, *), same shape
+    """
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = bool(inplace)  # accepted for PyTorch compatibility; never used
+
+    def _forward_kernel(self, x):
+        return F.hardswish_forward(x)
+
+    def _backward_kernel(self, dy, cache):
+        return F.hardswish_backward(dy, cache)
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return F.input_memory(ArraySpec((batch_size,) + tuple(input_shape), dtype))
+
+    def onnx_export(self, ctx, x, prefix):
+        if ctx.opset >= 14:
+            return ctx.node("HardSwish", [x], ctx.join(prefix, "HardSwish"))
+        gate = ctx.node("HardSigmoid", [x], ctx.join(prefix, "HardSigmoid"), alpha=1 / 6, beta=0.5)
+        return ctx.node("Mul", [x, gate], ctx.join(prefix, "Mul"))
 
 
 class Tanh(_Elementwise):
