@@ -46,6 +46,9 @@ class SoftmaxCache(NamedTuple):
 def relu_forward(x):
     """``y = max(x, 0)``; return ``(y, cache)``.
 
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.activation.relu`.
+
     Shape:
         x: any shape -> y: same shape as x
     """
@@ -65,6 +68,9 @@ def relu_forward(x):
 
 def relu_backward(dy, cache):
     """``dx = dy * [x > 0]`` (the subgradient at 0 is 0, as in PyTorch).
+
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.activation.relu_grad`.
 
     Shape:
         dy: same shape as y -> dx: same shape as x
@@ -86,6 +92,9 @@ def relu_backward(dy, cache):
 # -- LeakyReLU ---------------------------------------------------------------------------------
 def leaky_relu_forward(x, negative_slope: float = 0.01):
     """``y = x`` where ``x > 0``, else ``negative_slope * x``; return ``(y, cache)``.
+
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.activation.leaky_relu`.
 
     Shape:
         x: any shape -> y: same shape as x
@@ -147,6 +156,9 @@ def input_memory(x, *args, **kwargs) -> LayerMemory:
 def tanh_forward(x):
     """``y = tanh(x)``; return ``(y, cache)``.
 
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.activation.tanh`.
+
     Shape:
         x: any shape -> y: same shape as x
     """
@@ -170,6 +182,9 @@ def sigmoid_forward(x):
 
     ``exp`` only ever sees ``-|x|`` (at most 1), so ``x = -1000`` gives 0 instead of an overflow
     warning: for ``x >= 0`` use ``1 / (1 + e)``, for ``x < 0`` use ``e / (1 + e)``, ``e = exp(-|x|)``.
+
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.activation.sigmoid`.
 
     Shape:
         x: any shape -> y: same shape as x
@@ -197,6 +212,9 @@ def softmax_forward(x, axis: int = 1):
     Subtracting the maximum changes nothing mathematically and keeps ``exp`` at most 1, so logits
     of 1e4 do not overflow.
 
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.activation.softmax`.
+
     Shape:
         x: any shape -> y: same shape as x, summing to 1 along ``axis``
     """
@@ -221,6 +239,9 @@ def log_softmax_forward(x, axis: int = 1):
 
     Computed from the shifted logits directly, never as ``log(softmax(x))``, which gives
     ``log(0) = -inf`` once a probability underflows.
+
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.activation.log_softmax`.
 
     Shape:
         x: any shape -> y: same shape as x

@@ -127,6 +127,9 @@ def cross_entropy_forward(logits, labels, *, weight=None, label_smoothing: float
     i.e. ``l_i = -sum_c q[i, c] log p[i, c]`` for the target weights ``q[i] = (1 - eps) w[y]
     onehot(y) + (eps / C) w``. "mean" divides the sum by ``sum_i w[y_i]`` (``N`` without weights).
 
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.loss.cross_entropy`.
+
     Shape:
         logits: (N, C), labels: (N,) ints in [0, C), weight: (C,)
         loss: () for "mean"/"sum", (N,) for "none"
@@ -196,6 +199,9 @@ def multi_margin_forward(logits, labels, *, p: int = 1, margin: float = 1.0, wei
 
     (``w[y] = 1`` without ``weight``). "mean" divides the sum by ``N`` (not by the weights,
     unlike cross-entropy: that is PyTorch's definition too).
+
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.loss.multi_margin`.
 
     Shape:
         logits: (N, C), labels: (N,) ints in [0, C), weight: (C,)
