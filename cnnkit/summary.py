@@ -721,29 +721,9 @@ def _fmt_shape(shape) -> str:
     return "-" if shape is None else "x".join(str(s) for s in shape)
 
 
-# -- for the CLI and users ------------------------------------------------------------------------
+# -- for the CLI (cnnkit/cli/summary.py) and users ------------------------------------------------------------------------
 def default_input_shape(name: str) -> tuple:
     """The usual input of a registered model (``(3, 224, 224)`` unless it says otherwise)."""
     from .models.registry import default_input_shape as lookup
 
     return lookup(name)
-
-
-def summary_main(argv=None) -> int:
-    """``cnnkit summary MODEL [--input 3x224x224] [--batch-size N]`` without the CLI package."""
-    import argparse
-
-    from . import models
-
-    parser = argparse.ArgumentParser(prog="cnnkit summary")
-    parser.add_argument("model")
-    parser.add_argument("--input", default=None)
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--optimizer", default="momentum", choices=sorted(OPTIMIZER_STATE))
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    shape = (tuple(int(v) for v in args.input.lower().split("x")) if args.input
-             else default_input_shape(args.model))
-    s = summary(models.create(args.model), shape, args.batch_size, args.optimizer)
-    print(s.to_json(indent=1) if args.json else s)
-    return 0

@@ -16,7 +16,7 @@ from cnnkit.nn.linear import Linear
 from cnnkit.nn.loss import CrossEntropyLoss
 from cnnkit.nn.module import Module, Parameter
 from cnnkit.optim import SGD, Adam
-from cnnkit.summary import ShapeError, register_layer, summary, summary_main
+from cnnkit.summary import ShapeError, register_layer, summary
 
 
 def test_rows_cover_every_module_with_depth_and_totals_count_leaves_once(cheap_weights):
@@ -136,11 +136,13 @@ def test_table_and_json(cheap_weights):
     assert summary(M.lenet5(), (1, 28, 28)).to_dict()["output_shape"] == [10]
 
 
-def test_summary_main_prints_a_table(capsys):
-    assert summary_main(["lenet5", "--batch-size", "4"]) == 0
+def test_summary_command_prints_a_table(capsys):
+    from cnnkit.cli import main
+
+    assert main(["summary", "lenet5", "--batch-size", "4", "--optimizer", "adam"]) == 0
     out = capsys.readouterr().out
     assert "Total params: 61,706" in out and "features" in out
-    assert summary_main(["resnet20", "--json"]) == 0
+    assert main(["summary", "resnet20", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["input_shape"] == [3, 32, 32]
 
 
