@@ -200,7 +200,8 @@ def test_evaluate_and_viz_default_to_the_recorded_data_folder(in_tmp, monkeypatc
     assert main(["evaluate", "best.safetensors"]) == 0
     assert main(["viz", "confusion", "best.safetensors", "--out", "c.png"]) == 0
     assert main(["viz", "activations", "best.safetensors", "test:1", "--out", "a.png", "--max-layers", "2"]) == 0
-    assert roots == ["/recorded/data"] * 3
+    assert main(["viz", "report", ".", "--examples", "0"]) == 0
+    assert roots == ["/recorded/data"] * 4
     assert main(["evaluate", "best.safetensors", "--data-dir", "/given"]) == 0
     assert roots[-1] == "/given"
 
@@ -216,3 +217,16 @@ def test_a_real_run_records_its_data_folder(shared_data, in_tmp, monkeypatch, ca
     capsys.readouterr()
     assert main(["evaluate", "../r/best.safetensors"]) == 0  # no --data-dir: the recorded folder
     assert "on mnist test (10000 images)" in capsys.readouterr().out
+
+
+def test_data_not_found_anywhere_in_the_cli_mentions_data_dir(in_tmp, monkeypatch, capsys):
+    from urllib.error import URLError
+
+    monkeypatch.setattr("cnnkit.data.download.urlopen", lambda *a, **k: (_ for _ in ()).throw(URLError("offline")))
+    model = cnnkit.models.create("lenet5")
+    model.config = {**model.config, "dataset": "mnist", "input_shape": [1, 28, 28],
+                    "classes": [str(i) for i in range(10)], "data_dir": str(in_tmp / "gone")}
+    cnnkit.io.save(model, in_tmp / "m.safetensors")
+    for argv in (["evaluate", "m.safetensors"], ["viz", "activations", "m.safetensors", "test:0"]):
+        err = one_line_error(capsys, argv, 1)
+        assert "is not in" in err and "--data-dir" in err

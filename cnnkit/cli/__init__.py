@@ -28,6 +28,10 @@ EPILOG = """examples:
   cnnkit summary vgg16 --input 3x224x224
   cnnkit profile resnet20 --batch-size 128
   cnnkit viz activations runs/digits-digitnet/best.safetensors test:0
+  cnnkit train --resume runs/digits-digitnet/last.safetensors   # continue a run as it was
+
+errors are one line; exit codes: 0 done, 1 the command failed, 2 wrong command line, 130 interrupted
+(--debug or CNNKIT_DEBUG=1 shows the traceback)
 """
 
 
@@ -40,7 +44,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def _add_debug(parser) -> None:
-    # SUPPRESS: the flag may sit before or after the command without one overwriting the other.
+    # Listed in --help; main() takes --debug out of the arguments before parsing, so it works anywhere.
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the full traceback of an error (also: CNNKIT_DEBUG=1)")
 

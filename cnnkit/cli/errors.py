@@ -129,6 +129,12 @@ def one_line(exc: BaseException) -> tuple[str, int]:
             return (f"this command needs the optional package {package!r}, which is not installed: {install} "
                     "(into the environment cnnkit runs in, e.g. .venv/bin/pip install ...)"), EXIT_RUNTIME
         return _flat(exc), EXIT_RUNTIME
+    from ..data.download import DatasetNotFoundError
+
+    if isinstance(exc, DatasetNotFoundError):  # data a command looked up without common.load_dataset
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "dataset files not found"
+        return (f"{first_line} Pass --data-dir FOLDER with the dataset's official files in its subfolder "
+                "(or set CNNKIT_DATA)"), EXIT_RUNTIME
     if isinstance(exc, MemoryError):
         return ("out of memory: use a smaller --batch-size or model, or a smaller --input "
                 "(run with --debug for where it happened)"), EXIT_RUNTIME

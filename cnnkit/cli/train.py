@@ -43,7 +43,8 @@ def add_arguments(p):
     p.add_argument("--dataset", choices=sorted(RECIPES), help="dataset (default: digits)")
     p.add_argument("--model", help="model name (see `cnnkit summary --list`) or a spec such as "
                    "'conv5-6 maxpool conv5-16 maxpool fc-120 fc-84 fc-10' (default: the dataset's recipe)")
-    p.add_argument("--data-dir", help="folder holding the dataset files (default: $CNNKIT_DATA or ~/.cache/cnnkit)")
+    p.add_argument("--data-dir", help="folder holding the dataset files (default: $CNNKIT_DATA or ~/.cache/cnnkit; "
+                   "with --resume: the folder the run recorded)")
     p.add_argument("--epochs", type=positive_int, help="number of epochs (with --resume: the new total)")
     p.add_argument("--batch-size", type=positive_int, help="mini-batch size")
     p.add_argument("--lr", type=finite_float, help="initial learning rate")
@@ -61,7 +62,7 @@ def add_arguments(p):
     p.add_argument("--early-stop", type=positive_int, metavar="EPOCHS", help="stop after this many epochs without "
                    "validation improvement")
     p.add_argument("--limit", type=positive_int, help="use only the first N training images (quick experiments)")
-    p.add_argument("--seed", type=int, help="random seed for the initial weights, the validation split, shuffling "
+    p.add_argument("--seed", type=nonnegative_int, help="random seed for the initial weights, the validation split, shuffling "
                    "and augmentation (default 0): the same seed and command give the same run")
     p.add_argument("--out", help="run folder (default: runs/DATASET-MODEL, or runs/DATASET-MODEL-2, -3, ... when "
                    "that exists); an existing folder given here is reused: its checkpoints and history are replaced")
