@@ -1,6 +1,8 @@
 """Checkpoints that say what they are (issue 17, item 9): mismatches name the checkpoint's model,
 dataset, shape and classes; ensembles must agree; --init must fit; export uses the recorded input
 shape; summary takes specs and refuses the generic registry names; --list shows only models."""
+import json
+
 import pytest
 
 import cnnkit
@@ -96,3 +98,11 @@ def test_list_shows_only_models_one_can_name(capsys):
     names = capsys.readouterr().out.split()
     assert "spec" not in names and "vgg" not in names
     assert {"digitnet", "lenet5", "vgg16", "vgg16_bn", "resnet20", "googlenet"} <= set(names)
+
+
+def test_summary_optimizer_flag_changes_the_training_memory_estimate(capsys):
+    sizes = {}
+    for optimizer in ("sgd", "adam"):
+        assert main(["summary", "lenet5", "--json", "--optimizer", optimizer]) == 0
+        sizes[optimizer] = json.loads(capsys.readouterr().out)["training_memory"]["optimizer_state"]
+    assert sizes == {"sgd": 0, "adam": 2 * 61_706 * 4}
