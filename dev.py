@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Set up a virtual environment in .venv (once) and run the main job or the test suite.
 
-    python3 dev.py train [ARGS...]   # cnnkit train (the main job) with optional arguments
-    python3 dev.py test  [ARGS...]   # the test suite (pytest arguments pass through)
+    python3 dev.py train [ARGS...]   # cnnkit train (the main job) with optional arguments, run in
+                                     # the current folder (relative paths are yours; runs/ goes here)
+    python3 dev.py test  [ARGS...]   # the test suite, run in the repository (pytest arguments pass through)
 
 Needs nothing but Python >= 3.10. Re-installs only when pyproject.toml changes. Both install the
 oneDNN kernels (``cnnkit[onednn]``) where a wheel exists; ``CNNKIT_BACKEND=numpy`` runs without them.
@@ -42,7 +43,9 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     if command == "train":
         ensure_env("onednn")  # the oneDNN kernels where a wheel exists (x86-64 Linux); NumPy elsewhere
-        return subprocess.call([str(PYTHON), "-m", "cnnkit", "train", *rest], cwd=ROOT)
+        # From the folder the user is in, so that paths they type (--data-dir, --out, --resume)
+        # and the runs/ folder are where they expect.
+        return subprocess.call([str(PYTHON), "-m", "cnnkit", "train", *rest])
     ensure_env("test")
     workers = ["-n", "2"] if not any(a.startswith("-n") for a in rest) else []
     # Two pytest workers on two cores: one BLAS/OpenMP thread each, or the threads oversubscribe

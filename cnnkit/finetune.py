@@ -11,11 +11,13 @@
   for the pretrained body and a large one for the new head.
 * :func:`freeze_batchnorm` keeps BatchNorm layers in eval mode (running statistics, no updates)
   even when the trainer calls ``model.train()``.
+
+The command line's options for these (``cnnkit train --init --freeze --freeze-bn --num-classes``)
+live in :mod:`cnnkit.cli.finetune`.
 """
 from __future__ import annotations
 
 import fnmatch
-from typing import Iterable
 
 import numpy as np
 
@@ -219,52 +221,16 @@ def load_pretrained(model: Module, state: dict, *, skip_mismatched: bool = True)
     return skipped
 
 
-def first_trainable_index(children: Iterable[Module]) -> int:
-    """Index of the first child with a trainable parameter (``len(children)`` when none): the
-    children before it form a frozen prefix whose backward can be skipped."""
-    children = list(children)
-    for i, child in enumerate(children):
-        if any(p.requires_grad for p in child.parameters()):
-            return i
-    return len(children)
 
-
-# ---- the command line: `cnnkit train --init CKPT_OR_PTH --freeze PATTERN --num-classes N` ------------
-
-
-def add_finetune_arguments(p) -> None:
-    """The fine-tuning options of ``cnnkit train``."""
-    p.add_argument("--init", metavar="CKPT_OR_PTH", help="start from these weights (a cnnkit checkpoint, or a "
-                   ".pth/.safetensors/.npz state dict such as torchvision's); entries whose shape differs "
-                   "(the old classifier) are skipped and stay freshly initialised")
-    p.add_argument("--freeze", metavar="PATTERN", action="append", help="freeze the parameters matching this "
-                   "glob or module prefix, e.g. 'features' or 'layer[1-3].*' (repeatable, or comma-separated)")
-    p.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm layers in eval mode with frozen "
-                   "statistics and affine parameters while fine-tuning")
-    p.add_argument("--num-classes", type=int, help="size of the classifier (default: the dataset's classes)")
+# ---- weights from a file ------------------------------------------------------------------------
 
 
 def read_weights(path) -> dict:
-    """A state dict from a cnnkit checkpoint or from a plain weights file."""
+    """A state dict from a cnnkit checkpoint or from a plain weights file (``.pth``, ``.safetensors``,
+    ``.npz``); ``cnnkit train --init`` reads its file with this."""
     from . import io
 
     try:
         return dict(io.load_checkpoint(path).model.state_dict())
     except (KeyError, ValueError, TypeError):
         return dict(io.load_state_dict(path))
-
-
-def apply_finetune_arguments(model: Module, args) -> Module:
-    """Apply ``--init``, ``--freeze`` and ``--freeze-bn`` to a freshly built ``model``."""
-    if getattr(args, "init", None):
-        skipped = load_pretrained(model, read_weights(args.init))
-        loaded = len(model.state_dict()) - len([k for k in skipped if k in model.state_dict()])
-        print(f"initialised {loaded} arrays from {args.init}"
-              + (f"; kept fresh: {', '.join(skipped)}" if skipped else ""))
-    if getattr(args, "freeze", None):
-        names = freeze(model, ",".join(args.freeze))
-        trainable, total = count_parameters(model)
-        print(f"froze {len(names)} parameter arrays; training {trainable:,} of {total:,} parameters")
-    if getattr(args, "freeze_bn", False):
-        freeze_batchnorm(model)
-    return model

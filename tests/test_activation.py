@@ -3,7 +3,7 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch")  # PyTorch is the oracle; without it these tests skip
 
 import cnnkit
 from cnnkit.functional import activation as F
@@ -243,3 +243,52 @@ def test_relu_on_threads_matches_torch(contiguous, rng, monkeypatch):
     ty.backward(torch.from_numpy(np.ascontiguousarray(dy)))
     np.testing.assert_array_equal(y, ty.detach().numpy())
     np.testing.assert_array_equal(dx, tx.grad.numpy())
+
+
+# -- Hardswish: the example of a layer added in three files (kernel, module, these tests) --------
+def _hardswish_naive(x, dy):
+    """Element by element, straight from the definition (PyTorch's slopes at the kinks)."""
+    y, dx = np.empty_like(x), np.empty_like(x)
+    for i, (v, g) in enumerate(zip(x.ravel(), dy.ravel())):
+        y.flat[i] = v * min(max(v + 3, 0), 6) / 6
+        dx.flat[i] = g * (0.0 if v <= -3 else (v / 3 + 0.5 if v < 3 else 1.0))
+    return y, dx
+
+
+def test_hardswish_gradcheck_naive_and_torch(rng):
+    from cnnkit.nn import Hardswish
+
+    x = rng.uniform(-5, 5, (3, 4, 5)) + 0.01  # inside the regions, clear of the kinks at +-3
+    x[np.abs(np.abs(x) - 3) < 0.05] += 0.1
+    assert cnnkit.gradcheck(Hardswish(), x)
+    x = np.concatenate([rng.uniform(-6, 6, 57), [-3.0, 3.0, 0.0]]).reshape(3, 20).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    layer = Hardswish()
+    y = layer(x)
+    dx = layer.backward(dy)
+    want_y, want_dx = _hardswish_naive(x, dy)
+    np.testing.assert_allclose(y, want_y, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-6, atol=1e-7)
+    ty, tdx = torch_forward_backward(torch.nn.Hardswish(), x, dy)
+    np.testing.assert_allclose(y, ty, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dx, tdx, rtol=1e-6, atol=1e-7)  # the kinks too
+    assert y.dtype == dx.dtype == np.float32
+
+
+def test_hardswish_needs_no_other_file_for_summary_profile_and_onnx(rng, tmp_path):
+    from cnnkit.nn import Conv2d, Hardswish, Sequential
+    from cnnkit.profile import profile
+
+    model = Sequential(Conv2d(3, 4, 3, padding=1, generator=rng), Hardswish())
+    s = cnnkit.summary(model, (3, 8, 8), batch_size=2)
+    assert s.rows[-1]["type"] == "Hardswish" and s.rows[-1]["macs"] == 0 and s.total_macs == 4 * 64 * 27
+    assert [r.type for r in profile(model, (3, 8, 8), batch_size=2, repeat=1).layers] == ["Conv2d", "Hardswish"]
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32) * 3
+    for opset in (13, 14):  # HardSigmoid * x before opset 14, HardSwish from 14
+        path = tmp_path / f"hardswish{opset}.onnx"
+        cnnkit.onnx.export(model.eval(), path, (3, 8, 8), opset=opset)
+        assert {"HardSwish" if opset >= 14 else "HardSigmoid"} <= {n.op_type for n in onnx.load(str(path)).graph.node}
+        got = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
+        np.testing.assert_allclose(got, model(x), rtol=1e-5, atol=1e-6)

@@ -43,17 +43,19 @@ def test_predict_on_png(trained_run, tmp_path, capsys):
 
 
 def test_resume_continues(trained_run, tmp_path, capsys):
-    code = main(["train", "--epochs", "4", "--out", str(tmp_path), "--resume", str(trained_run / "last.safetensors"),
-                 "--no-progress"])
+    import shutil
+
+    run = shutil.copytree(trained_run, tmp_path / "run")  # a resumed run continues in its own folder
+    code = main(["train", "--epochs", "4", "--resume", str(run / "last.safetensors"), "--no-progress", "--no-report"])
     assert code == 0
     text = capsys.readouterr().out
     assert "resumed from" in text and "epoch 4/4" in text and "epoch 3/4" not in text
 
 
 def test_bad_arguments_give_one_clear_line(capsys):
-    assert main(["train", "--epochs", "0"]) == 1
-    assert "--epochs must be >= 1, got 0" in capsys.readouterr().err
-    assert main(["evaluate", "/nonexistent.ckpt"]) == 1
+    assert main(["train", "--epochs", "0"]) == 2  # usage
+    assert "argument --epochs: must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert main(["evaluate", "/nonexistent.ckpt"]) == 1  # runtime
     assert "/nonexistent.ckpt" in capsys.readouterr().err
 
 

@@ -13,6 +13,7 @@ from cnnkit.optim import SGD
 from cnnkit.train.callbacks import HistoryWriter
 from cnnkit.train.diagnostics import Diagnostics, activation_stats
 from cnnkit.train.trainer import Trainer
+from cnnkit.viz.curves import plot_diagnostics
 
 
 def batches(rng, n=6, batch=8):
@@ -55,7 +56,7 @@ def test_activation_stats_dead_units():
 def test_diagnostics_records_stats_and_history(tmp_path, rng):
     model = small_model(rng)
     optimizer = SGD(model.parameters(), lr=0.05)
-    diag = Diagnostics(every=2, out_dir=tmp_path)
+    diag = Diagnostics(every=2, out_dir=tmp_path, plot=plot_diagnostics)
     trainer = Trainer(model, optimizer, callbacks=[HistoryWriter(tmp_path), diag], out=None)
     data = batches(rng, n=5)
     snapshot = {}

@@ -61,6 +61,24 @@ def test_zoo_models_export(name, kwargs, shape, tmp_path, rng):
     check_export(model, shape, tmp_path, rng, batch=1 if name in ("alexnet", "googlenet") else 2)
 
 
+@pytest.mark.parametrize("name, kwargs, shape", [
+    ("lenet5", {}, (1, 28, 28)),
+    ("resnet20", {}, (3, 32, 32)),
+    ("resnet18", {"num_classes": 10}, (3, 32, 32)),
+    ("googlenet", {"num_classes": 10, "variant": "torchvision"}, (3, 64, 64)),
+])
+def test_fused_zoo_models_export_what_they_compute(name, kwargs, shape, tmp_path, rng):
+    """cnnkit.nn.fuse folds BatchNorm into the convolutions and moves ReLUs inside them
+    (fused_relu): the export must carry those ReLUs, which only a numeric comparison can see."""
+    from cnnkit.nn import fuse
+
+    model = randomize_bn(models.create(name, seed=0, **kwargs), rng).eval()
+    fused = fuse(model, shape)
+    assert any(getattr(m, "fused_relu", False) for m in fused.modules())
+    _, x, ref = check_export(fused, shape, tmp_path, rng, batch=1)
+    np.testing.assert_allclose(model(x), ref, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
+
+
 def test_every_layer_and_container_exports(tmp_path, rng):
     model = Sequential(
         Conv2d(3, 8, 3, padding=1, generator=rng), BatchNorm2d(8), ReLU(),

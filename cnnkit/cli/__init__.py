@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError, one_line
 
 # name -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
@@ -26,40 +29,85 @@ EPILOG = """examples:
   cnnkit summary vgg16 --input 3x224x224
   cnnkit profile resnet20 --batch-size 128
   cnnkit viz activations runs/digits-digitnet/best.safetensors test:0
+  cnnkit train --resume runs/digits-digitnet/last.safetensors   # continue a run as it was
+
+errors are one line; exit codes: 0 done, 1 the command failed, 2 wrong command line, 130 interrupted
+(--debug or CNNKIT_DEBUG=1 shows the traceback)
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``cnnkit train: error: argument --limit: ... (see --help)``
+    raised as :class:`UsageError` so that ``main`` returns 2 instead of exiting the interpreter."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _add_debug(parser) -> None:
+    # Listed in --help; main() takes --debug out of the arguments before parsing, so it works anywhere.
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error (also: CNNKIT_DEBUG=1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="cnnkit", description="Convolutional neural networks in NumPy: train, evaluate, inspect.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from .. import __version__
+    from .._version import __version__
 
     parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
+    _add_debug(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
+        _add_debug(p)
         p.set_defaults(_run=module.run)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    try:
-        return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, TypeError, RuntimeError, OSError) as exc:
-        # Users get the sentence, not a traceback; CNNKIT_DEBUG=1 shows the traceback.
-        import os
+def _debug_wanted(argv) -> bool:
+    return "--debug" in argv or os.environ.get("CNNKIT_DEBUG", "") not in ("", "0")
 
-        if os.environ.get("CNNKIT_DEBUG"):
-            raise
-        print(f"cnnkit {args.command}: error: {exc}", file=sys.stderr)
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``cnnkit ARGV``; returns the exit code (0 ok, 1 the command failed, 2 bad usage,
+    130 interrupted). Failures print one line on stderr; ``--debug`` raises them instead."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = _debug_wanted(argv)
+    argv = [a for a in argv if a != "--debug"]  # accepted anywhere, also after `viz PICTURE`
+    command = next((a for a in argv if a in COMMANDS), None)
+    prog = f"cnnkit {command}" if command else "cnnkit"
+    try:
+        parser = build_parser()
+        args, unknown = parser.parse_known_args(argv)
+        prog = f"cnnkit {args.command}" if args.command else prog
+        if unknown:
+            picture = getattr(args, "picture", None)
+            raise UsageError(f"unrecognized arguments: {' '.join(unknown)} "
+                             f"(see {prog}{' ' + picture if picture else ''} --help)")
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        return int(args._run(args) or 0)
+    except BrokenPipeError:  # `cnnkit summary vgg16 | head`: the reader left; nothing to say
+        try:  # and no second error when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
         return 1
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line (or a traceback with --debug)
+        if debug:
+            raise
+        message, code = one_line(exc)
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return code

@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import dataset_for
+from .common import dataset_for, load_models, positive_int
 
 
 def add_arguments(p):
-    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint file(s); several = an ensemble")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint file(s); several = an ensemble "
+                   "(they must be trained on the same dataset)")
     p.add_argument("--dataset", help="dataset (default: the one the checkpoint was trained on)")
     p.add_argument("--split", default="test", choices=("train", "test"))
-    p.add_argument("--data-dir", help="folder holding the dataset files")
-    p.add_argument("--batch-size", type=int, default=500)
-
-
-def load_models(paths):
-    from .. import io
-
-    models = [io.load(p) for p in paths]
-    configs = [getattr(m, "config", {}) or {} for m in models]
-    return models, configs
+    p.add_argument("--data-dir", help="folder holding the dataset files (default: the one the run recorded)")
+    p.add_argument("--batch-size", type=positive_int, default=500)
 
 
 def run(args) -> int:
@@ -32,7 +25,7 @@ def run(args) -> int:
     from ..train import confusion_matrix, per_class_accuracy, predict_proba
 
     models, configs = load_models(args.checkpoints)
-    dataset, ds = dataset_for(args, configs[0])
+    dataset, ds = dataset_for(args, configs[0], args.checkpoints[0])
     loader = DataLoader(ds, args.batch_size, transform=Normalize.for_dataset(dataset))
     probs, labels = predict_proba(models, loader)
     pred = probs.argmax(axis=1)

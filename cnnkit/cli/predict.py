@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from .common import positive_int
+from .errors import UsageError, reading
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".npz", ".ckpt")  # .ckpt: refused by the reader with a clear line
+
 
 def add_arguments(p):
     p.add_argument("checkpoints", nargs="+", metavar="CKPT_OR_IMAGE",
                    help="checkpoint file(s) (.safetensors) followed by image file(s)")
-    p.add_argument("--top", type=int, default=3, help="how many classes to show (default 3)")
+    p.add_argument("--top", type=positive_int, default=3, help="how many classes to show (default 3)")
 
 
 def load_image(path, input_shape):
@@ -27,22 +32,23 @@ def run(args) -> int:
     from ..data.transforms import Normalize
     from ..nn.module import no_grad
     from ..train import softmax
-    from .evaluate import load_models
+    from .common import load_models
 
-    ckpts = [a for a in args.checkpoints if a.endswith((".ckpt", ".safetensors", ".npz"))]
+    ckpts = [a for a in args.checkpoints if a.lower().endswith(CHECKPOINT_SUFFIXES)]
     images = [a for a in args.checkpoints if a not in ckpts]
     if not ckpts or not images:
-        raise ValueError("give at least one checkpoint (.safetensors) and one image file")
+        raise UsageError("give at least one checkpoint (.safetensors) and one image file")
     models, configs = load_models(ckpts)
     cfg = configs[0]
     if "input_shape" not in cfg:
-        raise ValueError(f"{ckpts[0]} does not record its input shape and classes (train it with `cnnkit train`)")
+        raise UsageError(f"{ckpts[0]} does not record its input shape and classes (train it with `cnnkit train`)")
     classes = cfg.get("classes") or [str(i) for i in range(10)]
     normalize = Normalize.for_dataset(cfg["dataset"]) if cfg.get("dataset") else None
     for m in models:
         m.eval()
     for path in images:
-        x = load_image(path, tuple(cfg["input_shape"]))
+        with reading(path, "image", "give a PNG, JPEG or other image Pillow reads"):
+            x = load_image(path, tuple(cfg["input_shape"]))
         if normalize is not None:
             x = normalize(x, None)
         with no_grad():

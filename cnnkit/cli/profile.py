@@ -9,17 +9,18 @@ examples:
 """
 from __future__ import annotations
 
-from .common import parse_shape
+from .common import model_and_shape, nonnegative_int, parse_shape, positive_int
+from .errors import UsageError
 
 
 def add_arguments(p):
     p.add_argument("model", help="model name (see `cnnkit summary --list`) or a spec with --input")
     p.add_argument("--input", type=parse_shape, help="input shape of one sample, e.g. 3x32x32 "
                    "(default: the model's usual input)")
-    p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
-    p.add_argument("--num-classes", type=int, help="number of classes (default: the model's default)")
-    p.add_argument("--repeat", type=int, default=5, help="timed steps; medians are reported (default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default 32)")
+    p.add_argument("--num-classes", type=positive_int, help="number of classes (default: the model's default)")
+    p.add_argument("--repeat", type=positive_int, default=5, help="timed steps; medians are reported (default 5)")
+    p.add_argument("--warmup", type=nonnegative_int, default=1, help="untimed steps first (default 1)")
     p.add_argument("--inference", action="store_true", help="time eval-mode forward passes only")
     p.add_argument("--algorithm", choices=("auto", "im2col", "flat"),
                    help="force one convolution algorithm in every Conv2d (default: each layer's own)")
@@ -27,26 +28,16 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from .. import models
+    from ..nn.conv import Conv2d
     from ..profile import profile
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.repeat < 1:
-        raise ValueError(f"--repeat must be >= 1, got {args.repeat}")
-    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    if args.model in models.list_models():
-        model = models.create(args.model, **kwargs)
-        shape = args.input or models.default_input_shape(args.model)
-    else:
-        if args.input is None:
-            raise ValueError(f"unknown model {args.model!r}; a model spec needs --input, e.g. --input 1x28x28 "
-                             f"(known models: {', '.join(models.list_models())})")
-        model = models.create("spec", spec=args.model, input_shape=args.input)
-        shape = args.input
+    for flag, value in (("--batch-size", args.batch_size), ("--repeat", args.repeat)):
+        if value < 1:  # argparse checks these; run() may also be called with a Namespace
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    model, shape = model_and_shape(args.model, args.input, args.num_classes)
     if args.algorithm:
         for m in model.modules():
-            if type(m).__name__ == "Conv2d" and (args.algorithm != "flat" or m.groups == 1):
+            if isinstance(m, Conv2d) and (args.algorithm != "flat" or m.groups == 1):
                 m.algorithm = args.algorithm
     result = profile(model, tuple(shape), args.batch_size, repeat=args.repeat, warmup=args.warmup,
                      backward=not args.inference)

@@ -2,19 +2,33 @@
 
 With no arguments: a small ConvNet on scikit-learn's bundled 8x8 digits (no download), a few
 seconds on 2 cores. Each dataset has a default recipe (model, epochs, batch size, learning
-rate, schedule, augmentation); any option given on the command line overrides it. The run
-directory gets history.csv/json, best.safetensors (best validation accuracy) and last.safetensors (resumable
-with --resume).
+rate, schedule, augmentation); any option given on the command line overrides it. --seed (default
+0) seeds everything random, so the same command gives the same weights on the same machine.
+
+Each run gets its own folder: runs/DATASET-MODEL, or runs/DATASET-MODEL-2, -3, ... when that one
+exists (--out chooses one, and reuses it if it exists). It holds history.csv/json,
+best.safetensors (best validation accuracy), last.safetensors (every epoch; the starting point
+before epoch 1) and report.html. Each checkpoint records the whole run, so
+
+    cnnkit train --resume runs/mnist-lenet5/last.safetensors
+
+continues an interrupted run in its folder with its model, dataset, data folder and settings
+(Ctrl-C prints this command); flags that contradict the checkpoint are refused, --epochs sets a
+new total (a finished schedule then keeps its last learning rate).
 """
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .common import build_model
+from .common import build_model, finite_float, model_label, nonnegative_int, positive_int
+from .errors import CommandError, UsageError
+from .runs import RunFolder, claim_run_folder
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("none", "step", "cosine", "onecycle", "plateau")
@@ -22,37 +36,43 @@ SCHEDULES = ("none", "step", "cosine", "onecycle", "plateau")
 
 def add_arguments(p):
     from ..train.recipes import RECIPES
+    from .finetune import add_finetune_arguments
 
-    p.add_argument("--dataset", default="digits", choices=sorted(RECIPES), help="dataset (default: digits)")
+    # Defaults are None so that a resumed run can tell a flag given from one left out; the recipe
+    # and DEFAULTS below fill them in for a new run.
+    p.add_argument("--dataset", choices=sorted(RECIPES), help="dataset (default: digits)")
     p.add_argument("--model", help="model name (see `cnnkit summary --list`) or a spec such as "
                    "'conv5-6 maxpool conv5-16 maxpool fc-120 fc-84 fc-10' (default: the dataset's recipe)")
-    p.add_argument("--data-dir", help="folder holding the dataset files (default: $CNNKIT_DATA or ~/.cache/cnnkit)")
-    p.add_argument("--epochs", type=int, help="number of epochs")
-    p.add_argument("--batch-size", type=int, help="mini-batch size")
-    p.add_argument("--lr", type=float, help="initial learning rate")
+    p.add_argument("--data-dir", help="folder holding the dataset files (default: $CNNKIT_DATA or ~/.cache/cnnkit; "
+                   "with --resume: the folder the run recorded)")
+    p.add_argument("--epochs", type=positive_int, help="number of epochs (with --resume: the new total)")
+    p.add_argument("--batch-size", type=positive_int, help="mini-batch size")
+    p.add_argument("--lr", type=finite_float, help="initial learning rate")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer (default: sgd with momentum 0.9)")
-    p.add_argument("--momentum", type=float, help="SGD/RMSprop momentum")
-    p.add_argument("--weight-decay", type=float, help="L2 weight decay (biases and BatchNorm exempt)")
+    p.add_argument("--momentum", type=finite_float, help="SGD/RMSprop momentum")
+    p.add_argument("--weight-decay", type=finite_float, help="L2 weight decay (biases and BatchNorm exempt)")
     p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule; plateau divides the rate "
                    "by 10 when validation accuracy stops improving")
-    p.add_argument("--warmup-epochs", type=int, default=0, help="linear learning-rate warmup before the schedule")
+    p.add_argument("--warmup-epochs", type=nonnegative_int, help="linear learning-rate warmup before the schedule "
+                   "(default 0)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crops (padding 4 for 32 px, 2 otherwise) and horizontal flips (CIFAR only)")
-    p.add_argument("--val-split", type=float, default=0.1, help="fraction of the training set held out for "
+    p.add_argument("--val-split", type=finite_float, help="fraction of the training set held out for "
                    "validation (default 0.1; 0 uses the test set for validation)")
-    p.add_argument("--early-stop", type=int, metavar="EPOCHS", help="stop after this many epochs without "
+    p.add_argument("--early-stop", type=positive_int, metavar="EPOCHS", help="stop after this many epochs without "
                    "validation improvement")
-    p.add_argument("--limit", type=int, help="use only the first N training images (quick experiments)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for initialisation, shuffling, augmentation")
-    p.add_argument("--out", help="run directory (default: runs/DATASET-MODEL)")
-    p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run from its last.safetensors")
+    p.add_argument("--limit", type=positive_int, help="use only the first N training images (quick experiments)")
+    p.add_argument("--seed", type=nonnegative_int, help="random seed for the initial weights, the validation split, shuffling "
+                   "and augmentation (default 0): the same seed and command give the same run")
+    p.add_argument("--out", help="run folder (default: runs/DATASET-MODEL, or runs/DATASET-MODEL-2, -3, ... when "
+                   "that exists); an existing folder given here is reused: its checkpoints and history are replaced")
+    p.add_argument("--resume", metavar="CKPT", help="continue an interrupted run from its last.safetensors, in its "
+                   "folder, with its model, dataset, data folder and settings (--epochs may set a new total)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
-    from ..finetune import add_finetune_arguments
-
     add_finetune_arguments(p)  # --init, --freeze, --freeze-bn, --num-classes
-    p.add_argument("--diagnostics", type=int, metavar="STEPS", help="record per-layer statistics (activations, "
-                   "dead ReLUs, gradient norms, update/weight ratios) every STEPS steps, into the history and "
-                   "diagnostics.png")
+    p.add_argument("--diagnostics", type=positive_int, metavar="STEPS", help="record per-layer statistics "
+                   "(activations, dead ReLUs, gradient norms, update/weight ratios) every STEPS steps, into the "
+                   "history and diagnostics.png")
     p.add_argument("--no-report", action="store_true", help="do not write report.html in the run directory")
 
 
@@ -111,84 +131,163 @@ def make_scheduler(name, optimizer, epochs, steps_per_epoch, lr, warmup_epochs=0
     return sched
 
 
+def _recorded_data_dir(dataset: str, data_dir):
+    """The absolute data folder to record (None for the bundled digits), so that evaluate, viz and
+    --resume find the data from any folder."""
+    from ..data import data_root
+
+    return None if dataset == "digits" else str(data_root(data_dir).resolve())
+
+
+def _schedule_steps(settings: dict, steps_per_epoch: int):
+    """How many scheduler steps the run's schedule was made for (None: it has no end)."""
+    if settings["schedule"] in ("none", "plateau"):
+        return None
+    per_epoch = steps_per_epoch if settings["schedule"] == "onecycle" else 1
+    return settings["schedule_epochs"] * per_epoch
+
+
 def run(args) -> int:
-    from .. import data, io
+    from .. import io
     from ..data import DataLoader
     from ..optim import param_groups_no_decay
     from ..train import Checkpoint, EarlyStopping, HistoryWriter, Trainer
-    from ..train.recipes import recipe
+    from .common import check_dataset_fits, load_checkpoint, load_dataset, recorded_data_dir
+    from .finetune import apply_freezing, apply_init
+    from .train_settings import SETTINGS, new_run_settings, resumed_run_settings
 
-    cfg = recipe(args.dataset)
-    for key in ("model", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule", "augment"):
-        if getattr(args, key, None) is not None:
-            cfg[key] = getattr(args, key)
-    for key in ("epochs", "batch_size"):
-        if cfg[key] < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
-    if cfg["lr"] <= 0:
-        raise ValueError(f"--lr must be > 0, got {cfg['lr']}")
+    if args.resume:
+        resumed = load_checkpoint(args.resume, "--resume")
+        settings = resumed_run_settings(args, resumed, args.resume)
+        data_dir = args.data_dir or recorded_data_dir(resumed.config)
+    else:
+        settings = new_run_settings(args)
+        data_dir = args.data_dir
+    dataset = settings["dataset"]
 
-    train_full = data.load(args.dataset, "train", root=args.data_dir)
-    test_set = data.load(args.dataset, "test", root=args.data_dir)
-    if args.limit:
-        train_full = train_full.subset(np.arange(min(args.limit, len(train_full))))
-    train_set, val_set = _split(train_full, args.val_split, args.seed)
+    train_full = load_dataset(dataset, "train", data_dir)
+    test_set = load_dataset(dataset, "test", data_dir)
+    if args.resume:
+        check_dataset_fits(args.resume, resumed.config, dataset, train_full, flag="--data-dir")
+    if settings["limit"]:
+        train_full = train_full.subset(np.arange(min(settings["limit"], len(train_full))))
+    train_set, val_set = _split(train_full, settings["val_split"], settings["seed"])
+    if len(train_set) == 0:
+        raise UsageError(f"--limit {settings['limit']} with --val-split {settings['val_split']} leaves no training "
+                         "images: raise --limit or lower --val-split")
     input_shape = tuple(train_full.images.shape[1:])
-    train_tf, eval_tf = _transforms(args.dataset, input_shape[-1], cfg["augment"])
+    classes = list(train_full.classes)
+    num_classes = settings["num_classes"] or len(classes)
+    if num_classes < len(classes):
+        raise UsageError(f"--num-classes {num_classes} is fewer than the {len(classes)} classes of {dataset}")
+    train_tf, eval_tf = _transforms(dataset, input_shape[-1], settings["augment"])
 
-    train_loader = DataLoader(train_set, cfg["batch_size"], shuffle=True, transform=train_tf, seed=args.seed)
+    train_loader = DataLoader(train_set, settings["batch_size"], shuffle=True, transform=train_tf, seed=settings["seed"])
     val_loader = DataLoader(val_set if val_set is not None else test_set, 500, transform=eval_tf)
     test_loader = DataLoader(test_set, 500, transform=eval_tf)
 
-    from ..finetune import apply_finetune_arguments
+    model = build_model(settings["model"], input_shape, num_classes, seed=settings["seed"])
+    if settings["init"] and not args.resume:
+        apply_init(model, settings["init"])
+    apply_freezing(model, settings["freeze"], settings["freeze_bn"])
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UsageError(f"--freeze {','.join(settings['freeze'])} freezes every parameter: nothing is left to train")
+    model.config = {**getattr(model, "config", {}), "dataset": dataset, "input_shape": list(input_shape),
+                    "classes": classes, "data_dir": _recorded_data_dir(dataset, data_dir),
+                    "train": {key: settings[key] for key in (*SETTINGS, "schedule_epochs")}}
+    groups = param_groups_no_decay(model, settings["weight_decay"])
+    optimizer = make_optimizer(settings["optimizer"], groups, settings["lr"], settings["momentum"],
+                               settings["weight_decay"])
+    scheduler = make_scheduler(settings["schedule"], optimizer, settings["schedule_epochs"], len(train_loader),
+                               settings["lr"], settings["warmup_epochs"])
 
-    model = build_model(cfg["model"], input_shape, getattr(args, "num_classes", None) or len(train_full.classes))
-    apply_finetune_arguments(model, args)
-    model.config = {**getattr(model, "config", {}), "dataset": args.dataset, "input_shape": list(input_shape),
-                    "classes": list(train_full.classes)}
-    groups = param_groups_no_decay(model, cfg["weight_decay"])
-    optimizer = make_optimizer(cfg["optimizer"], groups, cfg["lr"], cfg["momentum"], cfg["weight_decay"])
-    scheduler = make_scheduler(cfg["schedule"], optimizer, cfg["epochs"], len(train_loader), cfg["lr"],
-                               args.warmup_epochs)
-
-    model_label = cfg["model"] if " " not in cfg["model"] else "spec"
-    out_dir = Path(args.out or f"runs/{args.dataset}-{model_label}")
+    if args.resume:
+        folder = RunFolder(Path(args.resume).parent, created=False)
+    else:
+        folder = claim_run_folder(args.out, f"{dataset}-{model_label(settings['model'])}")
+    out_dir = folder.path
     checkpoint = Checkpoint(out_dir)
     callbacks = [HistoryWriter(out_dir), checkpoint]
-    if args.diagnostics:
+    if settings["diagnostics"]:
         from ..train.diagnostics import Diagnostics
+        from ..viz.curves import plot_diagnostics
 
-        callbacks.insert(0, Diagnostics(every=args.diagnostics, out_dir=out_dir))
-    if args.early_stop:
-        callbacks.append(EarlyStopping(patience=args.early_stop))
-    trainer = Trainer(model, optimizer, scheduler=scheduler, callbacks=callbacks, progress=not args.no_progress)
+        callbacks.insert(0, Diagnostics(every=settings["diagnostics"], out_dir=out_dir, plot=plot_diagnostics))
+    if settings["early_stop"]:
+        callbacks.append(EarlyStopping(patience=settings["early_stop"]))
+    trainer = Trainer(model, optimizer, scheduler=scheduler, callbacks=callbacks, progress=not args.no_progress,
+                      schedule_steps=_schedule_steps(settings, len(train_loader)))
     if args.resume:
         trainer.resume(args.resume, train_loader)
+        if trainer.epoch >= settings["epochs"]:
+            raise UsageError(f"--resume {args.resume}: the run has already completed {trainer.epoch} of its "
+                             f"{settings['epochs']} epochs; give --epochs N with N > {trainer.epoch} to train longer")
         print(f"resumed from {args.resume} after epoch {trainer.epoch}")
+        if trainer.schedule_steps is not None and settings["epochs"] > settings["schedule_epochs"]:
+            print(f"note: the {settings['schedule']} schedule was made for {settings['schedule_epochs']} epochs; after "
+                  f"that the learning rate stays where it ended (for a new schedule, start a new run with "
+                  f"--init {shlex.quote(str(args.resume))})")
+    elif folder.reused:
+        print(f"reusing the run folder {out_dir} (--out): its checkpoints and history are replaced")
 
     n_params = sum(p.size for p in model.parameters())
-    print(f"training {cfg['model']} ({n_params:,} parameters) on {args.dataset}: {len(train_set)} train / "
+    print(f"training {settings['model']} ({n_params:,} parameters) on {dataset}: {len(train_set)} train / "
           f"{len(val_set) if val_set is not None else 0} val / {len(test_set)} test images, "
-          f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']:g}, "
-          f"schedule {cfg['schedule']}{', augmented' if cfg['augment'] else ''}; run directory {out_dir}")
+          f"{settings['epochs']} epochs, batch {settings['batch_size']}, {settings['optimizer']} lr "
+          f"{settings['lr']:g}, schedule {settings['schedule']}{', augmented' if settings['augment'] else ''}, "
+          f"seed {settings['seed']}; run directory {out_dir}")
     start = time.perf_counter()
     try:
-        trainer.fit(train_loader, val_loader, cfg["epochs"])
+        # A diverging run overflows inside matrix products (also in cnnkit's worker threads) long
+        # before the loss shows it: the trainer's check of the loss reports it once, in words,
+        # instead of NumPy warning layer by layer.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            trainer.fit(train_loader, val_loader, settings["epochs"])
     except KeyboardInterrupt:
+        if not checkpoint.last_path.exists():
+            folder.discard_if_unfinished(trainer.epoch)
+            raise
         path = trainer.save(out_dir / "interrupted.safetensors")
-        print(f"\ninterrupted during epoch {trainer.epoch + 1}: weights saved to {path}; the last complete "
-              f"epoch is in {checkpoint.last_path} (continue with --resume {checkpoint.last_path})")
+        print(f"\ninterrupted during epoch {trainer.epoch + 1}: its weights so far are in {path}; the last complete "
+              f"epoch ({trainer.epoch}) is in {checkpoint.last_path}. Continue with: cnnkit train --resume "
+              f"{shlex.quote(str(checkpoint.last_path))}")
         return 130
+    except BaseException as exc:
+        removed = folder.discard_if_unfinished(trainer.epoch)
+        failure = _training_failure(exc, settings, trainer, checkpoint, removed)
+        if failure is None:
+            raise
+        raise failure from exc
     elapsed = time.perf_counter() - start
 
     best = io.load(checkpoint.best_path) if checkpoint.best_path.exists() else model
     result = Trainer(best, optimizer, out=None).evaluate(test_loader, topk=(1, 5))
-    top5 = f", top-5 {result['top5']:.2%}" if len(train_full.classes) > 10 else ""
+    top5 = f", top-5 {result['top5']:.2%}" if len(classes) > 10 else ""
     print(f"test accuracy {result['top1']:.2%}{top5} (loss {result['loss']:.4f}) after {trainer.epoch} epochs "
           f"in {elapsed:.1f}s")
     print(f"best checkpoint: {checkpoint.best_path}")
     if not args.no_report:
         from ..viz.report import write_report
 
-        print(f"report: {write_report(out_dir, data_dir=args.data_dir)}")
+        print(f"report: {write_report(out_dir, data_dir=data_dir)}")
     return 0
+
+
+def _training_failure(exc: BaseException, settings: dict, trainer, checkpoint, removed: bool):
+    """The one-line error for a run that stopped, saying which flag to change (None: pass ``exc`` on)."""
+    if removed:
+        kept = "; nothing was kept (the run folder was removed)"
+    else:
+        kept = f"; the last complete epoch ({trainer.epoch}) is in {checkpoint.last_path}"
+    if isinstance(exc, FloatingPointError):
+        from ..train.recipes import recipe
+
+        what = str(exc).split(";")[0]
+        usual = recipe(settings["dataset"])["lr"]
+        return CommandError(f"{what}: lower --lr (the {settings['dataset']} recipe uses {usual:g}) or add "
+                            f"--warmup-epochs 2{kept}")
+    if isinstance(exc, MemoryError):
+        return CommandError(f"out of memory during epoch {trainer.epoch + 1}: lower --batch-size (now "
+                            f"{settings['batch_size']}) or use a smaller --model{kept}")
+    return None

@@ -6,13 +6,15 @@ and .html) whose path is printed. IMAGE is an image file, or SPLIT:INDEX (e.g. t
 image of the checkpoint's dataset.
 
 examples:
-  cnnkit viz filters runs/mnist-lenet5/best.ckpt
-  cnnkit viz activations runs/mnist-lenet5/best.ckpt test:0 --data-dir DIR
-  cnnkit viz patches runs/mnist-lenet5/best.ckpt --layer features.3 --channel 5 --data-dir DIR
-  cnnkit viz saliency runs/cifar10-resnet20/best.ckpt my_cat.png
+  cnnkit viz filters runs/mnist-lenet5/best.safetensors
+  cnnkit viz activations runs/mnist-lenet5/best.safetensors test:0
+  cnnkit viz patches runs/mnist-lenet5/best.safetensors --layer features.3 --channel 5
+  cnnkit viz saliency runs/cifar10-resnet20/best.safetensors my_cat.png
   cnnkit viz conv-demo --out demo.gif
   cnnkit viz curves runs/mnist-lenet5
-  cnnkit viz report runs/mnist-lenet5 --data-dir DIR
+  cnnkit viz report runs/mnist-lenet5
+
+The data folder defaults to the one the run recorded (--data-dir overrides it).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import dataset_for
+from .common import dataset_for, load_checkpoint, positive_int, recorded_data_dir, run_data_dir
 
 
 def add_arguments(p):
@@ -54,8 +56,8 @@ def add_arguments(p):
     q.add_argument("--channel", type=int, required=True, help="channel of that layer")
     q.add_argument("--dataset", help="dataset to search (default: the checkpoint's)")
     q.add_argument("--split", default="test", choices=("train", "test"))
-    q.add_argument("--limit", type=int, default=5000, help="search the first N images (default 5000)")
-    q.add_argument("-k", "--top", type=int, default=9, help="how many patches (default 9)")
+    q.add_argument("--limit", type=positive_int, default=5000, help="search the first N images (default 5000)")
+    q.add_argument("-k", "--top", type=positive_int, default=9, help="how many patches (default 9)")
     q.add_argument("--data-dir", help="folder holding the dataset files")
     _out(q)
 
@@ -76,7 +78,8 @@ def add_arguments(p):
     q.add_argument("--pad", type=int, default=1)
     q.add_argument("--seed", type=int, default=0, help="seed of the random integer input and filters")
     q.add_argument("--steps", default="0,1", help="steps drawn in the PNG, e.g. 0,1,9 (default 0,1)")
-    q.add_argument("--out", default="conv-demo.png", help="output file: .png, .svg, .gif or .html (default conv-demo.png)")
+    q.add_argument("--out", default="runs/viz/conv-demo.png",
+                   help="output file: .png, .svg, .gif or .html (default runs/viz/conv-demo.png)")
 
     q = command("curves", "loss, accuracy and learning rate against epoch from a run's history "
                 "(and the per-layer diagnostics when recorded)", _curves)
@@ -88,7 +91,7 @@ def add_arguments(p):
     q.add_argument("--dataset", help="dataset (default: the checkpoint's)")
     q.add_argument("--split", default="test", choices=("train", "test"))
     q.add_argument("--data-dir", help="folder holding the dataset files")
-    q.add_argument("--limit", type=int, help="use the first N images")
+    q.add_argument("--limit", type=positive_int, help="use the first N images")
     _out(q)
 
     q = command("report", "write RUN_DIR/report.html: curves, confusion matrix, filters, activation maps", _report)
@@ -98,7 +101,8 @@ def add_arguments(p):
 
 
 def _checkpoint(q):
-    q.add_argument("checkpoint", metavar="CKPT", help="checkpoint written by `cnnkit train` (best.ckpt, last.ckpt)")
+    q.add_argument("checkpoint", metavar="CKPT",
+                   help="checkpoint written by `cnnkit train` (best.safetensors, last.safetensors)")
 
 
 def _image(q):
@@ -122,9 +126,7 @@ def run(args) -> int:
 
 # -- helpers --------------------------------------------------------------------------------------
 def _load(checkpoint):
-    from .. import io
-
-    model = io.load(checkpoint)
+    model = load_checkpoint(checkpoint).model
     model.eval()
     return model, getattr(model, "config", None) or {}
 
@@ -183,7 +185,7 @@ def _activations(args):
     from ..viz.activations import plot_activations
 
     model, config = _load(args.checkpoint)
-    raw, x, label, short = _read_image(args.image, config, args.data_dir)
+    raw, x, label, short = _read_image(args.image, config, args.data_dir or recorded_data_dir(config))
     layers = [s.strip() for s in args.layers.split(",")] if args.layers else None
     path = _default_out(args, f"activations-{short}")
     title = f"activations of {config.get('name', type(model).__name__)} for {args.image}" + (
@@ -198,7 +200,7 @@ def _patches(args):
     from ..viz.patches import plot_patches
 
     model, config = _load(args.checkpoint)
-    dataset, ds = dataset_for(args, config)
+    dataset, ds = dataset_for(args, config, args.checkpoint)
     n = min(args.limit, len(ds)) if args.limit else len(ds)
     name = resolve_layer(model, args.layer)[0]
     path = _default_out(args, f"patches-{name}-ch{args.channel}")
@@ -218,7 +220,7 @@ def _saliency(args):
     from ..viz.saliency import plot_saliency
 
     model, config = _load(args.checkpoint)
-    raw, x, label, short = _read_image(args.image, config, args.data_dir)
+    raw, x, label, short = _read_image(args.image, config, args.data_dir or recorded_data_dir(config))
     classes = _classes(config)
     target = None
     if args.target is not None:
@@ -275,7 +277,7 @@ def _confusion(args):
     from ..viz.report import confusion_on
 
     model, config = _load(args.checkpoint)
-    dataset, ds = dataset_for(args, config)
+    dataset, ds = dataset_for(args, config, args.checkpoint)
     cm = confusion_on(model, ds, dataset, args.limit)
     path = _default_out(args, f"confusion-{dataset}-{args.split}")
     plot_confusion(cm, ds.classes, path=path,
@@ -286,4 +288,4 @@ def _confusion(args):
 def _report(args):
     from ..viz.report import write_report
 
-    return write_report(args.run_dir, data_dir=args.data_dir, examples=args.examples)
+    return write_report(args.run_dir, data_dir=args.data_dir or run_data_dir(args.run_dir), examples=args.examples)

@@ -46,6 +46,9 @@ class SoftmaxCache(NamedTuple):
 def relu_forward(x):
     """``y = max(x, 0)``; return ``(y, cache)``.
 
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.activation.relu`.
+
     Shape:
         x: any shape -> y: same shape as x
     """
@@ -65,6 +68,9 @@ def relu_forward(x):
 
 def relu_backward(dy, cache):
     """``dx = dy * [x > 0]`` (the subgradient at 0 is 0, as in PyTorch).
+
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.activation.relu_grad`.
 
     Shape:
         dy: same shape as y -> dx: same shape as x
@@ -87,6 +93,9 @@ def relu_backward(dy, cache):
 def leaky_relu_forward(x, negative_slope: float = 0.01):
     """``y = x`` where ``x > 0``, else ``negative_slope * x``; return ``(y, cache)``.
 
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.activation.leaky_relu`.
+
     Shape:
         x: any shape -> y: same shape as x
     """
@@ -107,9 +116,48 @@ def leaky_relu_backward(dy, cache):
     return xp.where(positive, dy, dy * negative_slope)
 
 
+# -- hard swish --------------------------------------------------------------------------------
+class HardswishCache(NamedTuple):
+    x: object
+
+
+def hardswish_forward(x):
+    """``y = x * relu6(x + 3) / 6`` (MobileNetV3's cheap swish); return ``(y, cache)``.
+
+    Shape:
+        x: any shape -> y: same shape as x
+    """
+    xp = array_module(x)
+    y = xp.clip(x + 3, 0, 6)
+    y *= x
+    y /= 6
+    return y, HardswishCache(x)
+
+
+def hardswish_backward(dy, cache):
+    """``dx = 0`` for ``x <= -3``, ``dy * (x/3 + 1/2)`` for ``-3 < x < 3``, ``dy`` from 3 on (PyTorch's
+    choice at the two kinks).
+
+    Shape:
+        dy: same shape as y -> dx: same shape as x
+    """
+    xp = array_module(dy)
+    x = cache.x
+    slope = xp.where(x <= -3, 0, xp.where(x < 3, x / 3 + 0.5, 1)).astype(dy.dtype, copy=False)
+    return dy * slope
+
+
+def input_memory(x, *args, **kwargs) -> LayerMemory:
+    """Hard swish keeps its input ``x`` (the slope is a function of x), nothing new."""
+    return LayerMemory(keeps_input=True)
+
+
 # -- tanh --------------------------------------------------------------------------------------
 def tanh_forward(x):
     """``y = tanh(x)``; return ``(y, cache)``.
+
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.activation.tanh`.
 
     Shape:
         x: any shape -> y: same shape as x
@@ -134,6 +182,9 @@ def sigmoid_forward(x):
 
     ``exp`` only ever sees ``-|x|`` (at most 1), so ``x = -1000`` gives 0 instead of an overflow
     warning: for ``x >= 0`` use ``1 / (1 + e)``, for ``x < 0`` use ``e / (1 + e)``, ``e = exp(-|x|)``.
+
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.activation.sigmoid`.
 
     Shape:
         x: any shape -> y: same shape as x
@@ -161,6 +212,9 @@ def softmax_forward(x, axis: int = 1):
     Subtracting the maximum changes nothing mathematically and keeps ``exp`` at most 1, so logits
     of 1e4 do not overflow.
 
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.activation.softmax`.
+
     Shape:
         x: any shape -> y: same shape as x, summing to 1 along ``axis``
     """
@@ -185,6 +239,9 @@ def log_softmax_forward(x, axis: int = 1):
 
     Computed from the shifted logits directly, never as ``log(softmax(x))``, which gives
     ``log(0) = -inf`` once a probability underflows.
+
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.activation.log_softmax`.
 
     Shape:
         x: any shape -> y: same shape as x

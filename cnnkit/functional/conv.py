@@ -76,6 +76,9 @@ def conv2d_im2col_forward(x, weight, bias=None, stride=1, padding=0, dilation=1,
     ``relu`` applies ``max(y, 0)`` in place on the new output (inference fusion; a backend may
     fuse it into its kernel); the caller masks ``dy`` with ``y > 0`` before backward.
 
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.conv.conv2d_naive`.
+
     Shape:
         x: (N, C, H, W), weight: (F, C/groups, kh, kw), bias: (F,) -> y: (N, F, out_h, out_w)
         out_h = floor((H + 2*ph - dh*(kh - 1) - 1) / sh) + 1, likewise out_w
@@ -106,6 +109,9 @@ def conv2d_im2col_forward(x, weight, bias=None, stride=1, padding=0, dilation=1,
 
 def conv2d_im2col_backward(dy, cache: Conv2dCache, need_dx=True, need_dweight=True, need_dbias=True):
     """Return ``(dx, dweight, dbias)``; a gradient not asked for is ``None`` and is not computed.
+
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.conv.conv2d_naive_backward`.
 
     Shape:
         dy: (N, F, out_h, out_w) -> dx: (N, C, H, W), dweight: (F, C/groups, kh, kw), dbias: (F,)

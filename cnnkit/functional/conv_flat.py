@@ -78,6 +78,9 @@ def conv2d_flat_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, k
     ``workspace`` (a :class:`~cnnkit.functional.workspace.Workspace` owned by the calling layer)
     then holds them from step to step. Transient buffers come from the shared scratch pool.
 
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.conv.conv2d_naive`.
+
     Shape:
         x: (N, C, H, W), weight: (F, C, kh, kw), bias: (F,) -> y: (N, F, out_h, out_w)
         out_h = floor((H + 2*ph - dh*(kh - 1) - 1) / sh) + 1, likewise out_w
@@ -135,6 +138,9 @@ def _phase_kernel(g: FlatGeometry, members):
 
 def conv2d_flat_backward(dy, cache: FlatCache, need_dx=True, need_dweight=True, need_dbias=True):
     """Return ``(dx, dweight, dbias)`` of ``conv2d_flat_forward``; ``None`` for what is not asked.
+
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.conv.conv2d_naive_backward`.
 
     Shape:
         dy: (N, F, out_h, out_w) -> dx: (N, C, H, W), dweight: (F, C, kh, kw), dbias: (F,)

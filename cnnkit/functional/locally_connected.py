@@ -36,6 +36,9 @@ class LocallyConnected2dCache(NamedTuple):
 def locally_connected2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1):
     """Return ``(y, cache)``.
 
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.conv.locally_connected_naive`.
+
     Shape:
         x: (N, C, H, W), weight: (out_h, out_w, F, C, kh, kw), bias: (F, out_h, out_w)
         -> y: (N, F, out_h, out_w)
@@ -68,6 +71,9 @@ def locally_connected2d_forward(x, weight, bias=None, stride=1, padding=0, dilat
 def locally_connected2d_backward(dy, cache: LocallyConnected2dCache, need_dx=True, need_dweight=True,
                                  need_dbias=True):
     """Return ``(dx, dweight, dbias)``; a gradient not asked for is ``None`` and is not computed.
+
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.conv.locally_connected_naive_backward`.
 
     Shape:
         dy: (N, F, out_h, out_w) -> dx: (N, C, H, W), dweight: (out_h, out_w, F, C, kh, kw),

@@ -11,10 +11,31 @@ gradients can be compared to it.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..backend import array_module
 from .activation import log_softmax_forward
+
+
+class CrossEntropyCache(NamedTuple):
+    log_p: object  # (N, C) log-probabilities
+    labels: object
+    weight: object  # class weights (C,) or None
+    target_weight: object  # the weight of each sample's label (N,) or None
+    label_smoothing: float
+    reduction: str
+    normalizer: object  # what "mean" divides by
+
+
+class MultiMarginCache(NamedTuple):
+    margins: object  # (N, C), the label column zeroed
+    labels: object
+    target_weight: object
+    p: int
+    reduction: str
+
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -106,6 +127,9 @@ def cross_entropy_forward(logits, labels, *, weight=None, label_smoothing: float
     i.e. ``l_i = -sum_c q[i, c] log p[i, c]`` for the target weights ``q[i] = (1 - eps) w[y]
     onehot(y) + (eps / C) w``. "mean" divides the sum by ``sum_i w[y_i]`` (``N`` without weights).
 
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.loss.cross_entropy`.
+
     Shape:
         logits: (N, C), labels: (N,) ints in [0, C), weight: (C,)
         loss: () for "mean"/"sum", (N,) for "none"
@@ -131,7 +155,7 @@ def cross_entropy_forward(logits, labels, *, weight=None, label_smoothing: float
         per_sample = per_sample + (label_smoothing / classes) * smooth
     normalizer = n if target_weight is None else target_weight.sum()
     loss = _reduce(per_sample, reduction, normalizer)
-    cache = (log_p, labels, weight, target_weight, label_smoothing, reduction, normalizer)
+    cache = CrossEntropyCache(log_p, labels, weight, target_weight, label_smoothing, reduction, normalizer)
     return loss, cache
 
 
@@ -176,6 +200,9 @@ def multi_margin_forward(logits, labels, *, p: int = 1, margin: float = 1.0, wei
     (``w[y] = 1`` without ``weight``). "mean" divides the sum by ``N`` (not by the weights,
     unlike cross-entropy: that is PyTorch's definition too).
 
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.loss.multi_margin`.
+
     Shape:
         logits: (N, C), labels: (N,) ints in [0, C), weight: (C,)
         loss: () for "mean"/"sum", (N,) for "none"
@@ -201,7 +228,7 @@ def multi_margin_forward(logits, labels, *, p: int = 1, margin: float = 1.0, wei
     if target_weight is not None:
         per_sample *= target_weight
     loss = _reduce(per_sample, reduction, n)
-    return loss, (margins, labels, target_weight, p, reduction)
+    return loss, MultiMarginCache(margins, labels, target_weight, p, reduction)
 
 
 def multi_margin_backward(dloss, cache):

@@ -108,6 +108,9 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     then references ``x`` itself). Every pass runs over slices of the batch on both cores
     (:func:`_over_batch`); per-channel sums are summed over the slices.
 
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.norm.batch_norm_forward`.
+
     Shape:
         x: (N, C), (N, C, L) or (N, C, H, W); weight, bias, running_mean, running_var: (C,)
         y: same as x; statistics over every axis but axis 1, m = N * prod(x.shape[2:])
@@ -175,6 +178,9 @@ def batch_norm_backward(dy, cache, need_dx=True, need_dweight=True, need_dbias=T
     ``xhat = xc * inv_std`` (one pass less in forward), so ``inv_std`` is applied to the
     per-channel sums instead. In eval mode the statistics are constants and the layer is the
     affine map ``dx = dy * weight * inv_std``.
+
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.norm.batch_norm_backward`.
 
     Shape:
         dy: same as x -> dx: same as x; dweight, dbias: (C,)
@@ -249,6 +255,9 @@ def local_response_norm_forward(x, size, alpha=1e-4, beta=0.75, k=1.0):
     ``denom_c = k + alpha / size * sum_{c' = c - size//2}^{c + (size-1)//2} x_c'^2`` (channels
     outside ``[0, C)`` count as zero, and the sum is always divided by ``size``), and
     ``y_c = x_c * denom_c ** -beta``.
+
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.norm.local_response_norm_forward`.
 
     Shape:
         x: (N, C, *) with at least one trailing axis -> y: same as x

@@ -286,6 +286,9 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     kernels up to 16x16): one byte per output instead of eight, and backward needs nothing else.
     ``max_pool2d_indices(cache)`` turns them into PyTorch's flat ``return_indices`` indices.
 
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.pool.max_pool2d`.
+
     Shape:
         x: (N, C, H, W) -> y: (N, C, OH, OW),
         OH = floor_or_ceil((H + 2*PH - DH*(KH-1) - 1) / SH) + 1, likewise OW
@@ -355,6 +358,9 @@ def max_pool2d_backward(dy, cache):
     indices, which works in float64 (twice the memory and a cast back) and needs int64 index
     arithmetic. The work runs per cache-sized block of planes on every core.
 
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.pool.max_pool2d_backward`.
+
     Shape:
         dy: (N, C, OH, OW) -> dx: (N, C, H, W)
     """
@@ -421,6 +427,9 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, 
     ``end - start`` with ``count_include_pad``, else ``min(end, size) - max(start, 0)``; or
     ``divisor_override`` when given.
 
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.pool.avg_pool2d`.
+
     Shape:
         x: (N, C, H, W) -> y: (N, C, OH, OW), OH = floor_or_ceil((H + 2*PH - KH) / SH) + 1
     """
@@ -444,6 +453,9 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, 
 
 def avg_pool2d_backward(dy, cache):
     """Spread each output's gradient evenly (``dy / divisor``) over its window; return ``dx``.
+
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.pool.avg_pool2d_backward`.
 
     Shape:
         dy: (N, C, OH, OW) -> dx: (N, C, H, W)
@@ -471,6 +483,9 @@ def lp_pool2d_forward(x, norm_type, kernel_size, stride=None, ceil_mode=False, *
     ``norm_type = inf`` is max pooling of ``|x|``; ``-inf`` the minimum of ``|x|`` (as PyTorch).
     Negative sums with non-integer ``1/p`` give NaN, as in PyTorch.
 
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.pool.lp_pool2d`.
+
     Shape:
         x: (N, C, H, W) -> y: (N, C, OH, OW), OH = floor_or_ceil((H - KH) / SH) + 1
     """
@@ -494,6 +509,9 @@ def lp_pool2d_forward(x, norm_type, kernel_size, stride=None, ceil_mode=False, *
 
 def lp_pool2d_backward(dy, cache):
     """``dx = p x^(p-1) * avgpool_backward(where(u != 0, KH*KW * y / (p u), 0))``; return ``dx``.
+
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.pool.lp_pool2d_backward`.
 
     Shape:
         dy: (N, C, OH, OW) -> dx: (N, C, H, W)
@@ -557,6 +575,9 @@ def adaptive_avg_pool2d_forward(x, output_size, *, layer="adaptive_avg_pool2d"):
     ``y`` is a reshape and a mean. Otherwise the bins overlap or differ in length and the pooling
     is separable, ``y = P_h @ x @ P_w^T`` with the per-axis bin-averaging matrices.
 
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.pool.adaptive_avg_pool2d`.
+
     Shape:
         x: (N, C, H, W) -> y: (N, C, OH, OW); bin i covers [floor(i*H/OH), ceil((i+1)*H/OH))
     """
@@ -576,6 +597,9 @@ def adaptive_avg_pool2d_forward(x, output_size, *, layer="adaptive_avg_pool2d"):
 
 def adaptive_avg_pool2d_backward(dy, cache):
     """``dx = P_h^T @ dy @ P_w`` (equal blocks: ``dy / block area`` repeated over each block).
+
+    The readable loop over the definition, which tests hold this kernel equal to:
+    :func:`cnnkit.testing.reference.pool.adaptive_avg_pool2d_backward`.
 
     Shape:
         dy: (N, C, OH, OW) -> dx: (N, C, H, W)

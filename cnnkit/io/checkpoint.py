@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._version import __version__
 from .containers import RESERVED_PREFIX, write_container
 from .state_dict import CHECKPOINT_FORMAT, WRITABLE_SUFFIXES, _read_container, _suffix, model_arrays
 from .structure import decode, encode
@@ -55,7 +56,6 @@ def save(model, path, training_state=None) -> None:
     gen.bit_generator.state, "history": [...]}``. The extension picks the container:
     ``.safetensors`` (recommended) or ``.npz``.
     """
-    import cnnkit  # late: cnnkit/__init__ may import this package
 
     path = Path(path)
     _suffix(path, WRITABLE_SUFFIXES, "write a checkpoint to")
@@ -68,7 +68,7 @@ def save(model, path, training_state=None) -> None:
     metadata = {
         "format": CHECKPOINT_FORMAT,
         "format_version": FORMAT_VERSION,
-        "cnnkit_version": cnnkit.__version__,
+        "cnnkit_version": __version__,
         "config": None if config is None else encode(config, arrays, CONFIG_PREFIX, "model.config"),
         "keys": list(state),
         "training_state": encode(training_state, arrays, TRAINING_STATE_PREFIX, "training_state"),

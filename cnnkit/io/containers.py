@@ -67,8 +67,12 @@ def atomic_write(path, write: Callable[[str], None]) -> None:
     temporary = folder / f".{path.name}.{secrets.token_hex(6)}.tmp"
     # O_EXCL: never clobber somebody else's file; mode 0o666 lets the umask decide as for open().
     os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    mode = os.stat(temporary).st_mode & 0o777
     try:
         write(str(temporary))
+        # Some writers replace the file with their own private one (safetensors makes it 0600):
+        # give it back the mode every other file gets (0644 under the usual umask).
+        os.chmod(temporary, mode)
         with open(temporary, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(temporary, path)

@@ -84,6 +84,9 @@ class PadShortcut(Module):
         s = self.stride
         return (self.out_channels, -(-h // s), -(-w // s))
 
+    def macs(self, input_shape, output_shape) -> int:
+        return 0  # a strided copy
+
     def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
         return LayerMemory()  # only the input's shape is cached
 

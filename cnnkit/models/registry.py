@@ -34,6 +34,14 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def constructor(name: str) -> Callable:
+    """The function registered under ``name`` (to inspect its parameters); unknown names list the known ones."""
+    if name not in _MODELS:
+        known = ", ".join(list_models()) or "(none registered)"
+        raise ValueError(f"unknown model {name!r}; known models: {known}")
+    return _MODELS[name]
+
+
 def create(name: str, **kwargs):
     """Build the registered model ``name`` with ``kwargs``; unknown names list the known ones."""
     if name not in _MODELS:

@@ -14,6 +14,8 @@ from ..functional.memory import ArraySpec, LayerMemory
 from .module import Module
 from .validation import check_input
 
+__all__ = ["ReLU", "LeakyReLU", "Hardswish", "Tanh", "Sigmoid", "Softmax", "LogSoftmax", "Identity"]  # what cnnkit.nn exports from here
+
 
 def check_any_rank(x, layer: str) -> None:
     """Raise a clear error unless ``x`` is a floating-point array (any rank)."""
@@ -41,6 +43,9 @@ class _Elementwise(Module):
     def backward(self, dy, input_grad: bool = True):
         cache = self._restore()
         return self._backward_kernel(dy, cache) if input_grad else None
+
+    def macs(self, input_shape, output_shape) -> int:
+        return 0  # element-wise: not counted, as in the papers' tables
 
     # Most activations keep their output (see cnnkit.functional.activation); a layer that keeps
     # something else says so.
@@ -117,6 +122,33 @@ class LeakyReLU(_Elementwise):
 
     def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}"
+
+
+class Hardswish(_Elementwise):
+    """``y = x * relu6(x + 3) / 6`` (Howard et al. 2019, MobileNetV3), PyTorch's ``nn.Hardswish``.
+
+    Shape:
+        input (N, *) -> output (N, *), same shape
+    """
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = bool(inplace)  # accepted for PyTorch compatibility; never used
+
+    def _forward_kernel(self, x):
+        return F.hardswish_forward(x)
+
+    def _backward_kernel(self, dy, cache):
+        return F.hardswish_backward(dy, cache)
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return F.input_memory(ArraySpec((batch_size,) + tuple(input_shape), dtype))
+
+    def onnx_export(self, ctx, x, prefix):
+        if ctx.opset >= 14:
+            return ctx.node("HardSwish", [x], ctx.join(prefix, "HardSwish"))
+        gate = ctx.node("HardSigmoid", [x], ctx.join(prefix, "HardSigmoid"), alpha=1 / 6, beta=0.5)
+        return ctx.node("Mul", [x, gate], ctx.join(prefix, "Mul"))
 
 
 class Tanh(_Elementwise):
@@ -226,6 +258,9 @@ class Identity(Module):
     def backward(self, dy, input_grad: bool = True):
         self._restore()
         return dy if input_grad else None
+
+    def macs(self, input_shape, output_shape) -> int:
+        return 0  # the identity
 
     def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
         return LayerMemory(aliases_input=True)  # the output is the input; only its shape is cached

@@ -16,6 +16,8 @@ from ..functional.add import ADD
 from .activation import ReLU
 from .module import Module
 
+__all__ = ["Sequential", "Residual", "Concat"]  # what cnnkit.nn exports from here
+
 
 def _named(args, kind: str) -> list[tuple[str, Module]]:
     """Children from ``*modules`` (named 0, 1, ...) or one ``OrderedDict``/dict of name -> module."""

@@ -27,6 +27,8 @@ from .init import default_weight_and_bias
 from .module import Module, Parameter
 from .validation import check_input, check_sample_shape
 
+__all__ = ["Conv2d", "LocallyConnected2d"]  # what cnnkit.nn exports from here
+
 
 def _positive_int(value, name: str, layer: str) -> int:
     if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:

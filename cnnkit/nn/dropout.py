@@ -10,6 +10,8 @@ from ..functional.memory import ArraySpec, LayerMemory
 from .activation import check_any_rank
 from .module import Module
 
+__all__ = ["Dropout"]  # what cnnkit.nn exports from here
+
 
 def make_generator(generator, layer: str) -> np.random.Generator:
     """``None`` -> a freshly seeded generator, an int -> ``default_rng(seed)``, a Generator as is."""
@@ -55,6 +57,9 @@ class Dropout(Module):
     def backward(self, dy, input_grad: bool = True):
         cache = self._restore()
         return dropout_backward(dy, cache) if input_grad else None
+
+    def macs(self, input_shape, output_shape) -> int:
+        return 0  # element-wise: not counted
 
     def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
         return dropout_memory(ArraySpec((batch_size,) + tuple(input_shape), dtype), self.p, self.training)

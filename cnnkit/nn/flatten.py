@@ -5,6 +5,8 @@ from ..backend import array_module
 from ..functional.memory import LayerMemory
 from .module import Module
 
+__all__ = ["Flatten"]  # what cnnkit.nn exports from here
+
 
 def _resolve_dims(start_dim: int, end_dim: int, ndim: int, shape) -> tuple[int, int]:
     """Turn possibly negative dims into ``0 <= start <= end < ndim`` or raise naming the values."""
@@ -67,6 +69,9 @@ class Flatten(Module):
                 "so a per-sample output shape does not exist"
             )
         return _flattened(full, start, end)[1:]
+
+    def macs(self, input_shape, output_shape) -> int:
+        return 0  # a view
 
     def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
         return LayerMemory(aliases_input=True)  # a view of the input; only its shape is cached

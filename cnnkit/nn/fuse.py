@@ -32,6 +32,8 @@ from .conv import Conv2d
 from .module import Module, Parameter, no_grad
 from .normalization import BatchNorm2d
 
+__all__ = ["fuse", "fold_batchnorm"]  # what cnnkit.nn exports from here
+
 
 def fold_batchnorm(conv: Conv2d, bn: BatchNorm2d) -> None:
     """Fold eval-mode ``bn`` into ``conv``'s weight and bias, in place (computed in float64).

@@ -28,6 +28,8 @@ from ..backend import array_module
 from ..functional.memory import LayerMemory
 from .module import Module
 
+__all__ = ["Graph", "MultiInputModule", "Add", "Mul", "Cat"]  # what cnnkit.nn exports from here
+
 
 class Node(NamedTuple):
     name: str                 # attribute name of the module on the graph (its state-dict prefix)
@@ -38,11 +40,15 @@ class Node(NamedTuple):
 class MultiInputModule(Module):
     """A module with several inputs: ``forward(*xs) -> y``, ``backward(dy) -> (dx0, dx1, ...)``.
 
-    ``output_shape(*shapes)`` takes one sample's shape per input.
+    ``output_shape(*shapes)`` takes one sample's shape per input; ``onnx_export(ctx, inputs,
+    prefix)`` one tensor name per input.
     """
 
     def __call__(self, *xs):
         return self.forward(*xs)
+
+    def macs(self, input_shape, output_shape) -> int:
+        return 0  # element-wise merges are not counted
 
 
 def _is_trainable(module: Module) -> bool:

@@ -10,6 +10,8 @@ from .init import default_weight_and_bias
 from .module import Module, Parameter
 from .validation import check_input
 
+__all__ = ["Linear"]  # what cnnkit.nn exports from here
+
 
 class Linear(Module):
     """``y = x W^T + b``.

@@ -20,6 +20,8 @@ import numpy as np
 from ..functional import loss as F
 from .module import Module
 
+__all__ = ["CrossEntropyLoss", "MultiMarginLoss"]  # what cnnkit.nn exports from here
+
 
 def _check_weight_argument(weight, loss: str):
     if weight is None:

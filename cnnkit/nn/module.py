@@ -41,6 +41,8 @@ import numpy as np
 from ..backend import DEFAULT_DTYPE, array_module
 from ..functional.memory import LayerMemory
 
+__all__ = ["Module", "Parameter", "no_grad", "is_grad_enabled"]  # what cnnkit.nn exports from here
+
 _grad_mode = threading.local()
 
 

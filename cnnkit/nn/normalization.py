@@ -15,6 +15,8 @@ from ..functional.norm import BATCH_NORM, LOCAL_RESPONSE_NORM
 from .module import Module, Parameter
 from .validation import check_input
 
+__all__ = ["BatchNorm1d", "BatchNorm2d", "LocalResponseNorm"]  # what cnnkit.nn exports from here
+
 
 def _is_number(value) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool)
@@ -127,6 +129,9 @@ class _BatchNorm(Module):
             )
         return shape
 
+    def macs(self, input_shape, output_shape) -> int:
+        return 0  # normalisation is not counted, as in the papers' tables
+
     def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
         x = ArraySpec((batch_size,) + tuple(input_shape), dtype)
         stats = ArraySpec((self.num_features,), dtype)
@@ -227,6 +232,9 @@ class LocalResponseNorm(Module):
     def backward(self, dy, input_grad: bool = True):
         cache = self._restore()
         return LOCAL_RESPONSE_NORM.backward(dy, cache, need_dx=input_grad)
+
+    def macs(self, input_shape, output_shape) -> int:
+        return 0  # normalisation is not counted, as in the papers' tables
 
     def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
         return LOCAL_RESPONSE_NORM.memory(self.algorithm, ArraySpec((batch_size,) + tuple(input_shape), dtype),

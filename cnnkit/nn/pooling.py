@@ -31,6 +31,8 @@ from ..functional.shapes import check_positive, conv_output_size, pair
 from .module import Module, is_grad_enabled
 from .validation import check_input, check_sample_shape
 
+__all__ = ["MaxPool2d", "AvgPool2d", "LPPool2d", "AdaptiveAvgPool2d"]  # what cnnkit.nn exports from here
+
 
 def _batch_spec(input_shape, batch_size, dtype) -> ArraySpec:
     return ArraySpec((batch_size,) + tuple(input_shape), dtype)
@@ -62,6 +64,9 @@ class _WindowPool2d(Module):
                                                self._dilation, ("height", "width"))
         ]
         return (channels, *sizes)
+
+    def macs(self, input_shape, output_shape) -> int:
+        return 0  # pooling is not counted, as in the papers' tables
 
     def _geometry_repr(self) -> str:
         return "" if self.check_geometry else ", check_geometry=False"
@@ -285,6 +290,9 @@ class AdaptiveAvgPool2d(Module):
     def output_shape(self, input_shape):
         height, width = check_sample_shape("AdaptiveAvgPool2d", input_shape)
         return (input_shape[0], *adaptive_output_size((height, width), self.output_size, "AdaptiveAvgPool2d"))
+
+    def macs(self, input_shape, output_shape) -> int:
+        return 0  # pooling is not counted, as in the papers' tables
 
     def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
         return adaptive_avg_pool2d_memory(_batch_spec(input_shape, batch_size, dtype), self.output_size)

@@ -11,7 +11,32 @@ import csv
 import json
 import math
 import os
+import re
 from pathlib import Path
+
+from .trainer import hold_interrupts
+
+# What interrupted writes leave: ``.NAME.<12 hex>.tmp`` (cnnkit.io's atomic writes of checkpoints)
+# and ``NAME.tmp`` (the history files below, diagnostics.json).
+_ATOMIC_TEMPORARY = re.compile(r"\.(.+)\.[0-9a-f]{12}\.tmp")
+_PLAIN_TEMPORARY = re.compile(r"(.+)\.tmp")
+_RUN_FILES = re.compile(r"(best|last|interrupted)\.(safetensors|npz)|(history|diagnostics)\.(json|csv)")
+
+
+def remove_stale_temporaries(folder) -> list[Path]:
+    """Delete the temporary files that interrupted writes of a run's own files left in ``folder``
+    (a killed process cannot clean up after itself); returns the paths removed. Nothing else in
+    the folder is touched."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.iterdir()):
+        match = _ATOMIC_TEMPORARY.fullmatch(path.name) or _PLAIN_TEMPORARY.fullmatch(path.name)
+        if match and _RUN_FILES.fullmatch(match.group(1)) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -25,6 +50,9 @@ class HistoryWriter:
 
     def __init__(self, out_dir):
         self.out_dir = Path(out_dir)
+
+    def on_train_begin(self, trainer):
+        remove_stale_temporaries(self.out_dir)
 
     def on_epoch_end(self, trainer, epoch, logs):
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -41,7 +69,12 @@ class HistoryWriter:
 
 class Checkpoint:
     """Saves ``last.safetensors`` (full training state, for ``--resume``) every epoch and ``best.safetensors``
-    whenever ``monitor`` improves (``mode`` "max" for accuracies, "min" for losses)."""
+    whenever ``monitor`` improves (``mode`` "max" for accuracies, "min" for losses).
+
+    The run folder is created when training begins, and a new run (epoch 0) writes its starting
+    point as ``last.safetensors`` then, so an interrupt during the first epoch can be resumed too.
+    Temporary files left by interrupted writes are removed. A Ctrl-C while the epoch's
+    checkpoints are written takes effect once both are complete."""
 
     def __init__(self, out_dir, monitor: str = "val_top1", mode: str = "max"):
         if mode not in ("max", "min"):
@@ -61,14 +94,22 @@ class Checkpoint:
         # A tie counts as an improvement: the later model has trained longer at the same score.
         return value >= self.best if self.mode == "max" else value <= self.best
 
+    def on_train_begin(self, trainer):
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.out_dir)
+        if trainer.epoch == 0:
+            with hold_interrupts():
+                trainer.save(self.last_path)
+
     def on_epoch_end(self, trainer, epoch, logs):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         value = logs.get(self.monitor, logs.get("train_top1"))
-        if self._improved(value):
-            self.best = value
-            trainer.best_metric = value
-            trainer.save(self.best_path)
-        trainer.save(self.last_path)
+        with hold_interrupts():  # best and last of one epoch are written together or not at all
+            if self._improved(value):
+                self.best = value
+                trainer.best_metric = value
+                trainer.save(self.best_path)
+            trainer.save(self.last_path)
 
     def state_dict(self):
         return {"best": self.best}

@@ -15,10 +15,13 @@ For each layer with weights (convolution, linear, batch norm) and each ReLU, one
 
 A warning is logged (once per layer and kind) when a layer's activations vanish or explode. Each
 epoch's mean of every statistic goes into the history row as ``diag/<layer>/<stat>``; with
-``out_dir`` all measurements are written to ``diagnostics.json`` after every epoch and plotted
-to ``diagnostics.png`` at the end of training.
+``out_dir`` all measurements are written to ``diagnostics.json`` after every epoch, and at the end
+of training ``plot(records, path=out_dir / "diagnostics.png")`` draws them when a ``plot`` is
+given (``cnnkit.viz.plot_diagnostics``: the trainer sits below the pictures and does not import
+them).
 
-Use: ``Trainer(..., callbacks=[Diagnostics(every=50, out_dir=run_dir), HistoryWriter(run_dir), ...])``.
+Use: ``Trainer(..., callbacks=[Diagnostics(every=50, out_dir=run_dir, plot=cnnkit.viz.plot_diagnostics),
+HistoryWriter(run_dir), ...])``.
 """
 from __future__ import annotations
 
@@ -59,7 +62,7 @@ class Diagnostics:
     """
 
     def __init__(self, every: int = 100, out_dir=None, vanish_below: float = 1e-4, explode_above: float = 1e3,
-                 history: bool = True):
+                 history: bool = True, plot=None):
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"Diagnostics: every must be a positive int (steps), got {every!r}")
         if not 0 <= vanish_below < explode_above:
@@ -69,6 +72,7 @@ class Diagnostics:
         self.vanish_below = vanish_below
         self.explode_above = explode_above
         self.history = history
+        self.plot = plot
         self.records: list[dict] = []
         self.warnings: list[str] = []
         self._warned: set = set()
@@ -173,10 +177,8 @@ class Diagnostics:
                 if "forward" in vars(module):
                     del module.forward
             self._armed = None
-        if self.out_dir is not None and self.records:
-            from ..viz.curves import plot_diagnostics
-
-            plot_diagnostics(self.records, path=self.out_dir / "diagnostics.png")
+        if self.out_dir is not None and self.records and self.plot is not None:
+            self.plot(self.records, path=self.out_dir / "diagnostics.png")
 
     # -- resume -------------------------------------------------------------------------------
     def state_dict(self):

@@ -10,14 +10,43 @@ weights, optimizer and scheduler state, epoch, history and every random-number g
 from __future__ import annotations
 
 import math
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from ..nn.module import no_grad
+from ..optim.lr_scheduler import ReduceLROnPlateau
 from .metrics import softmax, topk_correct
+
+
+@contextmanager
+def hold_interrupts():
+    """Hold Ctrl-C (SIGINT) until the block has finished, then deliver it.
+
+    A checkpoint write interrupted half-way would lose the checkpoint; under this, the write
+    completes and the ``KeyboardInterrupt`` comes right after. Blocks may nest (the outermost
+    delivers). Outside the main thread, where Python cannot install signal handlers, it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    except (ValueError, OSError):  # no signals here (e.g. an embedded interpreter)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received and callable(previous):
+        previous(signal.SIGINT, None)  # default_int_handler raises KeyboardInterrupt; an outer hold records it
 
 
 def _generator_modules(model):
@@ -57,12 +86,16 @@ class Trainer:
             ``ReduceLROnPlateau`` gets the validation top-1 accuracy (or the training one).
         callbacks: objects with ``on_epoch_end(trainer, epoch, logs)`` and friends.
         progress: show a progress bar per epoch (a one-line summary per epoch is always printed).
+        schedule_steps: how many scheduler steps the schedule was made for (e.g. ``T_max`` of a
+            cosine schedule); after that many the scheduler is not stepped again and the learning
+            rate stays where the schedule ended, so a run continued past its planned end neither
+            sends a cosine back up nor steps ``OneCycleLR`` past its last step. None: no limit.
         out: where messages go (default: ``sys.stdout`` at the time of printing); ``None``
             silences them.
     """
 
     def __init__(self, model, optimizer, loss=None, scheduler=None, callbacks=(), progress: bool = True,
-                 scheduler_interval: str | None = None, out="stdout"):
+                 scheduler_interval: str | None = None, out="stdout", schedule_steps: int | None = None):
         from ..nn.loss import CrossEntropyLoss
         from ..optim.lr_scheduler import OneCycleLR
 
@@ -75,6 +108,10 @@ class Trainer:
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
         self.scheduler_interval = scheduler_interval
+        if schedule_steps is not None and (isinstance(schedule_steps, bool) or int(schedule_steps) != schedule_steps
+                                           or schedule_steps < 1):
+            raise ValueError(f"schedule_steps must be a positive integer or None, got {schedule_steps!r}")
+        self.schedule_steps = schedule_steps
         self.callbacks = list(callbacks)
         self.progress = progress
         self.out = out
@@ -113,16 +150,26 @@ class Trainer:
             raise FloatingPointError(
                 f"training stopped: the loss became {loss} at epoch {self.epoch + 1}, step "
                 f"{self.global_step + 1} with learning rate {self.lr:g}; lower the learning rate "
-                "(--lr) or check the input normalisation"
+                "or check the input normalisation"
             )
         self.optimizer.zero_grad()
         self.model.backward(self.loss.backward(), input_grad=False)
         self.optimizer.step()
         self.global_step += 1
         self._step_callbacks("on_step_end", step)
-        if self.scheduler is not None and self.scheduler_interval == "step":
-            self.scheduler.step()
+        if self.scheduler_interval == "step":
+            self._step_scheduler()
         return loss, topk_correct(logits, y)
+
+    def _step_scheduler(self, metric=None) -> None:
+        """One scheduler step (``ReduceLROnPlateau`` gets ``metric``), unless the schedule has
+        taken the ``schedule_steps`` it was made for."""
+        if self.scheduler is None:
+            return
+        if isinstance(self.scheduler, ReduceLROnPlateau):
+            self.scheduler.step(metric)
+        elif self.schedule_steps is None or self.scheduler.last_epoch < self.schedule_steps:
+            self.scheduler.step()
 
     def _step_callbacks(self, hook: str, step: int) -> None:
         for cb in self.callbacks:
@@ -191,8 +238,6 @@ class Trainer:
     def fit(self, train_loader, val_loader=None, epochs: int = 10) -> list[dict]:
         """Train until ``epochs`` epochs are complete (counting any resumed ones) or a callback
         stops it. Returns the history: one dict of figures per epoch."""
-        from ..optim.lr_scheduler import ReduceLROnPlateau
-
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         self.train_loader = train_loader
@@ -211,11 +256,8 @@ class Trainer:
                     if classes is not None and len(classes) <= 10:  # top-5 says little for 10 classes
                         logs.pop("val_top5", None)
                 self.epoch += 1
-                if self.scheduler is not None and self.scheduler_interval == "epoch":
-                    if isinstance(self.scheduler, ReduceLROnPlateau):
-                        self.scheduler.step(logs.get("val_top1", logs["train_top1"]))
-                    else:
-                        self.scheduler.step()
+                if self.scheduler_interval == "epoch":
+                    self._step_scheduler(logs.get("val_top1", logs["train_top1"]))
                 self.history.append(logs)
                 self.log(self._epoch_line(logs, epochs))
                 for cb in self.callbacks:
@@ -255,11 +297,13 @@ class Trainer:
         return state
 
     def save(self, path) -> Path:
-        """Write weights and the full training state atomically to ``path``."""
+        """Write weights and the full training state atomically to ``path`` (a Ctrl-C during the
+        write takes effect once the file is complete)."""
         from .. import io
 
         path = Path(path)
-        io.save(self.model, path, training_state=self.training_state())
+        with hold_interrupts():  # Ctrl-C now would lose the file: finish it, then stop
+            io.save(self.model, path, training_state=self.training_state())
         return path
 
     def resume(self, path, train_loader=None) -> "Trainer":

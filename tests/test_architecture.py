@@ -1,0 +1,74 @@
+"""The package's shape: imports only go down the layers of pyproject.toml's import-linter contract,
+and every cnnkit layer declares what the tools need to know about it (no silent defaults)."""
+import importlib
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+import cnnkit
+from cnnkit.nn.containers import Concat, Residual, Sequential
+from cnnkit.nn.graph import Graph
+from cnnkit.nn.loss import _Loss
+from cnnkit.nn.module import Module
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_imports_only_go_down_the_layers():
+    pytest.importorskip("importlinter")
+    from importlinter.cli import lint_imports
+
+    assert lint_imports(config_filename=str(ROOT / "pyproject.toml")) == 0  # prints the broken imports
+
+
+def _all_cnnkit_classes():
+    for info in pkgutil.walk_packages(cnnkit.__path__, "cnnkit."):
+        if info.name.startswith(("cnnkit.cli", "cnnkit.__main__")):
+            continue
+        try:
+            importlib.import_module(info.name)
+        except ImportError:  # an optional extra that is not installed
+            continue
+
+    def walk(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from walk(sub)
+
+    return {cls for cls in walk(Module) if cls.__module__.startswith("cnnkit.")}
+
+
+CONTAINERS = (Sequential, Residual, Concat, Graph)
+
+
+def _leaf_layers():
+    return sorted((cls for cls in _all_cnnkit_classes()
+                   if not issubclass(cls, CONTAINERS + (_Loss,)) and not cls.__name__.startswith("_")
+                   and cls.__name__ != "MultiInputModule"), key=lambda c: c.__qualname__)
+
+
+def _declares(cls, name: str) -> bool:
+    """Whether ``name`` is defined by the class or a base below ``Module``."""
+    return any(name in vars(base) for base in cls.__mro__ if base is not Module and issubclass(base, Module))
+
+
+def test_every_leaf_layer_declares_its_rules():
+    from cnnkit.onnx.export_registry import EXPORTERS
+    from cnnkit.onnx import export_layers
+
+    export_layers.register_all()
+    # The layers ONNX import adds get their rules with the importer's rework (issue 14), which
+    # is being merged separately; until then they are listed here, by name, not skipped silently.
+    pending = {"AddConstant", "Clip", "ConstantPad", "GlobalMaxPool", "MatMulConstant", "MulConstant", "Reshape",
+               "Slice", "Sub"}
+    layers = [cls for cls in _leaf_layers() if not (cls.__module__ == "cnnkit.onnx.layers" and cls.__name__ in pending)]
+    assert len(layers) >= 20  # the walk found the package's layers
+    missing = []
+    for cls in layers:
+        for rule in ("macs", "step_memory"):
+            if not _declares(cls, rule):
+                missing.append(f"{cls.__qualname__}.{rule}")
+        if not _declares(cls, "onnx_export") and cls not in EXPORTERS:
+            missing.append(f"{cls.__qualname__}.onnx_export")
+    assert not missing, f"layers without their summary/profile/ONNX rules: {missing}"
