@@ -71,6 +71,18 @@ def _right_padding(g: ConvGeometry):
     return ((oh - 1) * g.stride[0] + span_h - h - g.padding[0], (ow - 1) * g.stride[1] + span_w - w - g.padding[1])
 
 
+# Below this many multiply-adds a convolution runs on one OpenMP thread (about 0.1 ms of work on
+# one core; see runtime.small_calls_on_one_thread).
+SMALL_CONV_MACS = 1 << 23
+
+
+def _macs(x_shape, weight_shape, bias=None, stride=1, padding=0, dilation=1, groups=1, *rest, **options) -> int:
+    g = geometry(x_shape, weight_shape, False, stride, padding, dilation, groups)
+    f, cg, kh, kw = weight_shape
+    n, _, oh, ow = g.output_shape
+    return n * f * oh * ow * cg * kh * kw
+
+
 class _Forward:
     """The forward primitive of one geometry, and the reorders around it."""
 
@@ -126,6 +138,7 @@ def conv2d_decline(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     return None
 
 
+@R.small_calls_on_one_thread(lambda x, weight, *a, **k: _macs(x.shape, weight.shape, *a, **k), SMALL_CONV_MACS)
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None, relu=False):
     """Return ``(y, cache)``: oneDNN's convolution, same contract as the reference kernels of
     ``functional.conv`` (``workspace`` is not needed here).
@@ -207,6 +220,7 @@ class _BackwardWeights:
         self.to_plain = None if self.diff_weights_plain else R.reorder(self.diff_weights_md, plain_weights.handle)
 
 
+@R.small_calls_on_one_thread(lambda dy, cache, *a, **k: _macs(cache.x.shape, cache.weight.shape, None, *cache.geometry[3:7]), SMALL_CONV_MACS)
 def conv2d_backward(dy, cache: Conv2dOnednnCache, need_dx=True, need_dweight=True, need_dbias=True):
     """Return ``(dx, dweight, dbias)``; a gradient not asked for is ``None`` and is not computed.
 

@@ -99,6 +99,7 @@ class _ReluBackward:
         self.primitive = R.Primitive(self.pd, {L.ARG_DST: md, L.ARG_DIFF_DST: md, L.ARG_DIFF_SRC: md}, "relu backward")
 
 
+@R.small_calls_on_one_thread(lambda x: 2 * x.nbytes)
 def relu_forward(x):
     """``y = max(x, 0)``; return ``(y, cache)`` with ``cache = y``, as the reference.
 
@@ -112,6 +113,7 @@ def relu_forward(x):
     return y, ReluOnednnCache(y)
 
 
+@R.small_calls_on_one_thread(lambda dy, cache: 3 * dy.nbytes)
 def relu_backward(dy, cache: ReluOnednnCache):
     """``dx = dy * [y > 0]`` (the subgradient at 0 is 0, as in PyTorch).
 
@@ -163,6 +165,7 @@ class AddOnednnCache(NamedTuple):
     y: object  # the output, when a ReLU followed the sum (its mask), else None
 
 
+@R.small_calls_on_one_thread(lambda a, b, relu=False: 3 * a.nbytes)
 def add_forward(a, b, relu=False):
     """``y = a + b``, or ``max(a + b, 0)`` with ``relu``; return ``(y, cache)``.
 

@@ -85,6 +85,7 @@ def _c(a):
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
+@R.small_calls_on_one_thread(lambda x, weight, bias=None: x.nbytes + weight.nbytes)
 def linear_forward(x, weight, bias=None):
     """Return ``(y, cache)``, ``y = x W^T + b``.
 
@@ -104,6 +105,7 @@ def linear_forward(x, weight, bias=None):
     return y, LinearOnednnCache(x, weight, ops)
 
 
+@R.small_calls_on_one_thread(lambda dy, cache, *a, **k: dy.nbytes + cache.x.nbytes + cache.weight.nbytes)
 def linear_backward(dy, cache: LinearOnednnCache, need_dx=True, need_dweight=True, need_dbias=True):
     """Return ``(dx, dweight, dbias)``; a gradient not asked for is ``None``.
 

@@ -242,6 +242,7 @@ class LrnOnednnCache(NamedTuple):
     forward: _LrnForward
 
 
+@R.small_calls_on_one_thread(lambda x, *a, **k: 2 * x.nbytes)
 def local_response_norm_forward(x, size, alpha=1e-4, beta=0.75, k=1.0):
     """Return ``(y, cache)`` with PyTorch's ``local_response_norm`` (odd ``size``).
 
@@ -261,6 +262,7 @@ def local_response_norm_forward(x, size, alpha=1e-4, beta=0.75, k=1.0):
     return y, LrnOnednnCache(x, workspace, fwd)
 
 
+@R.small_calls_on_one_thread(lambda dy, cache, need_dx=True: 3 * dy.nbytes)
 def local_response_norm_backward(dy, cache: LrnOnednnCache, need_dx=True):
     """Return ``dx`` (``None`` when ``need_dx`` is False); LRN has no parameters.
 

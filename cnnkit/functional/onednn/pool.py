@@ -175,6 +175,7 @@ def max_pool2d_decline(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     return None
 
 
+@R.small_calls_on_one_thread(lambda x, *a, **k: x.nbytes)
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
                        check_geometry=False, layer="max_pool2d", need_switches=True):
     """Max pooling; return ``(y, cache)``, as ``functional.pool.max_pool2d_forward``.
@@ -196,6 +197,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     return y, MaxPoolOnednnCache(workspace, g, fwd)
 
 
+@R.small_calls_on_one_thread(lambda dy, cache: 5 * dy.nbytes)
 def max_pool2d_backward(dy, cache: MaxPoolOnednnCache):
     """Route each output's gradient to the input its switch (oneDNN's workspace) names; return ``dx``.
 
@@ -232,6 +234,7 @@ def avg_pool2d_decline(x, kernel_size, stride=None, padding=0, ceil_mode=False, 
     return None
 
 
+@R.small_calls_on_one_thread(lambda x, *a, **k: x.nbytes)
 def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                        divisor_override=None, *, check_geometry=False, layer="avg_pool2d"):
     """Average pooling with PyTorch's divisor; return ``(y, cache)``, as ``functional.pool``.
@@ -248,6 +251,7 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, 
     return y, AvgPoolOnednnCache(g, fwd)
 
 
+@R.small_calls_on_one_thread(lambda dy, cache: 5 * dy.nbytes)
 def avg_pool2d_backward(dy, cache: AvgPoolOnednnCache):
     """Spread each output's gradient evenly over its window; return ``dx``.
 

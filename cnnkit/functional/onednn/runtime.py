@@ -112,6 +112,34 @@ def one_thread():
         gomp.omp_set_num_threads(previous)
 
 
+def small_calls_on_one_thread(size_of, threshold=None):
+    """Decorate a kernel so that calls with ``size_of(*args, **kwargs) < threshold`` build and run
+    their primitives on one OpenMP thread (default threshold: ``parallel.MIN_PARALLEL_BYTES``).
+
+    cnnkit's rule for its own threads, applied to oneDNN's: below it a fork and join of the
+    threads costs more than the work. Worse, a sleeping OpenMP worker must be woken and scheduled
+    for every parallel region: on a busy machine that took milliseconds per region, and the
+    digits job's 8x8 convolutions ran 5x slower on two threads than NumPy's single-threaded
+    kernels. The decision depends on shapes only, so a shape's primitives are always built and
+    run with the same thread count.
+    """
+    import functools
+
+    from ..parallel import MIN_PARALLEL_BYTES
+
+    limit = MIN_PARALLEL_BYTES if threshold is None else threshold
+
+    def decorate(kernel):
+        @functools.wraps(kernel)
+        def run(*args, **kwargs):
+            if size_of(*args, **kwargs) < limit:
+                with one_thread():
+                    return kernel(*args, **kwargs)
+            return kernel(*args, **kwargs)
+        return run
+    return decorate
+
+
 def openmp_threads() -> int | None:
     """The number of threads oneDNN's parallel regions use from this thread (None if unknown)."""
     stream()
@@ -286,13 +314,15 @@ class Primitive:
     ``args`` maps each ``DNNL_ARG_*`` index the primitive takes to the memory descriptor of that
     argument; a memory object is made for each (without a buffer) and pointed at the caller's
     array by :meth:`run`. The scratchpad is added here when the primitive needs one. ``kind``
-    names it in :func:`stats` (e.g. ``"conv backward data"``).
+    names it in :func:`stats` (e.g. ``"conv backward data"``); ``one_thread`` runs it on one
+    OpenMP thread (it must have been built on one).
     """
 
-    def __init__(self, pd: PrimitiveDesc, args: dict, kind: str):
+    def __init__(self, pd: PrimitiveDesc, args: dict, kind: str, one_thread: bool = False):
         L_ = lib()
         self.pd = pd
         self.kind = kind
+        self.one_thread = one_thread  # built on one OpenMP thread: run it on one too
         # For cnnkit.profile: reorders are data movement, every other primitive is compute.
         self.section = "reorder" if kind == "reorder" else "onednn"
         self.handle = L.handle()
@@ -317,7 +347,7 @@ class Primitive:
         set_handle = L_.raw.dnnl_memory_set_data_handle
         if self.scratchpad_bytes:
             buffers = {**buffers, L.ARG_SCRATCHPAD: scratch("onednn_scratchpad", (self.scratchpad_bytes + 64,), np.uint8)}
-        with self._lock:
+        with self._lock, (one_thread() if self.one_thread else _no_change()):
             for index, array in buffers.items():
                 address = array if isinstance(array, int) else array.ctypes.data
                 if index == L.ARG_SCRATCHPAD:
@@ -381,7 +411,20 @@ def clear_cache() -> None:
 
 
 def reorder(src_md, dst_md) -> Primitive:
-    """A reorder primitive from ``src_md`` to ``dst_md`` (both handles)."""
-    attr = Attributes()  # kept referenced until the pd is made
-    pd = create_pd("dnnl_reorder_primitive_desc_create", src_md, engine(), dst_md, engine(), attr.handle)
-    return Primitive(pd, {L.ARG_FROM: src_md, L.ARG_TO: dst_md}, "reorder")
+    """A reorder primitive from ``src_md`` to ``dst_md`` (both handles).
+
+    Reorders of less than ``parallel.MIN_PARALLEL_BYTES`` (weights, mostly) are built and run on
+    one thread (see :func:`small_calls_on_one_thread`).
+    """
+    from ..parallel import MIN_PARALLEL_BYTES
+
+    small = md_size(dst_md) < MIN_PARALLEL_BYTES
+    with one_thread() if small else _no_change():
+        attr = Attributes()  # kept referenced until the pd is made
+        pd = create_pd("dnnl_reorder_primitive_desc_create", src_md, engine(), dst_md, engine(), attr.handle)
+        return Primitive(pd, {L.ARG_FROM: src_md, L.ARG_TO: dst_md}, "reorder", one_thread=small)
+
+
+@contextmanager
+def _no_change():
+    yield
