@@ -109,7 +109,44 @@ def main(argv=None) -> int:
     return 0
 
 
-NOTES = """### How cnnkit's convolution gets its speed, and what was measured
+NOTES = """### Where the speed comes from: the oneDNN backend
+
+* **What runs** (`cnnkit/functional/onednn/`, `cnnkit info`): with `cnnkit[onednn]` installed, every
+  float32 convolution, max/average pooling, batch norm, ReLU, LRN, linear layer and residual sum is one
+  oneDNN primitive (oneDNN 3.2, JIT AVX-512 kernels, the library PyTorch calls), reached through ctypes.
+  The NumPy kernels stay the reference and the fallback: float64, NaN inputs, oneDNN's few differences
+  from PyTorch (max pooling of NaN or all `-inf` windows, ceil-mode average windows past the padding,
+  even LRN sizes) and tiny element-wise calls run on them, decided per call by the kernel registry.
+* **Layout**: between oneDNN layers activations are `(N, C, H, W)` NumPy arrays with channels-last
+  (NHWC) memory: the brgconv kernels read and write it directly, so no layer copies its input or output.
+  NCHW arrays with a reorder into and out of every convolution cost 1.2-1.6x more per training step
+  (ResNet-20, one thread: 1307 ms channels-last, 2051 ms NCHW with nhwc reorders, 1888 ms NCHW with
+  blocked reorders; the `layouts` section of `speed.py --only layouts` re-measures it). Blocked
+  `nChw16c` activations kept between layers would save no more than the reorders, and are not an array
+  a user can hold. Only the network's input (NCHW from the user) is reordered once, and the weights,
+  which are small, on each call.
+* **Threads**: oneDNN's OpenMP threads (`CNNKIT_NUM_THREADS`, else every core) run the primitives one at a
+  time; cnnkit's own pool and OpenBLAS are idle meanwhile. Calls under 8M multiply-adds (convolutions) or
+  1 MB (everything else) run on one thread, cnnkit's rule for its own threads; batch norm always does,
+  because its statistics meet at spin barriers that stalled for a whole time slice whenever another
+  process held a core (0.5-0.9 ms on one thread, 24-84 ms on two, on this shared machine). OpenMP workers
+  spin only briefly after a primitive (`GOMP_SPINCOUNT=10000` unless set), so they do not take the cores
+  from the NumPy work that follows.
+* **Primitives are cached** per shape, layout and option: a new shape costs a JIT compile (0.3-3 ms;
+  `cnnkit profile` reports them), later calls only point the memory objects at the arrays (a few
+  microseconds through ctypes). Scratchpads are user-managed NumPy buffers (one shared arena), so
+  `tracemalloc` and `cnnkit summary` see every byte: the summary's estimate is within 10% of the measured
+  peak on the oneDNN path (tests/test_onednn_models.py).
+* **Exactness**: every oneDNN kernel is tested against the float64 NumPy reference and PyTorch, forward
+  and every gradient, on the odd geometries of the NumPy tests, in both layouts. A whole ResNet-20
+  training step in float32 agrees with the float64 reference to ~1e-6 relative, as PyTorch does.
+* **Fair timing**: same threads for both frameworks; `OMP_WAIT_POLICY=PASSIVE` (PyTorch's best case on a
+  shared machine, and the same libgomp serves both); each timed call is followed by an untimed pause.
+  The machine was shared with several other jobs during these runs (load average 5-14 on 2 cores), which
+  inflates absolute times 2-10x and makes two-thread runs noisier than one-thread runs.
+
+### The NumPy kernels (`CNNKIT_BACKEND=numpy`), as measured before the oneDNN backend
+
 
 * **Algorithms** (`Conv2d(..., algorithm="auto" | "im2col" | "flat")`, `last_algorithm` says which ran;
   `cnnkit.functional.conv.set_benchmark(True)` times both once per shape, like cuDNN's benchmark mode).
