@@ -129,9 +129,9 @@ NOTES = """### Where the speed comes from: the oneDNN backend
   time; cnnkit's own pool and OpenBLAS are idle meanwhile. Calls under 8M multiply-adds (convolutions) or
   1 MB (everything else) run on one thread, cnnkit's rule for its own threads; batch norm always does,
   because its statistics meet at spin barriers that stalled for a whole time slice whenever another
-  process held a core (0.5-0.9 ms on one thread, 24-84 ms on two, on this shared machine). OpenMP workers
-  spin only briefly after a primitive (`GOMP_SPINCOUNT=10000` unless set), so they do not take the cores
-  from the NumPy work that follows.
+  process held a core (0.5-0.9 ms on one thread, 24-84 ms on two, on this shared machine). Idle OpenMP
+  workers sleep at once (`OMP_WAIT_POLICY=PASSIVE` unless the user set a policy), so they take no core
+  from the NumPy work that follows or from other processes.
 * **Primitives are cached** per shape, layout and option: a new shape costs a JIT compile (0.3-3 ms;
   `cnnkit profile` reports them), later calls only point the memory objects at the arrays (a few
   microseconds through ctypes). Scratchpads are user-managed NumPy buffers (one shared arena), so

@@ -380,7 +380,13 @@ class Primitive:
 
 
 def cached(key, build):
-    """The object ``build()`` made for ``key`` (built once per process: a JIT compile)."""
+    """The object ``build()`` made for ``key`` (built once per process: a JIT compile).
+
+    The key includes the OpenMP thread count in force: oneDNN sizes a primitive's work split for
+    the threads it is built with, and a primitive built for two threads runs two.
+    """
+    gomp = _openmp()
+    key = (key, gomp.omp_get_max_threads() if gomp is not None else 0)
     found = _cache.get(key)
     if found is not None:
         return found
