@@ -41,12 +41,37 @@ _stats = {"primitives": 0, "compile_seconds": 0.0, "executions": 0}
 _executions_by_kind: dict = {}
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed blocks for reuse instead of returning them to the system.
+
+    A training step frees its activations and allocates the same sizes again in the next one. By
+    default glibc gives large freed blocks back to the kernel (munmap, or trimming the heap), and
+    the next step page-faults every page in again; with oneDNN's kernels that first touch became a
+    third of a LeNet-5 step (14.8 -> 10.9 ms with this setting; its ReLU forward 1.33 -> 0.35 ms,
+    pooling backward 1.80 -> 0.63 ms on 3 MB of activations). Kept memory is reused by the next
+    step, so the peak does not grow; it is not handed back until the process ends. Done once,
+    when oneDNN is first used; ``CNNKIT_KEEP_FREED_MEMORY=0`` opts out. Returns whether it applied.
+    """
+    import os
+    import sys
+
+    if os.environ.get("CNNKIT_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameters
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 29) and libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):  # another C library (musl): leave it alone
+        return False
+
+
 def engine():
     """The process's CPU engine (created on first use)."""
     global _engine
     if _engine is None:
         with _engine_lock:
             if _engine is None:
+                keep_freed_memory()
                 e = L.handle()
                 lib().call("dnnl_engine_create", ctypes.byref(e), L.ENGINE_CPU, 0)
                 _engine = e
