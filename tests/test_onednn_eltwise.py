@@ -79,7 +79,13 @@ def test_add_relu_declines_non_finite_inputs(rng):
     a = rng.standard_normal((4, 16, 16, 16)).astype(np.float32)
     b = a.copy()
     a[0, 0, 0, 0], b[0, 0, 0, 0] = np.inf, -np.inf  # inf - inf is NaN
-    assert "NaN or inf" in eltwise.add_decline(a, b, relu=True)
+    assert "NaN or -inf" in eltwise.add_decline(a, b, relu=True)
+    b[0, 0, 0, 0] = 1.0  # +inf alone is harmless: inf + 1 = inf, relu(inf) = inf in both libraries
+    a[0, 0, 0, 0] = np.inf
+    assert eltwise.add_decline(a, b, relu=True) is None
+    np.testing.assert_array_equal(eltwise.add_forward(a, b, relu=True)[0], np.maximum(a + b, 0))
+    a[0, 0, 0, 1] = np.nan
+    assert "NaN" in eltwise.add_decline(a, b, relu=True)
     assert eltwise.add_decline(a, b, relu=False) is None  # a plain sum keeps the NaN itself
     assert "shapes differ" in eltwise.add_decline(a, b[:2])
 

@@ -11,7 +11,7 @@ gives the same gradient to both inputs, masked by ``y > 0`` after a ReLU.
 NaN: PyTorch's (and the reference's) ReLU keeps a NaN, oneDNN's turns it into 0, which would
 hide a diverging training run. So a ReLU whose input holds a NaN is declined (one ``min``
 reduction of the input, a fraction of the ReLU's own pass), and so is an add + ReLU whose inputs
-are not all finite (``inf - inf`` is NaN too: one sum per input). The backward passes agree with
+hold a NaN or -inf (``inf - inf`` is NaN too; one ``min`` per input). The backward passes agree with
 PyTorch as they are (``dx = 0`` wherever ``y <= 0``, even where ``dy`` is infinite).
 
 Every output keeps the memory order of the first input (channels-last in, channels-last out);
@@ -26,7 +26,7 @@ import numpy as np
 from ..memory import LayerMemory
 from . import library as L
 from . import runtime as R
-from .checks import all_finite, array_reason, first_reason, has_data, holds_nan, unavailable
+from .checks import array_reason, first_reason, has_data, holds_nan, lowest, unavailable
 from .layout import converted, empty_like_layout, is_channels_last
 
 # Below this many values NumPy's one call beats the trip through ctypes (measured: a ReLU of
@@ -137,9 +137,16 @@ def add_decline(a, b, relu=False):
         return reason
     if tuple(a.shape) != tuple(b.shape):
         return f"shapes differ: {tuple(a.shape)} and {tuple(b.shape)} (no broadcasting here)"
-    if relu and has_data(a) and not (all_finite(a) and all_finite(b)):
-        return "inputs hold NaN or inf (a NaN after the sum would become 0 in oneDNN's ReLU)"
+    if relu and has_data(a) and not (_no_nan_nor_minus_inf(a) and _no_nan_nor_minus_inf(b)):
+        return "inputs hold NaN or -inf (a NaN after the sum would become 0 in oneDNN's ReLU)"
     return None
+
+
+def _no_nan_nor_minus_inf(a) -> bool:
+    """``min(a)`` is finite: no NaN, no -inf. Then ``a + b`` holds no NaN either (that needs a NaN,
+    or +inf meeting -inf), and one pass per input suffices."""
+    low = lowest(a)
+    return low == low and low != -np.inf
 
 
 def add_memory(a, b, relu=False) -> LayerMemory:
