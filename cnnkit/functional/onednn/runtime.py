@@ -15,7 +15,10 @@
   costs a JIT compile (0.3-3 ms): :func:`stats` counts them and a profile run shows the time
   as the section ``"onednn compile"``.
 * Threads: oneDNN runs on OpenMP threads, as many as ``CNNKIT_NUM_THREADS`` (set per calling
-  thread, OpenMP's thread count being a per-thread setting) or OpenMP's default otherwise.
+  thread, OpenMP's thread count being a per-thread setting) or OpenMP's default otherwise; small
+  calls and batch norm on one (:func:`small_calls_on_one_thread`, :func:`one_thread`); idle
+  workers wait passively (``library._prepare_openmp``).
+* Memory: glibc is asked to keep freed blocks for the next step (:func:`keep_freed_memory`).
 """
 from __future__ import annotations
 
@@ -118,8 +121,8 @@ def _openmp():
 def one_thread():
     """Within the block, oneDNN primitives built and run on this thread use one OpenMP thread.
 
-    For the primitives whose threads meet at spin barriers inside one call (batch
-    normalisation's statistics): when another process holds one of the cores, the barrier waits
+    For small calls (:func:`small_calls_on_one_thread`) and for the primitives whose threads meet
+    at spin barriers inside one call (batch normalisation's statistics): when another process holds one of the cores, the barrier waits
     for the descheduled thread's next time slice. Measured on the shared 2-core machine, a
     128x16x32x32 batch norm forward took 0.5-0.9 ms on one thread and 24-84 ms on two. These
     passes are memory-bound, so one thread loses little when the machine is quiet.
