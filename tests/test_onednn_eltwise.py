@@ -91,7 +91,7 @@ def test_add_relu_declines_non_finite_inputs(rng):
 
 
 @pytest.mark.parametrize("n, features_in, features_out, bias", [(128, 400, 120, True), (16, 512, 100, False),
-                                                                 (1, 7, 3, True)])
+                                                                 (1, 7, 3, True), (64, 1024, 300, True)])
 def test_linear_matches_reference_and_torch(n, features_in, features_out, bias, rng):
     from cnnkit.functional.onednn import linear
 
@@ -103,6 +103,7 @@ def test_linear_matches_reference_and_torch(n, features_in, features_out, bias, 
     grads_ref = reference_linear.linear_backward(dy, cache_ref)
     f32 = lambda a: None if a is None else a.astype(np.float32)  # noqa: E731
     assert linear.linear_decline(f32(x), f32(weight), f32(b)) is None
+    assert (linear.linear_defer(f32(x), f32(weight), f32(b)) is None) == (n * features_in * features_out >= 1 << 24)
     y, cache = linear.linear_forward(f32(x), f32(weight), f32(b))
     assert_close(y, y_ref)
     for got, want in zip(linear.linear_backward(f32(dy), cache), grads_ref):

@@ -41,8 +41,9 @@ def test_training_step_matches_the_float64_reference(name):
     agree with float64 to ~1e-6 there, the NumPy float32 kernels to ~5e-3)."""
     loss, grads, state, algorithms = _gradients(name, "onednn")
     ref_loss, ref_grads, ref_state, _ = _gradients(name, "numpy", np.float64)
-    # Every layer with a oneDNN kernel ran it, except ReLUs of few values (NumPy is faster there).
-    assert {a for t, a in algorithms.values() if t != "ReLU"} == {"onednn"}, algorithms
+    # Every layer with a oneDNN kernel ran it, except ReLUs of few values and the small linear
+    # layers of these nets (NumPy is faster there: a defer).
+    assert {a for t, a in algorithms.values() if t not in ("ReLU", "Linear")} == {"onednn"}, algorithms
     assert abs(loss - ref_loss) < 1e-5 * max(1.0, abs(ref_loss))
     for key in ref_grads:
         scale = np.abs(ref_grads[key]).max()

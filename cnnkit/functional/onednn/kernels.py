@@ -55,7 +55,8 @@ def register() -> None:
         doc="oneDNN binary add with a ReLU post-op"))
     linear.LINEAR.register(Kernel(
         NAME, NAME, PRIORITY, olin.linear_forward, olin.linear_backward, olin.LinearOnednnCache,
-        decline=olin.linear_decline, memory=olin.linear_memory, doc="oneDNN inner product"))
+        decline=olin.linear_decline, defer=olin.linear_defer, memory=olin.linear_memory,
+        doc="oneDNN matmul (brgemm), the weight's transpose read as a strided view"))
 
 
 register()

@@ -170,9 +170,7 @@ _SIGNATURES = {
         (_ph, _h, _i, _h, _h, _h, _f, _u, _h, _h), None),
     "dnnl_lrn_forward_primitive_desc_create": ((_ph, _h, _i, _i, _h, _h, _i64, _f, _f, _f, _h), None),
     "dnnl_lrn_backward_primitive_desc_create": ((_ph, _h, _i, _h, _h, _h, _i64, _f, _f, _f, _h, _h), None),
-    "dnnl_inner_product_forward_primitive_desc_create": ((_ph, _h, _i, _h, _h, _h, _h, _h), None),
-    "dnnl_inner_product_backward_data_primitive_desc_create": ((_ph, _h, _h, _h, _h, _h, _h), None),
-    "dnnl_inner_product_backward_weights_primitive_desc_create": ((_ph, _h, _h, _h, _h, _h, _h, _h), None),
+    "dnnl_matmul_primitive_desc_create": ((_ph, _h, _h, _h, _h, _h, _h), None),
     "dnnl_binary_primitive_desc_create": ((_ph, _h, _i, _h, _h, _h, _h), None),
 }
 

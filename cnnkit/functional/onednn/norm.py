@@ -143,7 +143,10 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     if training and m < 2:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
     channels_last = _channels_last(x)
-    with R.one_thread():  # see runtime.one_thread: the statistics meet at spin barriers
+    # Batch statistics meet at spin barriers: one thread (see runtime.one_thread). With running
+    # statistics the pass is a per-channel affine map without barriers: every thread.
+    threads = R.one_thread() if training else R.all_threads()
+    with threads:
         fwd = R.cached(("batch_norm_forward", x.shape, channels_last, bool(training), float(eps)),
                        lambda: _BatchNormForward(x.shape, channels_last, bool(training), float(eps)))
     scale = np.ones(c, np.float32) if weight is None else _vector(weight, c)
@@ -153,7 +156,7 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     else:  # copies: the running buffers may change before backward
         mean, var = np.array(running_mean, np.float32), np.array(running_var, np.float32)
     y = _new(x.shape, channels_last)
-    with R.one_thread():
+    with R.one_thread() if training else R.all_threads():
         fwd.primitive.run({L.ARG_SRC: x, L.ARG_DST: y, L.ARG_SCALE: scale, L.ARG_SHIFT: shift,
                            L.ARG_MEAN: mean, L.ARG_VARIANCE: var})
     if training:

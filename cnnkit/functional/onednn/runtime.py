@@ -140,6 +140,12 @@ def one_thread():
         gomp.omp_set_num_threads(previous)
 
 
+@contextmanager
+def all_threads():
+    """No change to the thread count (the counterpart of :func:`one_thread` in conditional code)."""
+    yield
+
+
 def small_calls_on_one_thread(size_of, threshold=None):
     """Decorate a kernel so that calls with ``size_of(*args, **kwargs) < threshold`` build and run
     their primitives on one OpenMP thread (default threshold: ``parallel.MIN_PARALLEL_BYTES``).
