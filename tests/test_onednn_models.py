@@ -155,7 +155,8 @@ def test_import_cnnkit_loads_no_library():
 def test_missing_library_means_numpy_everywhere(tmp_path):
     code = ("import numpy as np, cnnkit; from cnnkit import backend, models; "
             "m = models.create('lenet5', seed=0); m(np.zeros((2, 1, 28, 28), np.float32)); "
-            "print(backend.active_backend()[0], {x.last_algorithm for x in m.modules() if getattr(x, 'last_algorithm', None)})")
+            "print(backend.active_backend()[0], "
+            "{x.last_algorithm for x in m.modules() if getattr(x, 'last_algorithm', None)})")
     env = {"CNNKIT_ONEDNN_LIBRARY": str(tmp_path / "libdnnl.so.3.2"), "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.startswith("numpy") and "onednn" not in out.stdout

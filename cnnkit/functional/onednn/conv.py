@@ -125,7 +125,8 @@ def conv2d_decline(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     """Why oneDNN will not run this convolution (None when it will).
 
     With ``relu`` the inputs must be finite: a NaN output would become 0 in oneDNN's ReLU
-    post-op, where PyTorch and the reference keep it (one sum over the input, real arrays only).
+    post-op, where PyTorch and the reference keep it (a min and a max of each input, real arrays
+    only).
     """
     reason = first_reason(unavailable(), array_reason("input", x, (4,)), array_reason("weight", weight, (4,)),
                           array_reason("bias", bias))
@@ -138,7 +139,16 @@ def conv2d_decline(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     return None
 
 
-@R.small_calls_on_one_thread(lambda x, weight, *a, **k: _macs(x.shape, weight.shape, *a, **k), SMALL_CONV_MACS)
+def _forward_macs(x, weight, *args, **options) -> int:
+    return _macs(x.shape, weight.shape, *args, **options)
+
+
+def _backward_macs(dy, cache, *flags, **options) -> int:
+    g = cache.geometry
+    return _macs(g.input_shape, g.weight_shape, None, g.stride, g.padding, g.dilation, g.groups)
+
+
+@R.small_calls_on_one_thread(_forward_macs, SMALL_CONV_MACS)
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None, relu=False):
     """Return ``(y, cache)``: oneDNN's convolution, same contract as the reference kernels of
     ``functional.conv`` (``workspace`` is not needed here).
@@ -220,7 +230,7 @@ class _BackwardWeights:
         self.to_plain = None if self.diff_weights_plain else R.reorder(self.diff_weights_md, plain_weights.handle)
 
 
-@R.small_calls_on_one_thread(lambda dy, cache, *a, **k: _macs(cache.x.shape, cache.weight.shape, None, *cache.geometry[3:7]), SMALL_CONV_MACS)
+@R.small_calls_on_one_thread(_backward_macs, SMALL_CONV_MACS)
 def conv2d_backward(dy, cache: Conv2dOnednnCache, need_dx=True, need_dweight=True, need_dbias=True):
     """Return ``(dx, dweight, dbias)``; a gradient not asked for is ``None`` and is not computed.
 

@@ -255,7 +255,8 @@ def local_response_norm_forward(x, size, alpha=1e-4, beta=0.75, k=1.0):
     x = _readable(x)
     channels_last = _channels_last(x)
     params = (int(size), float(alpha), float(beta), float(k))
-    fwd = R.cached(("lrn_forward", x.shape, channels_last, params), lambda: _LrnForward(x.shape, channels_last, *params))
+    fwd = R.cached(("lrn_forward", x.shape, channels_last, params),
+                   lambda: _LrnForward(x.shape, channels_last, *params))
     y = _new(x.shape, channels_last)
     buffers = {L.ARG_SRC: x, L.ARG_DST: y}
     workspace = None

@@ -122,8 +122,8 @@ def one_thread():
     """Within the block, oneDNN primitives built and run on this thread use one OpenMP thread.
 
     For small calls (:func:`small_calls_on_one_thread`) and for the primitives whose threads meet
-    at spin barriers inside one call (batch normalisation's statistics): when another process holds one of the cores, the barrier waits
-    for the descheduled thread's next time slice. Measured on the shared 2-core machine, a
+    at spin barriers inside one call (batch normalisation's statistics): when another process
+    holds one of the cores, the barrier waits for the descheduled thread's next time slice. Measured on the shared 2-core machine, a
     128x16x32x32 batch norm forward took 0.5-0.9 ms on one thread and 24-84 ms on two. These
     passes are memory-bound, so one thread loses little when the machine is quiet.
     """
@@ -380,7 +380,8 @@ class Primitive:
         L_ = lib()
         set_handle = L_.raw.dnnl_memory_set_data_handle
         if self.scratchpad_bytes:
-            buffers = {**buffers, L.ARG_SCRATCHPAD: scratch("onednn_scratchpad", (self.scratchpad_bytes + 64,), np.uint8)}
+            pad = scratch("onednn_scratchpad", (self.scratchpad_bytes + 64,), np.uint8)
+            buffers = {**buffers, L.ARG_SCRATCHPAD: pad}
         with self._lock, (one_thread() if self.one_thread else _no_change()):
             for index, array in buffers.items():
                 address = array if isinstance(array, int) else array.ctypes.data
@@ -388,7 +389,8 @@ class Primitive:
                     address += (-address) % 64
                 status = set_handle(self._slot[index], address)
                 if status != L.SUCCESS:
-                    raise OnednnError(f"oneDNN dnnl_memory_set_data_handle failed: {L.STATUS_NAMES.get(status, status)}")
+                    raise OnednnError("oneDNN dnnl_memory_set_data_handle failed: "
+                                      f"{L.STATUS_NAMES.get(status, status)}")
             with section(self.section):
                 start = time.perf_counter()
                 status = L_.raw.dnnl_primitive_execute(self.handle, stream(), len(self.indices), self.exec_args)
