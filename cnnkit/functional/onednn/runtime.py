@@ -123,9 +123,10 @@ def one_thread():
 
     For small calls (:func:`small_calls_on_one_thread`) and for the primitives whose threads meet
     at spin barriers inside one call (batch normalisation's statistics): when another process
-    holds one of the cores, the barrier waits for the descheduled thread's next time slice. Measured on the shared 2-core machine, a
-    128x16x32x32 batch norm forward took 0.5-0.9 ms on one thread and 24-84 ms on two. These
-    passes are memory-bound, so one thread loses little when the machine is quiet.
+    holds one of the cores, the barrier waits for the descheduled thread's next time slice.
+    Measured on the shared 2-core machine, a 128x16x32x32 batch norm forward took 0.5-0.9 ms on
+    one thread and 24-84 ms on two. These passes are memory-bound, so one thread loses little when
+    the machine is quiet (0.68 against 0.61 ms).
     """
     stream()  # this thread's OpenMP setting first (its first stream sets it)
     gomp = _openmp()
