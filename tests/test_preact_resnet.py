@@ -1,6 +1,8 @@
 """Pre-activation ResNets (He et al. 2016, "Identity Mappings in Deep Residual Networks"): parameter
 counts and multiply-adds against the published figures, the key scheme, summary/profile/ONNX on
 them, and the networks against a plain-torch implementation of the paper's units."""
+import os
+
 import numpy as np
 import pytest
 
@@ -193,6 +195,8 @@ def test_units_are_the_shared_containers_and_keys_follow_the_documented_scheme(c
     pattern = re.compile(r"^(conv1\.weight|bn1\.\w+|bn_final\.\w+|fc\.(weight|bias)|"
                          r"layer\d\.\d+\.(bn1\.\w+|(residual\.)?(body\.(bn[123]|conv[123])\.\w+|shortcut\.weight)))$")
     assert [k for k in keys if not pattern.match(k)] == []
+    flat = [k.replace("residual.", "").replace("body.", "") for k in keys]  # as the docstring promises
+    assert len(set(flat)) == len(keys) and "layer2.0.conv1.weight" in flat and "layer2.1.bn1.weight" in flat
 
 
 def test_resnet110_option_a_pads_the_raw_input(cheap_weights):
@@ -414,6 +418,24 @@ def test_registered_resnet164_matches_torch(rng):
     compare_with_torch(model, net, rng.standard_normal((2, 3, 8, 8)), rng)
 
 
+def test_weights_move_between_torch_files_and_cnnkit_checkpoints(tmp_path, rng):
+    torch = pytest.importorskip("torch")
+    net = torch_reference([18, 18, 18], 10, False, shortcut="A").eval()
+    torch.save(net.state_dict(), tmp_path / "preact110.pth")
+    model = M.preact_resnet110(seed=1).eval()
+    model.load_state_dict(cnnkit.io.load_state_dict(tmp_path / "preact110.pth"), strict=True)
+    x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+    with cnnkit.no_grad():
+        np.testing.assert_allclose(model(x), ref, rtol=1e-4, atol=1e-5)
+    cnnkit.io.save(M.create("preact_resnet110", seed=2), tmp_path / "ckpt.safetensors")
+    back = cnnkit.io.load(tmp_path / "ckpt.safetensors")
+    assert isinstance(back, PreActResNet) and back.config["name"] == "preact_resnet110"
+    for (k, a), b in zip(M.create("preact_resnet110", seed=2).state_dict().items(), back.state_dict().values()):
+        assert np.array_equal(a, b), k
+
+
 def _randomize_bn(model, rng):
     for m in model.modules():
         if isinstance(m, BatchNorm2d):
@@ -489,21 +511,29 @@ def test_onnx_export_bottleneck_imagenet_layout(tmp_path, rng):
     np.testing.assert_allclose(model(x), ref, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
 
 
-def test_onnx_graph_of_the_1001_layer_net(cheap_weights):
+SLOW = pytest.mark.skipif(not os.environ.get("CNNKIT_SLOW_TESTS"), reason="65M parameters; CNNKIT_SLOW_TESTS=1")
+
+
+@pytest.mark.parametrize("name", ["preact_resnet1001", pytest.param("preact_resnet200", marks=SLOW)])
+def test_onnx_graph_of_the_deepest_nets(cheap_weights, name):
+    """Checked structurally (running them is the small instances' job): one Conv per convolution,
+    one Add per unit, initializers named by state-dict key."""
     pytest.importorskip("onnx")
-    model = M.preact_resnet1001().eval()
-    proto = cnnkit.onnx.export(model, None, CIFAR, check=False)
+    model = M.create(name).eval()
+    layers, _, imagenet = CONFIG[name]
+    proto = cnnkit.onnx.export(model, None, IMAGENET if imagenet else CIFAR, check=False)
     ops = {}
     for node in proto.graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
     n_convs = sum(isinstance(m, Conv2d) for m in model.modules())
-    assert ops["Conv"] == n_convs == 1001 - 1 + 3
-    assert ops["Add"] == 3 * 111  # one addition per unit
+    assert ops["Conv"] == n_convs == model.depth - 1 + len(layers)  # + one projection per stage
+    assert ops["Add"] == sum(layers)
     assert ops["BatchNormalization"] == sum(isinstance(m, BatchNorm2d) for m in model.modules())
     names = {init.name for init in proto.graph.initializer}
     keys = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
-    assert keys <= names  # initializers named by state-dict key
-    assert tuple(d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim[1:]) == (10,)
+    assert keys <= names
+    classes = 1000 if imagenet else 10
+    assert tuple(d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim[1:]) == (classes,)
 
 
 # -- real data -----------------------------------------------------------------------------------------

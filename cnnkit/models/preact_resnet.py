@@ -59,6 +59,10 @@ torchvision's names where there is a torchvision counterpart (``conv1``, ``bn1``
     bn_final.weight                            the activation after the last addition
     fc.weight, fc.bias
 
+Dropping ``body.`` and ``residual.`` from these keys loses nothing (no two collide): it gives the flat
+names of the common PyTorch pre-activation ResNets (``layer2.0.bn1``, ``layer2.0.conv1``, ...,
+``layer2.0.shortcut``), should weights from one of those need renaming.
+
 Initialisation as in the authors' code: convolutions ``N(0, 2 / (k*k*out_channels))`` (He et al.
 2015, fan-out), BatchNorm weight 1 and bias 0, the classifier's bias 0.
 """
@@ -112,6 +116,7 @@ def residual_branch(inplanes: int, planes: int, stride: int = 1, *, bottleneck: 
     """The residual function F: ``[bn1 relu1] conv1 bn2 relu2 conv2 [bn3 relu3 conv3]``.
 
     ``preactivate=False`` leaves out ``bn1 relu1`` (their input is already activated).
+
     Shape:
         (inplanes, H, W) -> (planes * (4 if bottleneck else 1), ceil(H / stride), ceil(W / stride))
     """
