@@ -502,6 +502,7 @@ def test_onnx_export_matches_onnxruntime(tmp_path, rng, name, kwargs, shape):
 
 
 def test_onnx_export_bottleneck_imagenet_layout(tmp_path, rng):
+    pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     model = _randomize_bn(PreActResNet([1, 2, 1, 1], 6, bottleneck=True, imagenet=True, rng=rng), rng).eval()
     path = tmp_path / "model.onnx"
