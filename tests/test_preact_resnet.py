@@ -177,39 +177,40 @@ def test_units_are_the_shared_containers_and_keys_follow_the_documented_scheme(c
     model = M.preact_resnet164()
     assert isinstance(model.layer1[0], PreActUnit) and isinstance(model.layer1[0], Residual)
     assert isinstance(model.layer2[0], PreActProjectionUnit) and isinstance(model.layer2[0].residual, Residual)
-    assert isinstance(model.layer2[1], PreActUnit) and model.layer2[1].shortcut is None
+    assert isinstance(model.layer2[1], PreActUnit) and model.layer2[1].named_branch("shortcut") == []
     assert len(model.layer1) == len(model.layer2) == len(model.layer3) == 18
     keys = list(model.state_dict())
     for key in ["conv1.weight", "bn1.weight", "bn1.running_var", "bn1.num_batches_tracked",
-                "layer1.0.body.conv1.weight", "layer1.0.body.bn2.weight", "layer1.0.body.conv3.weight",
-                "layer1.0.shortcut.weight", "layer1.1.body.bn1.weight", "layer1.1.body.conv1.weight",
-                "layer2.0.bn1.running_mean", "layer2.0.residual.body.conv1.weight",
-                "layer2.0.residual.body.bn3.bias", "layer2.0.residual.shortcut.weight",
-                "layer3.17.body.conv3.weight", "bn_final.weight", "bn_final.running_var", "fc.weight", "fc.bias"]:
+                "layer1.0.conv1.weight", "layer1.0.bn2.weight", "layer1.0.conv3.weight",
+                "layer1.0.downsample.weight", "layer1.1.bn1.weight", "layer1.1.conv1.weight",
+                "layer2.0.bn1.running_mean", "layer2.0.residual.conv1.weight",
+                "layer2.0.residual.bn3.bias", "layer2.0.residual.downsample.weight",
+                "layer3.17.conv3.weight", "bn_final.weight", "bn_final.running_var", "fc.weight", "fc.bias"]:
         assert key in keys, key
-    assert "layer1.0.body.bn1.weight" not in keys  # the stem's bn1 pre-activates the first unit
-    assert model.layer2[0].residual.body.conv1.stride == (2, 2)  # the paper: stride in the first 1x1
-    assert M.preact_resnet164(stride_in_1x1=False).layer2[0].residual.body.conv2.stride == (2, 2)
+    assert "layer1.0.bn1.weight" not in keys  # the stem's bn1 pre-activates the first unit
+    assert model.layer2[0].residual.conv1.stride == (2, 2)  # the paper: stride in the first 1x1
+    assert M.preact_resnet164(stride_in_1x1=False).layer2[0].residual.conv2.stride == (2, 2)
     # every key is one of the documented shapes
     import re
     pattern = re.compile(r"^(conv1\.weight|bn1\.\w+|bn_final\.\w+|fc\.(weight|bias)|"
-                         r"layer\d\.\d+\.(bn1\.\w+|(residual\.)?(body\.(bn[123]|conv[123])\.\w+|shortcut\.weight)))$")
+                         r"layer\d\.\d+\.(bn1\.\w+|(residual\.)?((bn[123]|conv[123])\.\w+|downsample\.weight)))$")
     assert [k for k in keys if not pattern.match(k)] == []
-    flat = [k.replace("residual.", "").replace("body.", "") for k in keys]  # as the docstring promises
-    assert len(set(flat)) == len(keys) and "layer2.0.conv1.weight" in flat and "layer2.1.bn1.weight" in flat
+    flat = [k.replace("residual.", "") for k in keys]  # as the docstring promises: no collision
+    assert len(set(flat)) == len(keys) and "layer2.0.conv1.weight" in flat and "layer2.0.bn1.weight" in flat
 
 
 def test_resnet110_option_a_pads_the_raw_input(cheap_weights):
     model = M.preact_resnet110()
     unit = model.layer2[0]
-    assert isinstance(unit, PreActUnit) and isinstance(unit.shortcut, PadShortcut)
-    assert list(unit.body.named_children())[0][0] == "bn1"  # pre-activation in the branch only
+    assert isinstance(unit, PreActUnit) and isinstance(unit.downsample, PadShortcut)
+    assert unit.named_branch("body")[0][0] == "bn1"  # pre-activation in the branch only
     assert isinstance(M.preact_resnet110(shortcut="B").layer3[0], PreActProjectionUnit)
 
 
 def _projections(model):
     """The 1x1 projection shortcuts (the weighted layers that do not count in a ResNet's depth)."""
-    return [m.shortcut for m in model.modules() if isinstance(m, Residual) and isinstance(m.shortcut, Conv2d)]
+    return [module for m in model.modules() if isinstance(m, Residual)
+            for _, module in m.named_branch("shortcut") if isinstance(module, Conv2d)]
 
 
 @pytest.mark.parametrize("name", ["preact_resnet1001", "preact_resnet200"])
@@ -244,7 +245,7 @@ def test_registry_seed_num_classes_and_errors():
     other = M.preact_resnet110(num_classes=7, generator=np.random.default_rng(4))
     assert not np.array_equal(model.conv1.weight.data, other.conv1.weight.data)
     # the authors' init: N(0, 2 / (9 * out_channels)) for a 3x3 conv
-    w = M.preact_resnet110(seed=0).layer3[5].body.conv2.weight.data
+    w = M.preact_resnet110(seed=0).layer3[5].conv2.weight.data
     assert abs(w.std() - np.sqrt(2 / (9 * 64))) / np.sqrt(2 / (9 * 64)) < 0.05
     with pytest.raises(ValueError, match="num_classes must be a positive int, got 0"):
         M.preact_resnet164(num_classes=0)
@@ -298,47 +299,48 @@ def torch_reference(layers, num_classes, bottleneck, imagenet=False, shortcut="B
             super().__init__()
             out = planes * (4 if bottleneck else 1)
             changes = stride != 1 or inplanes != out
-            self.first, self.stride, self.pad = first, stride, out - inplanes
+            self.stride, self.pad = stride, out - inplanes
             self.kind = "identity" if not changes else ("pad" if shortcut == "A" else "project")
-            body = nn.Module()
-            if not first and self.kind != "project":
-                body.bn1 = nn.BatchNorm2d(inplanes)
-            if bottleneck:
-                s1, s2 = (stride, 1) if stride_in_1x1 else (1, stride)
-                body.conv1 = nn.Conv2d(inplanes, planes, 1, s1, bias=False)
-                body.bn2 = nn.BatchNorm2d(planes)
-                body.conv2 = nn.Conv2d(planes, planes, 3, s2, 1, bias=False)
-                body.bn3 = nn.BatchNorm2d(planes)
-                body.conv3 = nn.Conv2d(planes, out, 1, bias=False)
-            else:
-                body.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-                body.bn2 = nn.BatchNorm2d(planes)
-                body.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-            projection = nn.Conv2d(inplanes, out, 1, stride, bias=False) if self.kind == "project" else None
-            if self.kind == "project" and not first:
+            self.shared = self.kind == "project" and not first
+            if self.shared:                       # bn1 before the split, the rest one level down
                 self.bn1 = nn.BatchNorm2d(inplanes)
                 self.residual = nn.Module()
-                self.residual.body, self.residual.shortcut = body, projection
+                unit = self.residual
             else:
-                self.body, self.shortcut = body, projection
+                unit = self
+                if not first:
+                    unit.bn1 = nn.BatchNorm2d(inplanes)
+            if bottleneck:
+                s1, s2 = (stride, 1) if stride_in_1x1 else (1, stride)
+                unit.conv1 = nn.Conv2d(inplanes, planes, 1, s1, bias=False)
+                unit.bn2 = nn.BatchNorm2d(planes)
+                unit.conv2 = nn.Conv2d(planes, planes, 3, s2, 1, bias=False)
+                unit.bn3 = nn.BatchNorm2d(planes)
+                unit.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+            else:
+                unit.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+                unit.bn2 = nn.BatchNorm2d(planes)
+                unit.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+            if self.kind == "project":
+                unit.downsample = nn.Conv2d(inplanes, out, 1, stride, bias=False)
 
         @staticmethod
-        def branch(body, a):
-            a = body.conv2(F.relu(body.bn2(body.conv1(a))))
-            return body.conv3(F.relu(body.bn3(a))) if bottleneck else a
+        def branch(unit, a):
+            a = unit.conv2(F.relu(unit.bn2(unit.conv1(a))))
+            return unit.conv3(F.relu(unit.bn3(a))) if bottleneck else a
 
         def forward(self, x):
-            if hasattr(self, "residual"):
+            if self.shared:
                 a = F.relu(self.bn1(x))                       # shared by both paths
-                return self.branch(self.residual.body, a) + self.residual.shortcut(a)
-            a = F.relu(self.body.bn1(x)) if hasattr(self.body, "bn1") else x
+                return self.branch(self.residual, a) + self.residual.downsample(a)
+            a = F.relu(self.bn1(x)) if hasattr(self, "bn1") else x
             if self.kind == "project":                        # first unit: x is already activated
-                skip = self.shortcut(x)
+                skip = self.downsample(x)
             elif self.kind == "pad":
                 skip = F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, 0, self.pad))
             else:
                 skip = x
-            return self.branch(self.body, a) + skip
+            return self.branch(self, a) + skip
 
     class Net(nn.Module):
         def __init__(self):
@@ -453,7 +455,7 @@ def test_summary_rows_name_the_units(cheap_weights):
     row = {r["name"]: r for r in s.rows}
     assert len(s.rows) == len(list(model.named_modules()))
     assert row["layer1.0"]["type"] == "PreActUnit" and row["layer2.0"]["type"] == "PreActProjectionUnit"
-    assert row["layer2.0.residual.shortcut"]["output_shape"] == (32, 16, 16)
+    assert row["layer2.0.residual.downsample"]["output_shape"] == (32, 16, 16)
     assert row["layer2.0.bn1"]["output_shape"] == (16, 32, 32)
     assert row["layer3.17"]["output_shape"] == (64, 8, 8) and row["fc"]["output_shape"] == (10,)
     leaves = [r for r in s.rows if r["leaf"]]

@@ -18,19 +18,19 @@ How a unit is built from the shared containers
 ----------------------------------------------
 Most units keep their input on the shortcut and pre-activate the residual branch only::
 
-    PreActUnit = Residual(body=Sequential(bn1, relu1, conv1, bn2, relu2, conv2), shortcut=None)
+    PreActUnit = Residual({bn1, relu1, conv1, bn2, relu2, conv2}, shortcut=None)
 
 Where the shortcut projects (a 1x1 convolution when the width or the stride changes) the paper
 pre-activates the projection too (its appendix), with the *same* BN-ReLU as the residual branch:
 the authors' released code (github.com/KaimingHe/resnet-1k-layers) applies one "common BN, ReLU"
 before splitting into the two paths::
 
-    PreActProjectionUnit = Sequential(bn1, relu1, residual=Residual(body=Sequential(conv1, bn2, relu2, conv2),
-                                                                    shortcut=conv1x1))
+    PreActProjectionUnit = Sequential(bn1, relu1, residual=Residual({conv1, bn2, relu2, conv2},
+                                                                    {downsample: conv1x1}))
 
 The two ends of the network follow the appendix too: the first unit's activation sits right after
-the stem's conv1, before the split (the stem's ``bn1, relu``), so its body starts with ``conv1`` and
-its shortcut sees the activated stem output; the last unit gets one extra activation right after
+the stem's conv1, before the split (the stem's ``bn1, relu``), so its branch starts with ``conv1``
+and its shortcut sees the activated stem output; the last unit gets one extra activation right after
 its addition (``bn_final, relu_final``), before the pooling.
 
 Bottleneck units put [1x1, w; 3x3, w; 1x1, 4w] in place of [3x3, w; 3x3, w] (``bn3, relu3, conv3``
@@ -45,23 +45,26 @@ derived from MXNet's (gluon-cv, imgclsmob) give ``layer1.0`` a second BN-ReLU af
 
 State-dict keys
 ---------------
-torchvision's names where there is a torchvision counterpart (``conv1``, ``bn1``, ``layer1``..,
-``fc``), and the containers' names inside a unit, so every key says where the tensor sits::
+torchvision's names, as in the rest of the zoo: the stem's ``conv1``, ``bn1``, the stages
+``layer1``.., ``fc``; inside a unit the layers are the ``Residual``'s own children (the containers'
+dict form), named ``bn1, conv1, bn2, conv2 [, bn3, conv3]`` in the order they run, and the
+shortcut is ``downsample`` (a bare 1x1 convolution: its BatchNorm is the shared one before it)::
 
     conv1.weight                               stem convolution (3x3 CIFAR, 7x7/2 ImageNet)
     bn1.{weight,bias,running_mean,...}         stem BN: the first unit's pre-activation
-    layer1.0.body.conv1.weight                 first unit: no BN of its own
-    layer1.0.shortcut.weight                   ... its projection, where it has one (bottleneck)
+    layer1.0.conv1.weight                      first unit: no BN of its own
+    layer1.0.downsample.weight                 ... its projection, where it has one (bottleneck)
     layer2.0.bn1.weight                        a projection unit's shared pre-activation
-    layer2.0.residual.body.conv1.weight        ... its residual branch (conv1, bn2, conv2, bn3, conv3)
-    layer2.0.residual.shortcut.weight          ... its 1x1 projection (no BN after it)
-    layer2.1.body.bn1.weight                   every other unit: bn1, conv1, bn2, conv2 [, bn3, conv3]
+    layer2.0.residual.conv1.weight             ... its residual branch (conv1, bn2, conv2, bn3, conv3)
+    layer2.0.residual.downsample.weight        ... its 1x1 projection
+    layer2.1.bn1.weight                        every other unit: bn1, conv1, bn2, conv2 [, bn3, conv3]
     bn_final.weight                            the activation after the last addition
     fc.weight, fc.bias
 
-Dropping ``body.`` and ``residual.`` from these keys loses nothing (no two collide): it gives the flat
-names of the common PyTorch pre-activation ResNets (``layer2.0.bn1``, ``layer2.0.conv1``, ...,
-``layer2.0.shortcut``), should weights from one of those need renaming.
+Only a projection unit keeps one level more (``residual.``): the shared BN-ReLU runs before the
+split, and ``Residual`` has a place for layers after the sum (``after``) but none before it.
+Dropping ``residual.`` loses nothing (no two keys collide) and gives the flat names of the common
+PyTorch pre-activation ResNets (``layer2.0.conv1``, with ``shortcut`` for ``downsample``).
 
 Initialisation as in the authors' code: convolutions ``N(0, 2 / (k*k*out_channels))`` (He et al.
 2015, fan-out), BatchNorm weight 1 and bias 0, the classifier's bias 0.
@@ -88,12 +91,18 @@ EXPANSION = 4  # a bottleneck unit's output width over its inner width
 
 
 class PreActUnit(Residual):
-    """``x + body(x)``: the shortcut sees the unit's input (the identity, an option-A zero-padded
+    """``x + F(x)``: the shortcut sees the unit's input (the identity, an option-A zero-padded
     identity, or -- in the first unit only -- a projection of the already activated stem output).
 
+    ``branch``: F's layers by name (see :func:`residual_branch`); ``downsample``: the shortcut
+    module, ``None`` for the identity.
+
     Shape:
-        (C_in, H, W) -> (C_out, ceil(H / stride), ceil(W / stride)); body and shortcut agree.
+        (C_in, H, W) -> (C_out, ceil(H / stride), ceil(W / stride)); branch and shortcut agree.
     """
+
+    def __init__(self, branch: OrderedDict, downsample: Module | None = None):
+        super().__init__(branch, None if downsample is None else {"downsample": downsample})
 
 
 class PreActProjectionUnit(Sequential):
@@ -103,17 +112,17 @@ class PreActProjectionUnit(Sequential):
         (C_in, H, W) -> (C_out, ceil(H / stride), ceil(W / stride))
     """
 
-    def __init__(self, in_channels: int, body: Module, projection: Module):
+    def __init__(self, in_channels: int, branch: OrderedDict, projection: Module):
         super().__init__(OrderedDict(
             bn1=BatchNorm2d(in_channels),
             relu1=ReLU(),
-            residual=Residual(body, projection),
+            residual=Residual(branch, {"downsample": projection}),
         ))
 
 
 def residual_branch(inplanes: int, planes: int, stride: int = 1, *, bottleneck: bool, preactivate: bool,
-                    stride_in_1x1: bool = True, rng=None) -> Sequential:
-    """The residual function F: ``[bn1 relu1] conv1 bn2 relu2 conv2 [bn3 relu3 conv3]``.
+                    stride_in_1x1: bool = True, rng=None) -> OrderedDict:
+    """The residual function F by layer name: ``[bn1 relu1] conv1 bn2 relu2 conv2 [bn3 relu3 conv3]``.
 
     ``preactivate=False`` leaves out ``bn1 relu1`` (their input is already activated).
 
@@ -135,7 +144,7 @@ def residual_branch(inplanes: int, planes: int, stride: int = 1, *, bottleneck: 
             conv1=conv3x3(inplanes, planes, stride, rng=rng), bn2=BatchNorm2d(planes), relu2=ReLU(),
             conv2=conv3x3(planes, planes, rng=rng),
         )
-    return Sequential(layers)
+    return layers
 
 
 def preact_unit(inplanes: int, planes: int, stride: int = 1, *, bottleneck: bool = False, shortcut: str = "B",
@@ -151,7 +160,7 @@ def preact_unit(inplanes: int, planes: int, stride: int = 1, *, bottleneck: bool
     out = planes * (EXPANSION if bottleneck else 1)
     same_shape = stride == 1 and inplanes == out
 
-    def branch(preactivate: bool) -> Sequential:
+    def branch(preactivate: bool) -> OrderedDict:
         return residual_branch(inplanes, planes, stride, bottleneck=bottleneck, preactivate=preactivate,
                                stride_in_1x1=stride_in_1x1, rng=rng)
 
