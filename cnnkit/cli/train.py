@@ -3,8 +3,9 @@
 With no arguments: a small ConvNet on scikit-learn's bundled 8x8 digits (no download), a few
 seconds on 2 cores. Each dataset has a default recipe (model, epochs, batch size, learning
 rate, schedule, augmentation); any option given on the command line overrides it. The run
-directory gets history.csv/json, best.safetensors (best validation accuracy) and last.safetensors (resumable
-with --resume).
+directory gets history.csv/json, steps.csv (every step's loss), best.safetensors (best validation
+accuracy), last.safetensors (resumable with --resume), results.json (the test figures of the best
+checkpoint and the run's settings) and report.html (`cnnkit report RUN_DIR` rebuilds it).
 """
 from __future__ import annotations
 
@@ -181,14 +182,44 @@ def run(args) -> int:
         return 130
     elapsed = time.perf_counter() - start
 
-    best = io.load(checkpoint.best_path) if checkpoint.best_path.exists() else model
-    result = Trainer(best, optimizer, out=None).evaluate(test_loader, topk=(1, 5))
-    top5 = f", top-5 {result['top5']:.2%}" if len(train_full.classes) > 10 else ""
-    print(f"test accuracy {result['top1']:.2%}{top5} (loss {result['loss']:.4f}) after {trainer.epoch} epochs "
+    from ..train.results import evaluate_model, results_dict, training_throughput, write_results
+
+    best = io.load_checkpoint(checkpoint.best_path) if checkpoint.best_path.exists() else None
+    # one evaluation of the best weights on the whole test set: printed, in results.json, in the report
+    evaluation = evaluate_model(best.model if best else model, test_loader, len(test_set.classes))
+    top5 = f", top-5 {evaluation.top5:.2%}" if evaluation.top5 is not None else ""
+    print(f"test accuracy {evaluation.top1:.2%}{top5} (loss {evaluation.loss:.4f}) after {trainer.epoch} epochs "
           f"in {elapsed:.1f}s")
     print(f"best checkpoint: {checkpoint.best_path}")
+    counts = {"train": len(train_set), "val": len(val_set) if val_set is not None else 0, "test": len(test_set)}
+    write_results(out_dir, results_dict(
+        evaluation, checkpoint=checkpoint.best_path.name if best else "(final weights, not saved)",
+        best_epoch=int(best.training_state["epoch"]) if best and best.training_state else None,
+        epochs=trainer.epoch, wall_time_s=elapsed, images_per_s=training_throughput(trainer.history),
+        settings=_settings(args, cfg, n_params, counts)))
     if not args.no_report:
         from ..viz.report import write_report
 
-        print(f"report: {write_report(out_dir, data_dir=args.data_dir)}")
+        print(f"report: {write_report(out_dir, data_dir=args.data_dir, evaluation=evaluation)}")
     return 0
+
+
+def _settings(args, cfg, n_params, counts) -> dict:
+    """The settings of a run, for results.json and the report."""
+    from .. import __version__
+    from ..data import data_root
+    from ..train.results import active_backend
+
+    settings = {"model": cfg["model"], "parameters": int(n_params), "dataset": args.dataset,
+                "data_dir": "bundled with scikit-learn" if args.dataset == "digits" else str(data_root(args.data_dir).resolve()),
+                "images": counts, "epochs": cfg["epochs"], "batch_size": cfg["batch_size"],
+                "optimizer": cfg["optimizer"], "lr": cfg["lr"], "momentum": cfg["momentum"],
+                "weight_decay": cfg["weight_decay"], "schedule": cfg["schedule"], "warmup_epochs": args.warmup_epochs,
+                "augment": bool(cfg["augment"]), "seed": args.seed, "val_split": args.val_split, "limit": args.limit}
+    if cfg["optimizer"] not in ("sgd", "rmsprop"):
+        settings.pop("momentum")  # Adam-style optimizers take no momentum argument here
+    for key in ("init", "freeze", "num_classes", "resume"):
+        if getattr(args, key, None):
+            settings[key] = getattr(args, key)
+    settings.update(cnnkit_version=__version__, backend=active_backend())
+    return settings
