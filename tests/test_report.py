@@ -158,6 +158,8 @@ def test_report_files_are_data_not_markup(tmp_path, run_dir):
     page = write_report(hostile, examples=0).read_text()
     assert "<script>" not in page and "<img src=x" not in page and "&lt;script&gt;" in page
     assert "no training curves" in page  # the broken history is a note, not a crash
+    (hostile / "history.json").write_text("[1, 2]")
+    assert "must hold one object of figures per epoch" in write_report(hostile, examples=0).read_text()
     (hostile / "results.json").write_text(json.dumps({"format": "something else"}))
     assert "no results.json: " in write_report(hostile, examples=0).read_text()
 

@@ -83,7 +83,7 @@ def plot_activations(model, x, image=None, classes=None, layers=None, max_slices
     height = 2.0 + 1.05 * len(panels)
     fig = new_figure(12, height)
     grid = fig.add_gridspec(rows, 2, width_ratios=[1, 3], height_ratios=[1.5] + [1] * len(panels),
-                            left=0.13, right=0.98, top=1 - 0.75 / height, bottom=0.25 / height, hspace=0.45,
+                            left=0.13, right=0.98, top=1 - 0.9 / height, bottom=0.25 / height, hspace=0.45,
                             wspace=0.15)
     _draw_input(fig.add_subplot(grid[0, 0]), x[0] if image is None else image)
     _draw_top5(fig.add_subplot(grid[0, 1]), np.asarray(logits)[0], classes)
@@ -106,7 +106,8 @@ def plot_activations(model, x, image=None, classes=None, layers=None, max_slices
         what = "  class scores (before the softmax)" if scores else ""
         ax.set_title(f"{shape}{more}{what}   range [{lo:.3g}, {hi:.3g}]", fontsize=7, loc="left", pad=2)
     fig.suptitle((title or f"activations of {type(model).__name__}") + "\neach layer on its own gray scale "
-                 f"(black: its minimum, white: its maximum); {GAP_COLOR_NAME}: gaps between tiles, no value", fontsize=10)
+                 f"(black: its minimum, white: its maximum); {GAP_COLOR_NAME}: gaps between tiles, no value", fontsize=10,
+                 y=1 - 0.08 / height, va="top")
     if path is not None:
         save_figure(fig, path)
     return fig

@@ -33,6 +33,8 @@ def read_history(run_dir_or_file) -> list[dict]:
             rows = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
     if not isinstance(rows, list) or not rows:
         raise ValueError(f"{path} holds no epochs")
+    if not all(isinstance(row, dict) for row in rows):
+        raise ValueError(f"{path} must hold one object of figures per epoch")
     return rows
 
 
@@ -170,6 +172,8 @@ def plot_history(history, path=None, title=None, steps=None, best_epoch: int | N
     lr_values = lr_values[np.isfinite(lr_values)]
     if lr_values.size and np.all(lr_values > 0) and lr_values.max() / lr_values.min() > 20:
         lr_ax.set_yscale("log")
+    elif lr_values.size and np.all(lr_values >= 0):
+        lr_ax.set_ylim(0, 1.1 * max(float(lr_values.max()), 1e-12))  # from 0: a constant rate is not a zoomed-in wiggle
     for ax, label in ((loss_ax, "loss (cross-entropy)"), (acc_ax, "top-1 accuracy"),
                       (lr_ax, "learning rate" + (" (each step)" if steps else " (per epoch)"))):
         ax.set_title(label, fontsize=10)
@@ -204,7 +208,7 @@ def plot_confusion(confusion, classes=None, path=None, title=None, normalize: bo
     shown = cm / np.maximum(totals, 1) if normalize else cm
     size = float(np.clip(0.5 * k + 2.5, 4.5, 12))
     fig = new_figure(size + 0.6, size)
-    ax = fig.add_axes([0.13, 0.13, 0.72, 0.77])
+    ax = fig.add_axes([0.12, 0.13, 0.68, 0.77])
     im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
     if k <= 30:
         for i in range(k):
@@ -215,7 +219,7 @@ def plot_confusion(confusion, classes=None, path=None, title=None, normalize: bo
     ax.set_yticks(range(k), names, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    cax = fig.add_axes([0.88, 0.13, 0.025, 0.77])
+    cax = fig.add_axes([0.83, 0.13, 0.025, 0.77])
     bar = fig.colorbar(im, cax=cax)
     bar.set_label("fraction of the true class (row)" if normalize else "images", fontsize=8)
     accuracy = np.trace(cm) / max(cm.sum(), 1)
