@@ -58,11 +58,14 @@ def read_steps(run_dir_or_file) -> list[tuple[int, int, float, float]]:
         return []
     steps = []
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                steps.append((int(row["step"]), int(row["epoch"]), float(row["loss"]), float(row["lr"])))
-            except (KeyError, TypeError, ValueError):
-                continue
+        try:
+            for row in csv.DictReader(f):
+                try:
+                    steps.append((int(row["step"]), int(row["epoch"]), float(row["loss"]), float(row["lr"])))
+                except (KeyError, TypeError, ValueError):
+                    continue
+        except csv.Error as exc:
+            raise ValueError(f"{path} is not a CSV file of steps ({exc})") from None
     return steps
 
 
