@@ -119,7 +119,7 @@ def test_cnnkit_report_rebuilds_a_no_report_run(tmp_path, capsys):
     # a results.json that no longer matches the checkpoint is pointed out, the page shows the new evaluation
     results["test_top1"] = 0.5
     (out / "results.json").write_text(json.dumps(results))
-    assert main(["report", str(out)]) == 0
+    assert main(["report", str(out), "--examples", "0"]) == 0
     page = (out / "report.html").read_text()
     assert "results.json (written at the end of training) says 50.00%" in page and headline(page) != 0.5
 
@@ -236,3 +236,14 @@ def test_steps_survive_a_resume(tmp_path):
     steps = read_steps(tmp_path)
     assert [s[:2] for s in steps] == [(1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (6, 2)]
     assert steps[:3] == before  # the first epoch's steps are kept, not rewritten or lost
+
+
+def test_a_model_that_answers_one_class_is_called_out(tmp_path, run_dir):
+    folder = tmp_path / "collapsed"
+    folder.mkdir()
+    (folder / "best.safetensors").write_bytes((run_dir / "best.safetensors").read_bytes())
+    labels = cnnkit.data.load("digits", "test").labels
+    stuck = Evaluation(labels, np.full_like(labels, 3), np.ones(labels.size), labels < 5, 2.3, 10)
+    page = write_report(folder, examples=0, evaluation=stuck).read_text()
+    assert "The model answers 3 for 100% of the test images, which are 10% 3: it has collapsed" in page
+    assert headline(page) == stuck.top1 and "Nothing stands out" not in page

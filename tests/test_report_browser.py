@@ -75,11 +75,15 @@ def images_loaded(driver):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A real run: the bundled digits, 2 epochs (seconds), with diagnostics and its report."""
+    """A real run (the bundled digits, 600 training images, 2 epochs: seconds) with diagnostics,
+    and its report with one activation example."""
     from cnnkit.cli import main
+    from cnnkit.viz.report import write_report
 
     out = tmp_path_factory.mktemp("browser-run")
-    assert main(["train", "--epochs", "2", "--out", str(out), "--no-progress", "--diagnostics", "10"]) == 0
+    assert main(["train", "--epochs", "2", "--limit", "600", "--out", str(out), "--no-progress", "--diagnostics", "5",
+                 "--no-report"]) == 0
+    write_report(out, examples=1)
     return out
 
 

@@ -188,8 +188,8 @@ def run(args) -> int:
     # one evaluation of the best weights on the whole test set: printed, in results.json, in the report
     evaluation = evaluate_model(best.model if best else model, test_loader, len(test_set.classes))
     top5 = f", top-5 {evaluation.top5:.2%}" if evaluation.top5 is not None else ""
-    print(f"test accuracy {evaluation.top1:.2%}{top5} (loss {evaluation.loss:.4f}) after {trainer.epoch} epochs "
-          f"in {elapsed:.1f}s")
+    print(f"test accuracy {evaluation.top1:.2%}{top5} (loss {evaluation.loss:.4f}) after {trainer.epoch} "
+          f"epoch{'s' if trainer.epoch != 1 else ''} in {elapsed:.1f}s")
     print(f"best checkpoint: {checkpoint.best_path}")
     counts = {"train": len(train_set), "val": len(val_set) if val_set is not None else 0, "test": len(test_set)}
     write_results(out_dir, results_dict(

@@ -425,6 +425,13 @@ def _test_section(run) -> str:
     fig = plot_confusion(cm, names, title=f"confusion matrix of {run.ckpt_path.name}: accuracy {ev.top1:.2%} on "
                                           f"{len(ev):,} test images")
     parts = []
+    predicted_share = cm.sum(axis=0) / max(len(ev), 1)
+    top = int(np.argmax(predicted_share))
+    true_share = cm[top].sum() / max(len(ev), 1)
+    if predicted_share[top] > 0.5 and predicted_share[top] > 2 * true_share:
+        parts.append(f'<p class="note">The model answers {_e(names[top])} for {predicted_share[top]:.0%} of the test '
+                     f"images, which are {true_share:.0%} {_e(names[top])}: it has collapsed onto one class. Train "
+                     "longer, or lower the learning rate.</p>")
     recall = per_class_accuracy(cm)
     with np.errstate(invalid="ignore", divide="ignore"):
         predicted = cm.sum(axis=0)
