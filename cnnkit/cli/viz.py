@@ -241,7 +241,8 @@ def _saliency(args):
     return path
 
 
-DEMO_LIMITS = {"size": (1, 16), "channels": (1, 4), "filters": (1, 4), "kernel": (1, 7), "stride": (1, 8), "pad": (0, 3)}
+DEMO_LIMITS = {"size": (1, 16), "channels": (1, 4), "filters": (1, 4), "kernel": (1, 7), "stride": (1, 8),
+               "pad": (0, 3)}
 
 
 def _conv_demo(args):

@@ -344,9 +344,10 @@ def conv_demo_frames(demo: ConvDemo | None = None, dpi: int = 70):
     """Every step as an RGB uint8 image ``(height, width, 3)``."""
     demo = demo or make_demo()
     width, height = _frame_size(demo)
-    fig = new_figure(width, height + 0.6, dpi=dpi)
-    frame = _Frame(fig, demo, area=(0.0, 0.0, 1.0, height / (height + 0.6)))
+    fig = new_figure(width, height + 0.8, dpi=dpi)
+    frame = _Frame(fig, demo, area=(0.0, 0.0, 1.0, height / (height + 0.8)))
     fig.text(0.03, 1 - 0.08 / fig.get_figheight(), demo.geometry("\n"), fontsize=8, va="top")
+    _legend(fig, 1 - 0.62 / fig.get_figheight(), fontsize=7)
     frames = []
     for index in range(demo.num_steps):
         frame.show(index)

@@ -187,7 +187,8 @@ def plot_history(history, path=None, title=None, steps=None, best_epoch: int | N
     parts = [f"{label} {_value(last[key], key)}" for key, label in (
         ("train_loss", "train loss"), ("val_loss", "validation loss"), ("val_top1", "validation accuracy"))
         if isinstance(last.get(key), (int, float))]
-    fig.suptitle(title or f"training curves ({plural(len(rows), 'epoch')}; last epoch: {', '.join(parts)})", fontsize=10)
+    default = f"training curves ({plural(len(rows), 'epoch')}; last epoch: {', '.join(parts)})"
+    fig.suptitle(title or default, fontsize=10)
     fig.subplots_adjust(left=0.06, right=0.98, top=0.84, bottom=0.14, wspace=0.25)
     if path is not None:
         save_figure(fig, path)
@@ -311,7 +312,8 @@ def plot_diagnostics(records, path=None, title=None, layer_types: dict | None = 
 
 
 def _stat(record, layer, stat) -> float:
-    value = record["layers"].get(layer, {}).get(stat, np.nan) if isinstance(record["layers"].get(layer), dict) else np.nan
+    stats = record["layers"].get(layer)
+    value = stats.get(stat, np.nan) if isinstance(stats, dict) else np.nan
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else np.nan
 
 
@@ -347,7 +349,8 @@ def diagnostics_findings(records, layer_types: dict | None = None) -> list[str]:
             findings.append(f"{label}: update/weight ratio {ratio:.1e}, {UPDATE_RATIO_GUIDE / ratio:.0f}x below the "
                             "~1e-3 guide: its weights barely move; the learning rate may be too low.")
         elif ratio is not None and last_epoch > 1:
-            earlier = [(_stat(r, name, "update_ratio"), r["step"]) for r in records if int(r.get("epoch", 1)) < last_epoch]
+            earlier = [(_stat(r, name, "update_ratio"), r["step"]) for r in records
+                       if int(r.get("epoch", 1)) < last_epoch]
             peak = max(((v, step) for v, step in earlier if np.isfinite(v)), default=None)
             if peak is not None and peak[0] > high:
                 settled.append((name, peak))
@@ -361,10 +364,10 @@ def diagnostics_findings(records, layer_types: dict | None = None) -> list[str]:
     if settled:
         names = ", ".join(_layer_label(name, layer_types) for name, _ in settled)
         value, step = max(peak for _, peak in settled)
-        findings.append(f"Earlier in training the update/weight ratio of layer{'s' if len(settled) > 1 else ''} {names} "
-                        f"rose above 10x the ~1e-3 guide (up to {value:.1e}, {value / UPDATE_RATIO_GUIDE:.0f}x, at step "
-                        f"{step}) and settled by the last epoch: the start was fast; a learning-rate warmup "
-                        "(--warmup-epochs) makes it gentler.")
+        layers = f"layer{'s' if len(settled) > 1 else ''} {names}"
+        findings.append(f"Earlier in training the update/weight ratio of {layers} rose above 10x the ~1e-3 guide "
+                        f"(up to {value:.1e}, {value / UPDATE_RATIO_GUIDE:.0f}x, at step {step}) and settled by the "
+                        "last epoch: the start was fast; a learning-rate warmup (--warmup-epochs) makes it gentler.")
     return findings
 
 

@@ -79,7 +79,8 @@ def find_checkpoint(run_dir, checkpoint: str | None = None) -> Path | None:
     found = [run_dir / f"{stem}{suffix}" for stem in stems for suffix in CHECKPOINT_SUFFIXES]
     found = [path for path in found if path.is_file()]
     if checkpoint is not None and not found:
-        raise ValueError(f"no {checkpoint} checkpoint in {run_dir} (looked for {checkpoint}{'/'.join(CHECKPOINT_SUFFIXES)})")
+        raise ValueError(f"no {checkpoint} checkpoint in {run_dir} "
+                         f"(looked for {checkpoint}{'/'.join(CHECKPOINT_SUFFIXES)})")
     return found[0] if found else None
 
 
@@ -261,7 +262,8 @@ def _headline(run) -> str:
     if loss is not None:
         cards.append(_card("test loss", f'<span id="test-loss">{loss:.4f}</span>', "mean cross-entropy"))
     if top5 is not None:
-        cards.append(_card("top-5 accuracy", f'<span id="test-top5">{top5:.2%}</span>', "true class among the 5 highest"))
+        cards.append(_card("top-5 accuracy", f'<span id="test-top5">{top5:.2%}</span>',
+                           "true class among the 5 highest"))
     best_epoch = run.ckpt_epoch if run.is_best else _number(results.get("best_epoch"))
     if best_epoch is not None:
         of = f" of {run.epochs}" if run.epochs else ""
@@ -306,8 +308,8 @@ def _settings_section(run) -> str:
         rows.append(("model", f"{run.model_name}" + (f" ({params:,} parameters)" if params is not None else "")))
     images = s.get("images") if isinstance(s.get("images"), dict) else {}
     if run.dataset_name:
-        counts = ", ".join(f"{images[k]:,} {label}" for k, label in (("train", "training"), ("val", "validation"),
-                                                                     ("test", "test")) if _number(images.get(k)) is not None)
+        splits = (("train", "training"), ("val", "validation"), ("test", "test"))
+        counts = ", ".join(f"{images[k]:,} {label}" for k, label in splits if _number(images.get(k)) is not None)
         rows.append(("dataset", run.dataset_name + (f" ({counts} images)" if counts else "")))
     if s:
         rows.append(("data folder", s.get("data_dir")))
@@ -316,8 +318,9 @@ def _settings_section(run) -> str:
         rows.append(("optimizer", _optimizer_text(s)))
         rows.append(("learning rate", _lr_text(s)))
         rows.append(("augmentation", "random crops and horizontal flips" if s.get("augment") else "none"))
-        rows.append(("validation", f"{s['val_split']:.0%} of the training images held out" if _number(s.get("val_split"))
-                     else "the test set (--val-split 0)" if s.get("val_split") == 0 else None))
+        split = _number(s.get("val_split"))
+        rows.append(("validation", f"{split:.0%} of the training images held out" if split
+                     else "the test set (--val-split 0)" if split == 0 else None))
         rows.append(("seed", s.get("seed")))
         if s.get("limit"):
             rows.append(("training images used", f"the first {s['limit']:,} (--limit)"))
@@ -343,7 +346,8 @@ def _optimizer_text(s) -> str | None:
     if _number(s.get("momentum")):
         extras.append(f"momentum {s['momentum']:g}")
     if _number(s.get("weight_decay")) is not None:
-        extras.append(f"weight decay {s['weight_decay']:g}" + (" (not on biases and BatchNorm)" if s["weight_decay"] else ""))
+        exempt = " (not on biases and BatchNorm)" if s["weight_decay"] else ""
+        extras.append(f"weight decay {s['weight_decay']:g}{exempt}")
     return text + (", " + ", ".join(extras) if extras else "")
 
 
@@ -367,9 +371,10 @@ def _recovered_settings(run) -> list[tuple[str, object]]:
         first_lr = run.history[0].get("lr")
         if _number(first_lr) is not None:
             rows.append(("learning rate", f"{first_lr:g} in the first epoch"))
-    groups = (run.state.get("optimizer") or {}).get("param_groups") if isinstance(run.state.get("optimizer"), dict) else None
+    optimizer = run.state.get("optimizer")
+    groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
     if isinstance(groups, list) and groups and isinstance(groups[0], dict):
-        extras = [f"{label} {groups[0][key]:g}" for key, label in (("momentum", "momentum"), ("weight_decay", "weight decay"))
+        extras = [f"{key.replace('_', ' ')} {groups[0][key]:g}" for key in ("momentum", "weight_decay")
                   if _number(groups[0].get(key)) is not None]
         if extras:
             rows.append(("optimizer", ", ".join(extras)))
@@ -445,14 +450,15 @@ def _test_section(run) -> str:
     rows = []
     for i in order:
         mistaken = int(np.argmax(off[i])) if off[i].any() else None
+        confused = f"{_e(names[mistaken])} ({int(off[i, mistaken])})" if mistaken is not None else "–"
         rows.append(f"<tr><td>{_e(names[i])}</td><td>{int(cm[i].sum()):,}</td><td>{int(cm[i, i]):,}</td>"
-                    f"<td>{_pct(recall[i])}</td><td>{_pct(precision[i])}</td>"
-                    f"<td>{_e(names[mistaken]) + f' ({int(off[i, mistaken])})' if mistaken is not None else '–'}</td></tr>")
+                    f"<td>{_pct(recall[i])}</td><td>{_pct(precision[i])}</td><td>{confused}</td></tr>")
     parts.append(f"<h3>Per class ({shown})</h3>"
                  "<p class=\"caption\">Accuracy of a class = recall: the share of its test images predicted as it. "
                  "Precision: the share of the images predicted as the class that really are it.</p>"
-                 '<table class="classes"><tr><th>class</th><th>test images</th><th>correct</th><th>accuracy (recall)</th>'
-                 "<th>precision</th><th>most often mistaken for</th></tr>" + "".join(rows) + "</table>")
+                 '<table class="classes"><tr><th>class</th><th>test images</th><th>correct</th>'
+                 "<th>accuracy (recall)</th><th>precision</th><th>most often mistaken for</th></tr>"
+                 + "".join(rows) + "</table>")
     parts.append(_confused_pairs(run, cm, names))
     return _figure_section("test-set", "Test set in detail", fig,
                            "Rows: the true class; columns: the predicted class. Each cell counts test images; its "
@@ -480,7 +486,8 @@ def _confused_pairs(run, cm, names) -> str:
                       f"{_e(names[true])} test images)</p>{images}</div>")
     return ("<h3>Most confused pairs</h3><p class=\"caption\">The largest off-diagonal cells of the matrix, each with "
             "the misclassified test images the model was most sure of (#test index, confidence in the wrong class). "
-            "<code>cnnkit viz activations CKPT test:INDEX</code> shows one of them layer by layer.</p>" + "".join(blocks))
+            "<code>cnnkit viz activations CKPT test:INDEX</code> shows one of them layer by layer.</p>"
+            + "".join(blocks))
 
 
 def _filters_section(run) -> str:
@@ -514,7 +521,8 @@ def _activations_section(run, examples) -> str:
         verdict = ""
         if ev is not None:
             pred = names[ev.predictions[index]]
-            verdict = f", predicted {pred} ({ev.confidence[index]:.1%})" + (" — misclassified" if pred != true else "")
+            wrong = " — misclassified" if pred != true else ""
+            verdict = f", predicted {pred} ({ev.confidence[index]:.1%}){wrong}"
         heading = f"test image {index}: true class {true}{verdict}"
         fig = plot_activations(run.model, x, image=image, classes=names, title=heading)
         parts.append(f"<h3>{_e(heading)}</h3>" + _img(fig, heading))
