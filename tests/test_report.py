@@ -39,7 +39,7 @@ def test_results_json_holds_the_test_figures_and_settings(run_dir, capsys):
     assert settings["model"] == "digitnet" and settings["parameters"] == sum(p.size for p in best.model.parameters())
     assert (settings["optimizer"], settings["lr"], settings["schedule"], settings["batch_size"]) == ("sgd", 0.05, "cosine", 32)
     assert settings["images"] == {"train": 1294, "val": 144, "test": 359}
-    assert settings["augment"] is False and settings["seed"] == 0 and settings["backend"] == "numpy"
+    assert settings["augment"] is False and settings["seed"] == 0 and settings["backend"] == active_backend()[0]
     assert settings["cnnkit_version"] == cnnkit.__version__
     # one evaluation of the whole test set, the same as an independent pass over it
     again = evaluate_on(best.model, test_set, "digits")
@@ -59,7 +59,7 @@ def test_report_headline_equals_results_and_the_matrix(run_dir):
     assert "<title>digitnet on digits - cnnkit report</title>" in page and "cnnkit run run" not in page
     for row in ("model</th><td>digitnet (38,282 parameters)", "optimizer</th><td>SGD, momentum 0.9, weight decay 0.0005",
                 "learning rate</th><td>0.05, cosine decay to 0", "batch size</th><td>32", "augmentation</th><td>none",
-                "seed</th><td>0", "data folder</th><td>bundled with scikit-learn", "backend</th><td>numpy",
+                "seed</th><td>0", "data folder</th><td>bundled with scikit-learn", f"backend</th><td>{active_backend()[0]}",
                 f"cnnkit version</th><td>{cnnkit.__version__}"):
         assert row in page
     # per-class table: one row per digit, accuracy (recall) and precision; confused pairs with images
@@ -201,15 +201,18 @@ def test_evaluation_and_results_file(tmp_path):
 def test_backend_is_read_defensively(monkeypatch):
     import cnnkit.backend as backend
 
-    assert active_backend() == "numpy"
+    monkeypatch.delattr(backend, "active_backend", raising=False)
+    assert active_backend() == ("numpy", None)
     monkeypatch.setattr(backend, "active_backend", lambda: "onednn", raising=False)
-    assert active_backend() == "onednn"
+    assert active_backend() == ("onednn", None)
+    monkeypatch.setattr(backend, "active_backend", lambda: ("numpy", "onednn: not installed"), raising=False)
+    assert active_backend() == ("numpy", "onednn: not installed")
 
     def broken():
         raise RuntimeError("no library")
 
     monkeypatch.setattr(backend, "active_backend", broken, raising=False)
-    assert active_backend() == "numpy"
+    assert active_backend() == ("numpy", None)
 
 
 def test_steps_survive_a_resume(tmp_path):

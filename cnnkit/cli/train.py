@@ -221,5 +221,8 @@ def _settings(args, cfg, n_params, counts) -> dict:
     for key in ("init", "freeze", "num_classes", "resume"):
         if getattr(args, key, None):
             settings[key] = getattr(args, key)
-    settings.update(cnnkit_version=__version__, backend=active_backend())
+    backend, why = active_backend()
+    settings.update(cnnkit_version=__version__, backend=backend)
+    if why:
+        settings["backend_reason"] = why
     return settings

@@ -113,36 +113,36 @@ def training_throughput(history) -> float | None:
     return seen / seconds if seconds > 0 else None
 
 
-def active_backend() -> str:
-    """The name of the compute backend in use. cnnkit runs on NumPy; a backend module that
-    reports its choice (``active_backend``/``current_backend``/``get_backend``/``backend_name``
-    in ``cnnkit.backend``) is asked, and anything unexpected falls back to ``"numpy"``."""
+def active_backend() -> tuple[str, str | None]:
+    """``(name, why)`` of the compute backend in use, asked defensively: ``cnnkit.backend`` may
+    report it (``active_backend()`` -> a name or ``(name, reason)``, or ``current_backend`` /
+    ``backend_name``); anything missing, failing or unexpected gives ``("numpy", None)``."""
     from .. import backend
 
-    for name in ("active_backend", "current_backend", "get_backend", "backend_name"):
-        candidate = getattr(backend, name, None)
-        if not callable(candidate):
+    for name in ("active_backend", "current_backend", "backend_name"):
+        probe = getattr(backend, name, None)
+        if not callable(probe):
             continue
         try:
-            value = candidate()
-        except Exception:  # a backend probe must never break a report
+            value = probe()
+        except Exception:  # a backend probe must never break a run's results
             continue
+        why = None
+        if isinstance(value, (tuple, list)) and value:
+            value, why = value[0], (value[1] if len(value) > 1 and isinstance(value[1], str) else None)
         value = getattr(value, "name", value)
-        if isinstance(value, str) and value:
-            return value
-    return "numpy"
+        if isinstance(value, str) and value and value != "auto":
+            return value, why
+    return "numpy", None
 
 
 def results_dict(evaluation: Evaluation, *, checkpoint: str, best_epoch: int | None, epochs: int,
                  wall_time_s: float, images_per_s: float | None, settings: dict) -> dict:
-    """The content of ``results.json``."""
+    """The content of ``results.json`` (``settings`` carries the cnnkit version and backend)."""
     from datetime import datetime
-
-    from .. import __version__
 
     results = {
         "format": RESULTS_FORMAT,
-        "cnnkit_version": __version__,
         "finished": datetime.now().astimezone().isoformat(timespec="seconds"),
         "test_top1": evaluation.top1,
         "test_loss": evaluation.loss,

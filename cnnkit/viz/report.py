@@ -328,7 +328,8 @@ def _settings_section(run) -> str:
             if s.get(key):
                 rows.append((label, ", ".join(map(str, s[key])) if isinstance(s[key], list) else s[key]))
         rows.append(("cnnkit version", s.get("cnnkit_version")))
-        rows.append(("backend", s.get("backend")))
+        why = f" ({s['backend_reason']})" if s.get("backend_reason") else ""
+        rows.append(("backend", f"{s['backend']}{why}" if s.get("backend") else None))
     else:
         rows += _recovered_settings(run)
     body = "\n".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows if v is not None and v != "")
