@@ -328,7 +328,7 @@ class Module:
                 problems.append(f"missing keys {missing}")
             if unexpected:
                 problems.append(f"unexpected keys {unexpected}")
-            raise KeyError(f"load_state_dict(strict=True): " + "; ".join(problems))
+            raise KeyError("load_state_dict(strict=True): " + "; ".join(problems))
         for key, (module, name) in own.items():
             if key not in state:
                 continue
