@@ -17,7 +17,7 @@ from ..functional.norm import (
     local_response_norm_forward,
 )
 from .module import Module, Parameter
-from .validation import check_input
+from .validation import check_input, check_parameter_size
 
 
 def _is_number(value) -> bool:
@@ -50,6 +50,8 @@ class _BatchNorm(Module):
         self.momentum = None if momentum is None else float(momentum)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
+        check_parameter_size(name, f"num_features={num_features} (weight, bias, running mean and variance)",
+                             (2 * self.affine + 2 * self.track_running_stats, num_features))
 
         self.weight = Parameter(np.ones(num_features, dtype)) if affine else None
         self.bias = Parameter(np.zeros(num_features, dtype)) if affine else None
