@@ -160,6 +160,8 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     if algorithm == "flat":
         if groups != 1:
             raise ValueError(f"conv2d: algorithm='flat' needs groups=1, got groups={groups}")
+        if x.shape[0] == 0:  # an empty batch (PyTorch: empty output): nothing to lay out flat
+            return conv2d_forward(x, weight, bias, stride, padding, dilation, groups, algorithm="im2col")
         if keep_columns is None:
             k = weight.shape[1] * weight.shape[2] * weight.shape[3]
             keep_columns = k * x.shape[0] * x.shape[2] * x.shape[3] * x.dtype.itemsize <= KEEP_COLUMNS_MAX_BYTES
@@ -194,7 +196,21 @@ def conv2d_backward(dy, cache: Conv2dCache, need_dx=True, need_dweight=True, nee
         dweight[g] = sum_n dy[n, g] @ cols[n, g]^T;  dcols = weight[g]^T @ dy[n, g];  dx = col2im(dcols)
     """
     if isinstance(cache, FlatCache):
-        return conv2d_flat_backward(dy, cache, need_dx, need_dweight, need_dbias)
+        dx, dweight, dbias = conv2d_flat_backward(dy, cache, need_dx, need_dweight, need_dbias)
+        # The flat kernel also multiplies the dropped seam positions (zeros of dY) by the input
+        # (dweight) and by the weight (dx): a NaN or inf there gives 0 * inf = NaN in taps that
+        # never read it, where PyTorch stays finite. Then (rarely) im2col recomputes those.
+        xp = array_module(dy)
+        redo_dweight = dweight is not None and not xp.isfinite(dweight).all()
+        redo_dx = dx is not None and not xp.isfinite(cache.weight).all()
+        if redo_dweight or redo_dx:
+            g = cache.geometry
+            cols = im2col(cache.x, g.kernel, g.stride, g.padding, g.dilation)
+            exact = Conv2dCache(cols, cache.weight, g.input_shape, g.stride, g.padding, g.dilation, 1, False)
+            dx_exact, dweight_exact, _ = conv2d_backward(dy, exact, redo_dx, redo_dweight, False)
+            dx = dx_exact if redo_dx else dx
+            dweight = dweight_exact if redo_dweight else dweight
+        return dx, dweight, dbias
     xp = array_module(dy)
     cols, weight, input_shape = cache.cols, cache.weight, cache.input_shape
     groups = cache.groups

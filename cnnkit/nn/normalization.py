@@ -92,7 +92,7 @@ class _BatchNorm(Module):
         update_running_stats = self.training and self.track_running_stats
         factor = 0.0
         if update_running_stats:
-            if x.size // x.shape[1] < 2:
+            if x.size // x.shape[1] == 1:  # (an empty batch is fine, as in PyTorch)
                 # Fail before touching num_batches_tracked, so a rejected batch leaves no trace.
                 raise ValueError(
                     f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
