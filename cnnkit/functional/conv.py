@@ -27,6 +27,8 @@ from typing import NamedTuple
 
 import time
 
+import numpy as np
+
 from ..backend import array_module
 from ..profile import section
 from .conv_flat import FlatCache, conv2d_flat_backward, conv2d_flat_forward
@@ -196,7 +198,8 @@ def conv2d_backward(dy, cache: Conv2dCache, need_dx=True, need_dweight=True, nee
         dweight[g] = sum_n dy[n, g] @ cols[n, g]^T;  dcols = weight[g]^T @ dy[n, g];  dx = col2im(dcols)
     """
     if isinstance(cache, FlatCache):
-        dx, dweight, dbias = conv2d_flat_backward(dy, cache, need_dx, need_dweight, need_dbias)
+        with np.errstate(invalid="ignore"):  # 0 * inf on the seams: handled just below
+            dx, dweight, dbias = conv2d_flat_backward(dy, cache, need_dx, need_dweight, need_dbias)
         # The flat kernel also multiplies the dropped seam positions (zeros of dY) by the input
         # (dweight) and by the weight (dx): a NaN or inf there gives 0 * inf = NaN in taps that
         # never read it, where PyTorch stays finite. Then (rarely) im2col recomputes those.

@@ -65,6 +65,21 @@ def check_pool_padding(kernel: tuple, padding: tuple, layer: str) -> None:
         )
 
 
+def _check_windows_see_input(out: int, size: int, k: int, s: int, p: int, d: int, layer: str, axis: str) -> None:
+    """Raise if a window's taps (padded positions ``o*s + j*d``) all miss the input ``[p, p + size)``.
+
+    Such a window's maximum is -inf and PyTorch's switch for it points outside the window (its
+    backward writes out of bounds), so no result could be right.
+    """
+    for o in range(out):
+        first = max(0, -(-(p - o * s) // d))  # first tap at or after the input's start
+        if first >= k or o * s + first * d >= p + size:
+            raise ValueError(
+                f"{layer}: along the {axis}, window {o} (kernel {k}, dilation {d}, stride {s}, padding {p}) "
+                f"sees only padding of the input {axis} {size}; use less padding or dilation"
+            )
+
+
 def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
                   check_geometry=False, layer="pool2d") -> PoolGeometry:
     """Validate the arguments and compute the output size and padding of a windowed pooling.
@@ -90,6 +105,8 @@ def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, 
     for axis, name in enumerate(("height", "width")):
         size, k, s, p, d = input_shape[2 + axis], kernel[axis], stride[axis], padding[axis], dilation[axis]
         out = conv_output_size(size, k, s, p, d, ceil_mode, check_geometry=check_geometry, layer=layer, axis=name)
+        if d > 1:  # dilated taps can step over the few real values and see only padding
+            _check_windows_see_input(out, size, k, s, p, d, layer, name)
         # The last window ends at (out-1)*s + span in padded coordinates; the padded array must
         # reach it (ceil mode can run past the right padding) but need not go further.
         reach = (out - 1) * s + d * (k - 1) + 1
