@@ -15,7 +15,6 @@ import struct
 import tarfile
 import tracemalloc
 import zipfile
-from collections import OrderedDict
 
 import numpy as np
 import pytest
