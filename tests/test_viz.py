@@ -136,6 +136,14 @@ def test_plot_activations_png(tmp_path, rng):
     assert fig.axes[4].images[0].get_array().shape == (1, 10)
     labels = [t.get_text() for t in fig.axes[1].get_yticklabels()]
     assert len(labels) == 5 and all(label.startswith("class") for label in labels)
+    # the class-score strip names its classes; gaps between tiles are not white (white = a layer's maximum)
+    assert [t.get_text() for t in fig.axes[4].get_xticklabels()] == [f"class{i}" for i in range(10)]
+    assert "class scores" in fig.axes[4].get_title(loc="left")
+    from matplotlib.colors import to_rgba
+
+    for ax in fig.axes[2:]:
+        bad = ax.images[0].get_cmap().get_bad()
+        assert tuple(bad) != to_rgba("white") and bad[3] == 1.0
     assert model.training  # the mode is restored
 
 

@@ -61,11 +61,38 @@ def test_report_html_is_self_contained(run_dir, capsys):
     (run_dir / "diagnostics.json").write_text(json.dumps(
         [{"step": s, "epoch": 1, "layers": {"0": {"act_std": 1.0, "grad_norm": 0.1, "update_ratio": 1e-3}}}
          for s in (1, 10)]))
-    [path] = run(["report", str(run_dir), "--examples", "1"], capsys)
+    [path] = run(["report", str(run_dir), "--examples", "1"], capsys)[-1:]
     page = open(path).read()
     assert path == str(run_dir / "report.html")
-    for heading in ("Training curves", "Per-layer diagnostics", "Confusion matrix", "First-layer filters",
-                    "Activations: test image 0"):
-        assert f"<h2>{heading}" in page
-    assert page.count('<img src="data:image/png;base64,') == 5
+    for heading in ("Test results", "Settings", "Training curves", "Per-layer diagnostics", "Test set in detail",
+                    "First-layer filters", "Activations"):
+        assert f"<h2>{heading}</h2>" in page
+    # curves, diagnostics, matrix, filters, one activation figure, and the misclassified test images
+    assert page.count('<img src="data:image/png;base64,') == 5 and page.count('<img class="digit" src="data:') >= 1
+    assert "<h3>test image 0: true class" in page and page.count("<h3>test image") == 1
     assert "http" not in page  # nothing to fetch: it opens offline
+    assert "predates it" in page  # no results.json: the settings come from the checkpoint and history
+
+
+def test_conv_demo_geometry_that_does_not_fit(capsys, tmp_path):
+    out = run(["conv-demo", "--size", "7", "--pad", "0", "--stride", "3", "--out", str(tmp_path / "d.html")], capsys)
+    assert "2.33 is not a whole number" in " ".join(out) and out[-1] == str(tmp_path / "d.html")
+    assert "never seen" in (tmp_path / "d.html").read_text()
+    out = run(["conv-demo", "--size", "7", "--pad", "0", "--stride", "3", "--out", str(tmp_path / "d.gif")], capsys)
+    assert out[-1] == str(tmp_path / "d.png") and (tmp_path / "d.png").read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="--size must be between 1 and 16 for the demo, got 40"):
+        run(["conv-demo", "--size", "40"], capsys)
+    with pytest.raises(ValueError, match="--out must end in"):
+        run(["conv-demo", "--out", str(tmp_path / "d.txt")], capsys)
+
+
+def test_conv_demo_help_explains_every_option(capsys):
+    from cnnkit.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["viz", "conv-demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(5 - 3 + 2*1)/2 + 1 = 3" in text
+    for option, default in (("--size", 5), ("--channels", 3), ("--filters", 2), ("--kernel", 3), ("--stride", 2),
+                            ("--pad", 1), ("--seed", 0)):
+        assert f"{option} {option[2:].upper()}" in text and f"(default {default})" in text

@@ -18,6 +18,7 @@ COMMANDS = {
     "profile": ("cnnkit.cli.profile", "per-layer time, GFLOP/s, %% of sgemm peak, conv algorithm and data-movement/GEMM split"),
     "export": ("cnnkit.cli.export", "write a checkpoint or zoo model as an ONNX file (checked against onnxruntime)"),
     "viz": ("cnnkit.cli.viz", "pictures: filters, activation maps, patches, saliency, conv demo, curves, report"),
+    "report": ("cnnkit.cli.report", "(re)build RUN_DIR/report.html: test results, settings, curves, confusion matrix"),
     "info": ("cnnkit.cli.info", "version, active kernel backend (NumPy or oneDNN) and why, threads, layout"),
 }
 
@@ -29,6 +30,7 @@ EPILOG = """examples:
   cnnkit summary vgg16 --input 3x224x224
   cnnkit profile resnet20 --batch-size 128
   cnnkit viz activations runs/digits-digitnet/best.safetensors test:0
+  cnnkit report runs/digits-digitnet             # (re)build the run's report.html
   cnnkit train --resume runs/digits-digitnet/last.safetensors   # continue a run as it was
 
 errors are one line; exit codes: 0 done, 1 the command failed, 2 wrong command line, 130 interrupted

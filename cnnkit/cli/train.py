@@ -7,8 +7,9 @@ rate, schedule, augmentation); any option given on the command line overrides it
 
 Each run gets its own folder: runs/DATASET-MODEL, or runs/DATASET-MODEL-2, -3, ... when that one
 exists (--out chooses one, and reuses it if it exists). It holds history.csv/json,
-best.safetensors (best validation accuracy), last.safetensors (every epoch; the starting point
-before epoch 1) and report.html. Each checkpoint records the whole run, so
+steps.csv (every step's loss), best.safetensors (best validation accuracy), last.safetensors (every
+epoch; the starting point before epoch 1), results.json (the test figures of the best checkpoint and
+the run's settings) and report.html (`cnnkit report RUN_DIR` rebuilds it). Each checkpoint records the whole run, so
 
     cnnkit train --resume runs/mnist-lenet5/last.safetensors
 
@@ -261,16 +262,25 @@ def run(args) -> int:
         raise failure from exc
     elapsed = time.perf_counter() - start
 
-    best = io.load(checkpoint.best_path) if checkpoint.best_path.exists() else model
-    result = Trainer(best, optimizer, out=None).evaluate(test_loader, topk=(1, 5))
-    top5 = f", top-5 {result['top5']:.2%}" if len(classes) > 10 else ""
-    print(f"test accuracy {result['top1']:.2%}{top5} (loss {result['loss']:.4f}) after {trainer.epoch} epochs "
-          f"in {elapsed:.1f}s")
+    from ..train.results import evaluate_model, results_dict, training_throughput, write_results
+
+    best = io.load_checkpoint(checkpoint.best_path) if checkpoint.best_path.exists() else None
+    # one evaluation of the best weights on the whole test set: printed, in results.json, in the report
+    evaluation = evaluate_model(best.model if best else model, test_loader, len(test_set.classes))
+    top5 = f", top-5 {evaluation.top5:.2%}" if evaluation.top5 is not None else ""
+    print(f"test accuracy {evaluation.top1:.2%}{top5} (loss {evaluation.loss:.4f}) after {trainer.epoch} "
+          f"epoch{'s' if trainer.epoch != 1 else ''} in {elapsed:.1f}s")
     print(f"best checkpoint: {checkpoint.best_path}")
+    counts = {"train": len(train_set), "val": len(val_set) if val_set is not None else 0, "test": len(test_set)}
+    write_results(out_dir, results_dict(
+        evaluation, checkpoint=checkpoint.best_path.name if best else "(final weights, not saved)",
+        best_epoch=int(best.training_state["epoch"]) if best and best.training_state else None,
+        epochs=trainer.epoch, wall_time_s=elapsed, images_per_s=training_throughput(trainer.history),
+        settings=_settings(settings, data_dir, n_params, counts)))
     if not args.no_report:
         from ..viz.report import write_report
 
-        print(f"report: {write_report(out_dir, data_dir=data_dir)}")
+        print(f"report: {write_report(out_dir, data_dir=data_dir, evaluation=evaluation)}")
     return 0
 
 
@@ -291,3 +301,28 @@ def _training_failure(exc: BaseException, settings: dict, trainer, checkpoint, r
         return CommandError(f"out of memory during epoch {trainer.epoch + 1}: lower --batch-size (now "
                             f"{settings['batch_size']}) or use a smaller --model{kept}")
     return None
+
+
+def _settings(settings: dict, data_dir, n_params, counts) -> dict:
+    """The settings of a run as results.json and the report show them."""
+    from .._version import __version__
+    from ..data import data_root
+    from ..train.results import active_backend
+
+    dataset = settings["dataset"]
+    shown = {"model": settings["model"], "parameters": int(n_params), "dataset": dataset,
+             "data_dir": "bundled with scikit-learn" if dataset == "digits" else str(data_root(data_dir).resolve()),
+             "images": counts}
+    shown.update({key: settings[key] for key in ("epochs", "batch_size", "optimizer", "lr", "momentum",
+                                                  "weight_decay", "schedule", "warmup_epochs", "augment", "seed",
+                                                  "val_split", "limit")})
+    if shown["optimizer"] not in ("sgd", "rmsprop"):
+        shown.pop("momentum")  # Adam-style optimizers take no momentum argument here
+    for key in ("init", "freeze", "num_classes"):
+        if settings.get(key):
+            shown[key] = settings[key]
+    backend, why = active_backend()
+    shown.update(cnnkit_version=__version__, backend=backend)
+    if why:
+        shown["backend_reason"] = why
+    return shown

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import dataset_for, load_checkpoint, positive_int, recorded_data_dir, run_data_dir
+from .common import dataset_for, load_checkpoint, positive_int, recorded_data_dir
 
 
 def add_arguments(p):
@@ -68,18 +68,23 @@ def add_arguments(p):
     q.add_argument("--occlusion-size", type=int, help="side of the occluding square (default: a quarter of the image)")
     _out(q)
 
-    q = command("conv-demo", "the convolution demo with every number: step-by-step PNG, animated GIF or HTML",
-                _conv_demo)
-    q.add_argument("--size", type=int, default=5, help="input width and height (default 5)")
-    q.add_argument("--channels", type=int, default=3, help="input depth (default 3)")
-    q.add_argument("--filters", type=int, default=2, help="number of filters (default 2)")
-    q.add_argument("--kernel", type=int, default=3, help="filter size (default 3)")
-    q.add_argument("--stride", type=int, default=2)
-    q.add_argument("--pad", type=int, default=1)
-    q.add_argument("--seed", type=int, default=0, help="seed of the random integer input and filters")
-    q.add_argument("--steps", default="0,1", help="steps drawn in the PNG, e.g. 0,1,9 (default 0,1)")
-    q.add_argument("--out", default="runs/viz/conv-demo.png",
-                   help="output file: .png, .svg, .gif or .html (default runs/viz/conv-demo.png)")
+    q = command("conv-demo", "the convolution demo with every number: step-by-step PNG, animated GIF or HTML "
+                "(the HTML page steps with buttons and arrow keys and lists the products of each window)", _conv_demo)
+    q.description = (q.description + ". The default is the notes' example: a 5x5x3 input, zero padding 1, two 3x3x3 "
+                     "filters, stride 2; the output is (W - F + 2P)/S + 1 = (5 - 3 + 2*1)/2 + 1 = 3 wide, so 3x3x2. "
+                     "Geometry that does not fit (e.g. --size 7 --pad 0 --stride 3) gets a picture of why instead.")
+    q.add_argument("--size", type=int, default=5, help="input width and height W (default %(default)s)")
+    q.add_argument("--channels", type=int, default=3, help="input depth, the number of channels (default %(default)s)")
+    q.add_argument("--filters", type=int, default=2, help="number of filters K = output depth (default %(default)s)")
+    q.add_argument("--kernel", type=int, default=3, help="filter width and height F (default %(default)s)")
+    q.add_argument("--stride", type=int, default=2, help="step S of the window, in cells (default %(default)s)")
+    q.add_argument("--pad", type=int, default=1, help="zero padding P on every side (default %(default)s)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the random integer input (0..2) and filters (-1..1) "
+                   "(default %(default)s)")
+    q.add_argument("--steps", default="0,1", help="steps drawn in a PNG/SVG/PDF, counted from 0, e.g. 0,1,9 "
+                   "(default %(default)s: the first two, which show the stride)")
+    q.add_argument("--out", default="runs/viz/conv-demo.png", help="output file: .png, .svg, .pdf (chosen steps), "
+                   ".gif (every step) or .html (interactive) (default %(default)s)")
 
     q = command("curves", "loss, accuracy and learning rate against epoch from a run's history "
                 "(and the per-layer diagnostics when recorded)", _curves)
@@ -94,10 +99,10 @@ def add_arguments(p):
     q.add_argument("--limit", type=positive_int, help="use the first N images")
     _out(q)
 
-    q = command("report", "write RUN_DIR/report.html: curves, confusion matrix, filters, activation maps", _report)
-    q.add_argument("run_dir", metavar="RUN_DIR")
-    q.add_argument("--data-dir", help="folder holding the dataset files")
-    q.add_argument("--examples", type=int, default=2, help="test images with activation maps (default 2)")
+    q = command("report", "write RUN_DIR/report.html (the same as `cnnkit report RUN_DIR`)", _report)
+    from .report import add_arguments as report_arguments
+
+    report_arguments(q)
 
 
 def _checkpoint(q):
@@ -237,12 +242,33 @@ def _saliency(args):
     return path
 
 
-def _conv_demo(args):
-    from ..viz.conv_demo import conv_demo_gif, conv_demo_html, make_demo, plot_conv_demo
+DEMO_LIMITS = {"size": (1, 16), "channels": (1, 4), "filters": (1, 4), "kernel": (1, 7), "stride": (1, 8),
+               "pad": (0, 3)}
 
-    demo = make_demo(args.size, args.channels, args.filters, args.kernel, args.stride, args.pad, args.seed)
+
+def _conv_demo(args):
+    from ..viz.conv_demo import (conv_demo_gif, conv_demo_html, geometry_problem, make_demo, misfit_html, plot_conv_demo,
+                                 plot_misfit)
+
+    for name, (low, high) in DEMO_LIMITS.items():  # a demo is followed by hand: small numbers only
+        value = getattr(args, name)
+        if not low <= value <= high:
+            raise ValueError(f"--{name} must be between {low} and {high} for the demo, got {value}")
     path = Path(args.out)
     suffix = path.suffix.lower()
+    if suffix not in (".png", ".svg", ".pdf", ".gif", ".html", ".htm"):
+        raise ValueError(f"--out must end in .png, .svg, .pdf, .gif or .html, got {args.out!r}")
+    problem = geometry_problem(args.size, args.kernel, args.stride, args.pad)
+    if problem is not None:
+        print(problem)
+        if suffix in (".html", ".htm"):
+            return misfit_html(path, args.size, args.kernel, args.stride, args.pad)
+        if suffix == ".gif":
+            path = path.with_suffix(".png")
+            print(f"(a picture of why instead of an animation: {path})")
+        plot_misfit(args.size, args.kernel, args.stride, args.pad, path=path)
+        return path
+    demo = make_demo(args.size, args.channels, args.filters, args.kernel, args.stride, args.pad, args.seed)
     if suffix == ".gif":
         return conv_demo_gif(path, demo)
     if suffix in (".html", ".htm"):
@@ -286,6 +312,6 @@ def _confusion(args):
 
 
 def _report(args):
-    from ..viz.report import write_report
+    from .report import build_report
 
-    return write_report(args.run_dir, data_dir=args.data_dir or run_data_dir(args.run_dir), examples=args.examples)
+    return build_report(args)

@@ -18,14 +18,17 @@ The folder used is recorded in ``dataset.source`` and logged (logger ``cnnkit.da
 
 Pickles can run arbitrary code when loaded, so the batches go through an unpickler that resolves
 only the few globals NumPy needs to rebuild a plain array (``_reconstruct``, ``ndarray``,
-``dtype``, and ``_codecs.encode`` that Python 3's protocol 2 uses for bytes), and refuses
-object dtypes; anything else is a ``DatasetFormatError``.
+``dtype``, and ``_codecs.encode`` that Python 3's protocol 2 uses for bytes), each as a stand-in
+made for that load that checks an array's declared size against the bytes holding it before
+building it; object dtypes and anything else are a ``DatasetFormatError``. A batch's images must
+fit in the file that holds them.
 """
 from __future__ import annotations
 
 import codecs
 import gzip
 import logging
+import math
 import os
 import pickle
 import shutil
@@ -53,45 +56,115 @@ TARBALL = RemoteFile(
 )
 # Files taken from the tarball: the batches, the meta file and the readme; nothing else is written.
 _TARBALL_MEMBERS = set(TRAIN_BATCHES + TEST_BATCHES + [META_FILE, "readme.html"])
+# The official members are at most 31 MB (a batch of 10,000 images): a member declaring more
+# than this is not the official tarball and is refused before anything is written.
+MAX_MEMBER_BYTES = 256 << 20
 IMAGE_SHAPE = (3, 32, 32)
 
 
 # ---------------------------------------------------------------------------------- the unpickler
-def _plain_dtype(*args):
-    dtype = np.dtype(*args)
-    if dtype.hasobject:
-        raise pickle.UnpicklingError(f"object dtype {dtype} refused: CIFAR-10 data are uint8")
-    return dtype
+# NumPy pickles an array as ``_reconstruct(ndarray, (0,), b"b")`` followed by BUILD with the state
+# ``(version, shape, dtype, fortran, raw bytes)`` (protocol 5: ``_frombuffer(bytes, dtype, shape,
+# order)``), and a dtype as ``dtype(code, align, copy)`` followed by BUILD with its byte order.
+# The unpickler below hands out stand-ins for these globals, made afresh for every load: they
+# collect the state, check it (plain numbers, declared size == bytes in the file) and only then
+# build the array. No NumPy object ever receives state from the file, ``ndarray`` cannot be
+# called (its ``strides`` argument would make a 212-byte file look like 300,000 images), and
+# nothing is allocated before its size has been checked against the bytes that hold it.
+_NUMERIC_DTYPES = {"b1", "u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "f2", "f4", "f8"}
 
 
-def _latin1_encode(text, encoding="utf-8"):
-    # Python 3 writes bytes under pickle protocol 2 as _codecs.encode(text, "latin1").
-    if codecs.lookup(encoding).name != "iso8859-1":
-        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} refused (only latin1)")
-    return text.encode("latin1")
+class _DtypeStandIn:
+    """``numpy.dtype(code, ...)`` while unpickling: a plain numeric dtype and its byte order."""
+
+    def __init__(self, code, align=False, copy=False):
+        if isinstance(code, bytes):
+            code = code.decode("latin1")
+        if not isinstance(code, str) or code not in _NUMERIC_DTYPES:
+            dtype = np.dtype(code) if isinstance(code, str) and code[:1] in "OV" else None
+            if dtype is not None and dtype.hasobject:
+                raise pickle.UnpicklingError(f"object dtype {dtype} refused: CIFAR-10 data are uint8")
+            raise pickle.UnpicklingError(f"dtype {code!r} refused: CIFAR-10 data are plain numbers")
+        self.dtype = np.dtype(code)
+
+    def __setstate__(self, state):
+        order = state[1] if isinstance(state, tuple) and len(state) >= 5 else None
+        order = order.decode("latin1") if isinstance(order, bytes) else order  # Python 2 files: bytes
+        if order not in ("|", "<", ">", "=") or not all(v is None for v in state[2:5]):
+            raise pickle.UnpicklingError("corrupt dtype state (only plain numeric dtypes are read)")
+        if order in "<>":
+            self.dtype = self.dtype.newbyteorder(order)
 
 
-# The functions NumPy's own pickles name, taken from NumPy itself so that no deprecated module
-# (numpy.core in NumPy 2) is imported.
-_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(1))[0]
-_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy.core.numeric", "_frombuffer"): _FROMBUFFER,
-    ("numpy._core.numeric", "_frombuffer"): _FROMBUFFER,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): _plain_dtype,
-    ("_codecs", "encode"): _latin1_encode,
-}
+class _ArrayStandIn:
+    """``_reconstruct(ndarray, (0,), b"b")`` while unpickling; BUILD's state makes ``array``."""
+
+    array = None
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[4], (bytes, bytearray))):
+            raise pickle.UnpicklingError("corrupt array state (expected raw bytes of plain numbers)")
+        _, shape, dtype, fortran, raw = state
+        self.array = _array_from_bytes(raw, dtype, shape, "F" if fortran else "C")
+
+
+def _array_from_bytes(raw, dtype, shape, order) -> np.ndarray:
+    """The array ``shape`` of ``dtype`` held in ``raw``, after checking they agree (no allocation before)."""
+    if not isinstance(dtype, _DtypeStandIn):
+        raise pickle.UnpicklingError(f"an array's dtype must be a numpy dtype, got {type(dtype).__name__}")
+    if not (isinstance(shape, tuple) and len(shape) <= 32
+            and all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**62 for n in shape)):
+        raise pickle.UnpicklingError("corrupt array shape (expected a tuple of non-negative ints)")
+    declared = math.prod(shape) * dtype.dtype.itemsize
+    if declared != len(raw):
+        raise pickle.UnpicklingError(f"an array declares shape {shape} of {dtype.dtype} ({declared} bytes) "
+                                     f"but holds {len(raw)} bytes")
+    if order not in ("C", "F"):
+        raise pickle.UnpicklingError(f"corrupt array order {order!r}")
+    return np.frombuffer(raw, dtype=dtype.dtype).reshape(shape, order=order).copy()
+
+
+def _allowed_globals() -> dict:
+    """The globals a CIFAR-10 pickle may name, as fresh stand-ins for one load."""
+    ndarray_type = object()  # only ever the first argument of _reconstruct
+
+    def reconstruct(subtype, shape, code):
+        if subtype is not ndarray_type or shape != (0,):
+            raise pickle.UnpicklingError("_reconstruct is read only as NumPy writes it: (ndarray, (0,), b'b')")
+        return _ArrayStandIn()
+
+    def frombuffer(buffer, dtype, shape, order):
+        if not isinstance(buffer, (bytes, bytearray)):
+            raise pickle.UnpicklingError(f"_frombuffer needs bytes, got {type(buffer).__name__}")
+        return _array_from_bytes(buffer, dtype, shape, order)
+
+    def latin1_encode(text, encoding="utf-8"):
+        # Python 3 writes bytes under pickle protocol 2 as _codecs.encode(text, "latin1").
+        if not isinstance(text, str) or codecs.lookup(encoding).name != "iso8859-1":
+            raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} refused (only latin1)")
+        return text.encode("latin1")
+
+    return {
+        ("numpy.core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy.core.numeric", "_frombuffer"): frombuffer,
+        ("numpy._core.numeric", "_frombuffer"): frombuffer,
+        ("numpy", "ndarray"): ndarray_type,
+        ("numpy", "dtype"): _DtypeStandIn,
+        ("_codecs", "encode"): latin1_encode,
+    }
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that can rebuild dicts, lists, bytes, ints and plain NumPy arrays, nothing else."""
 
+    def __init__(self, file, **kwargs):
+        super().__init__(file, **kwargs)
+        self._globals = _allowed_globals()
+
     def find_class(self, module, name):
         try:
-            return _ALLOWED_GLOBALS[module, name]
+            return self._globals[module, name]
         except KeyError:
             raise pickle.UnpicklingError(
                 f"refused to load the global {module}.{name}: a CIFAR-10 batch holds only dicts, lists, "
@@ -99,18 +172,42 @@ class _RestrictedUnpickler(pickle.Unpickler):
             ) from None
 
 
+def _arrays_in_place(obj):
+    """Replace the array stand-ins inside ``obj``'s dicts and lists by their arrays."""
+    pending, seen = [obj], set()
+    while pending:
+        container = pending.pop()
+        if id(container) in seen:
+            continue
+        seen.add(id(container))
+        items = container.items() if isinstance(container, dict) else enumerate(container)
+        for key, value in list(items):
+            if isinstance(value, _ArrayStandIn):
+                if value.array is None:
+                    raise pickle.UnpicklingError("an array without its data")
+                container[key] = value.array
+            elif isinstance(value, (dict, list)):
+                pending.append(value)
+    return obj
+
+
 def restricted_load(path):
     """Unpickle ``path`` (``encoding="bytes"``, as the official files need) with the restricted unpickler."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            return _RestrictedUnpickler(f, encoding="bytes").load()
+            obj = _RestrictedUnpickler(f, encoding="bytes").load()
+        if isinstance(obj, _ArrayStandIn):
+            return _arrays_in_place([obj])[0]
+        return _arrays_in_place(obj) if isinstance(obj, (dict, list)) else obj
     except FileNotFoundError:
         raise
     except EOFError as e:
         raise DatasetFormatError(f"{path} is truncated (the pickle ends early)") from e
-    except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
-        raise DatasetFormatError(f"{path} is not a valid CIFAR-10 pickle: {e}") from e
+    except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError,
+            RecursionError, MemoryError) as e:
+        raise DatasetFormatError(f"{path} is not a valid CIFAR-10 pickle: {type(e).__name__}: {str(e)[:300]}") \
+            from None
 
 
 # ---------------------------------------------------------------------------------- reading batches
@@ -132,6 +229,8 @@ def read_batch(path) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != size:
         what = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DatasetFormatError(f"{path}: 'data' should be a uint8 array (n, {size}), found a {what}")
+    if data.nbytes > path.stat().st_size:  # the stand-ins build arrays from the file's bytes only
+        raise DatasetFormatError(f"{path}: 'data' holds {data.nbytes} bytes, more than the file itself")
     labels = np.asarray(labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or len(labels) != len(data):
         raise DatasetFormatError(
@@ -146,7 +245,10 @@ def read_class_names(path) -> list[str]:
     names = meta.get("label_names")
     if not isinstance(names, list) or not all(isinstance(n, (bytes, str)) for n in names):
         raise DatasetFormatError(f"{path} should hold 'label_names', a list of names")
-    return [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
+    try:
+        return [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
+    except UnicodeDecodeError:
+        raise DatasetFormatError(f"{path}: 'label_names' holds a name that is not UTF-8 text") from None
 
 
 def read_batches_folder(folder, split: str):
@@ -165,8 +267,9 @@ def read_batches_folder(folder, split: str):
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     classes = read_class_names(folder / META_FILE)
-    if len(labels) and labels.max() >= len(classes):
-        raise DatasetFormatError(f"{folder}: label {labels.max()} found, but {META_FILE} names {len(classes)} classes")
+    if len(labels) and (labels.max() >= len(classes) or labels.min() < 0):
+        bad = labels.max() if labels.max() >= len(classes) else labels.min()
+        raise DatasetFormatError(f"{folder}: label {bad} found, but {META_FILE} names {len(classes)} classes")
     return Dataset(images, labels, classes, name="cifar10", split=split, source=folder)
 
 
@@ -220,6 +323,11 @@ def _member_target(member: tarfile.TarInfo, tarball: Path) -> str | None:
         raise DatasetFormatError(f"{tarball} holds {member.name!r}, which is not a regular file; refusing to extract it")
     if len(path.parts) != 2 or path.parts[0] != BATCHES_DIR:
         raise DatasetFormatError(f"{tarball} holds {member.name!r}, outside {BATCHES_DIR}/; not the official tarball")
+    if member.size > MAX_MEMBER_BYTES:
+        raise DatasetFormatError(
+            f"{tarball} holds {member.name!r} of {member.size} bytes; the official members are at most "
+            f"{MAX_MEMBER_BYTES} bytes, so this is not the official tarball"
+        )
     return path.name if path.name in _TARBALL_MEMBERS else None
 
 

@@ -5,11 +5,17 @@ IDX layout (http://yann.lecun.com/exdb/mnist/): a big-endian header, then raw ``
 * images (magic 2051): ``magic, count, rows, cols`` as four big-endian uint32, then
   ``count * rows * cols`` pixels, row-major;
 * labels (magic 2049): ``magic, count`` as two big-endian uint32, then ``count`` labels.
+
+The files are read as a stream: the header first, its announced size checked against what the
+gzip file can hold, then the values straight into their array (a small gzip file announcing
+a gigabyte is refused, not inflated).
 """
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +62,11 @@ def remote_files(name: str, split: str) -> tuple[RemoteFile, RemoteFile]:
                  for kind in ("images", "labels"))
 
 
-def _read_gzip(path: Path) -> bytes:
+@contextmanager
+def _gzip_errors(path: Path):
+    """Turn a damaged gzip stream into a ``DatasetFormatError`` naming ``path``."""
     try:
-        with gzip.open(path, "rb") as f:
-            return f.read()
+        yield
     except EOFError as e:
         raise DatasetFormatError(
             f"{path} is truncated (the gzip stream ends early: {e}). Delete it and load again to "
@@ -69,14 +76,14 @@ def _read_gzip(path: Path) -> bytes:
         raise DatasetFormatError(f"{path} is not a valid gzip file ({e}). Delete it and load again.") from e
 
 
-def _header(data: bytes, path: Path, magic: int, words: int) -> list[int]:
+def _header(head: bytes, path: Path, magic: int, words: int) -> list[int]:
     """The big-endian uint32 header after the magic number, checked first (a swapped file says so)."""
-    if len(data) < 4:
-        raise DatasetFormatError(f"{path} is truncated: {len(data)} bytes, too short for an IDX magic number")
-    _check_magic(int(np.frombuffer(data, dtype=">u4", count=1)[0]), magic, path)
-    if len(data) < 4 * words:
-        raise DatasetFormatError(f"{path} is truncated: {len(data)} bytes, shorter than its {4 * words}-byte IDX header")
-    return [int(v) for v in np.frombuffer(data, dtype=">u4", count=words)[1:]]
+    if len(head) < 4:
+        raise DatasetFormatError(f"{path} is truncated: {len(head)} bytes, too short for an IDX magic number")
+    _check_magic(int(np.frombuffer(head, dtype=">u4", count=1)[0]), magic, path)
+    if len(head) < 4 * words:
+        raise DatasetFormatError(f"{path} is truncated: {len(head)} bytes, shorter than its {4 * words}-byte IDX header")
+    return [int(v) for v in np.frombuffer(head, dtype=">u4", count=words)[1:]]
 
 
 def _check_magic(magic: int, expected: int, path: Path) -> None:
@@ -88,32 +95,58 @@ def _check_magic(magic: int, expected: int, path: Path) -> None:
         )
 
 
-def _payload(data: bytes, path: Path, header_bytes: int, expected: int, counts: str) -> np.ndarray:
-    actual = len(data) - header_bytes
-    if actual != expected:
-        state = "is truncated" if actual < expected else "has trailing bytes"
-        raise DatasetFormatError(
-            f"{path} {state}: its header announces {counts} = {expected} values, but the file holds {actual}"
-        )
-    # A copy, so that the dataset's arrays are ordinary writable arrays, not views of bytes.
-    return np.frombuffer(data, dtype=np.uint8, offset=header_bytes).copy()
+# Deflate turns one compressed byte into at most 1032 (zlib's technical notes): a header announcing
+# more values than the gzip file could hold is refused before anything is allocated.
+DEFLATE_MAX_RATIO = 1032
+READ_CHUNK = 1 << 20
+
+
+def _read_idx(path, magic: int, words: int, describe) -> tuple[list[int], np.ndarray]:
+    """The header counts and the ``uint8`` payload of a gzipped IDX file, streamed by chunks.
+
+    ``describe(counts)`` names the announced size for messages, e.g. ``"2 x 3 x 4"``. The payload
+    size the header announces is checked against what the compressed file can hold before its
+    array is allocated, and the file must hold exactly that many values.
+    """
+    path = Path(path)
+    with _gzip_errors(path), gzip.open(path, "rb") as f:
+        counts = _header(f.read(4 * words), path, magic, words)
+        expected = math.prod(counts)
+        counts_text = f"{describe(counts)} = {expected} values"
+        if expected > DEFLATE_MAX_RATIO * path.stat().st_size:
+            raise DatasetFormatError(
+                f"{path}: its header announces {counts_text}, more than a {path.stat().st_size}-byte gzip "
+                "file can hold"
+            )
+        # A fresh, writable array the dataset owns, filled chunk by chunk (no whole-file bytes).
+        pixels = np.empty(expected, dtype=np.uint8)
+        view, filled = memoryview(pixels), 0
+        while filled < expected:
+            got = f.readinto(view[filled:filled + READ_CHUNK])
+            if not got:
+                break
+            filled += got
+        if filled < expected:
+            raise DatasetFormatError(
+                f"{path} is truncated: its header announces {counts_text}, but the file holds {filled}"
+            )
+        if f.read(1):
+            raise DatasetFormatError(
+                f"{path} has trailing bytes: its header announces {counts_text}, but the file holds more"
+            )
+    return counts, pixels
 
 
 def read_idx_images(path) -> np.ndarray:
     """Read a gzipped IDX images file (magic 2051) into a ``uint8`` array ``(N, 1, rows, cols)``."""
-    path = Path(path)
-    data = _read_gzip(path)
-    count, rows, cols = _header(data, path, IMAGES_MAGIC, 4)
-    pixels = _payload(data, path, 16, count * rows * cols, f"{count} x {rows} x {cols}")
+    (count, rows, cols), pixels = _read_idx(path, IMAGES_MAGIC, 4, lambda c: " x ".join(map(str, c)))
     return pixels.reshape(count, 1, rows, cols)
 
 
 def read_idx_labels(path) -> np.ndarray:
     """Read a gzipped IDX labels file (magic 2049) into an ``int64`` array ``(N,)``."""
-    path = Path(path)
-    data = _read_gzip(path)
-    (count,) = _header(data, path, LABELS_MAGIC, 2)
-    return _payload(data, path, 8, count, f"{count} labels").astype(np.int64)
+    _, labels = _read_idx(path, LABELS_MAGIC, 2, lambda c: f"{c[0]} labels")
+    return labels.astype(np.int64)
 
 
 def load_idx_dataset(name: str, split: str, root=None, download: bool = True, verify: bool = False):

@@ -219,6 +219,8 @@ def softmax_forward(x, axis: int = 1):
         x: any shape -> y: same shape as x, summing to 1 along ``axis``
     """
     xp = array_module(x)
+    if x.size == 0:  # e.g. an empty batch: no maximum to subtract, and PyTorch returns it empty
+        return x.copy(), (x.copy(), axis)
     e = xp.exp(x - x.max(axis=axis, keepdims=True))
     y = e / e.sum(axis=axis, keepdims=True)
     return y, SoftmaxCache(y, axis)
@@ -247,6 +249,8 @@ def log_softmax_forward(x, axis: int = 1):
         x: any shape -> y: same shape as x
     """
     xp = array_module(x)
+    if x.size == 0:  # as softmax_forward
+        return x.copy(), (x.copy(), axis)
     shifted = x - x.max(axis=axis, keepdims=True)
     y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
     return y, SoftmaxCache(y, axis)

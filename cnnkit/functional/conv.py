@@ -193,6 +193,8 @@ def conv2d_im2col_memory(x, weight, bias=None, stride=1, padding=0, dilation=1, 
 
 def _flat_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None, relu=False):
     """The flat kernel with the common signature; keeps its columns when they are small enough."""
+    if x.shape[0] == 0:  # an empty batch (PyTorch: an empty output): nothing to lay out flat
+        return conv2d_im2col_forward(x, weight, bias, stride, padding, dilation, groups, relu=relu)
     k = weight.shape[1] * weight.shape[2] * weight.shape[3]
     keep_columns = k * x.shape[0] * x.shape[2] * x.shape[3] * x.dtype.itemsize <= KEEP_COLUMNS_MAX_BYTES
     y, cache = conv2d_flat_forward(x, weight, bias, stride, padding, dilation, keep_columns, workspace)
@@ -209,6 +211,28 @@ def _flat_declines(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     if groups != 1:
         return f"the flat kernel needs groups=1, got groups={groups}"
     return None
+
+
+def _flat_backward(dy, cache: FlatCache, need_dx=True, need_dweight=True, need_dbias=True):
+    """The flat kernel's backward, made exact for non-finite values.
+
+    The flat kernel also multiplies the dropped seam positions (zeros of dY) by the input
+    (dweight) and by the weight (dx): a NaN or inf there gives 0 * inf = NaN in taps that never
+    read it, where PyTorch stays finite. Then (rarely) im2col recomputes those gradients.
+    """
+    xp = array_module(dy)
+    with np.errstate(invalid="ignore"):  # 0 * inf on the seams: handled just below
+        dx, dweight, dbias = conv2d_flat_backward(dy, cache, need_dx, need_dweight, need_dbias)
+    redo_dweight = dweight is not None and not xp.isfinite(dweight).all()
+    redo_dx = dx is not None and not xp.isfinite(cache.weight).all()
+    if redo_dweight or redo_dx:
+        g = cache.geometry
+        cols = im2col(cache.x, g.kernel, g.stride, g.padding, g.dilation)
+        exact = Conv2dCache(cols, cache.weight, g.input_shape, g.stride, g.padding, g.dilation, 1, False)
+        dx_exact, dweight_exact, _ = conv2d_im2col_backward(dy, exact, redo_dx, redo_dweight, False)
+        dx = dx_exact if redo_dx else dx
+        dweight = dweight_exact if redo_dweight else dweight
+    return dx, dweight, dbias
 
 
 def _flat_defers(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None, relu=False):
@@ -229,7 +253,7 @@ def _flat_defers(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1
 CONV2D = define_op("conv2d", reference="im2col", benchmark=True)
 CONV2D.register(Kernel("im2col", "numpy", 0, conv2d_im2col_forward, conv2d_im2col_backward, Conv2dCache,
                        memory=conv2d_im2col_memory, doc="im2col + one GEMM (the reference)"))
-CONV2D.register(Kernel("flat", "numpy", 10, _flat_forward, conv2d_flat_backward, FlatCache,
+CONV2D.register(Kernel("flat", "numpy", 10, _flat_forward, _flat_backward, FlatCache,
                        decline=_flat_declines, defer=_flat_defers, memory=_flat_memory,
                        doc="one GEMM over the flattened padded batch, by cache-sized chunks"))
 ALGORITHMS = ("auto",) + CONV2D.names()

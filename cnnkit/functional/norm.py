@@ -20,6 +20,7 @@ Both kernels view an input ``(N, C, *)`` as ``(N, C, L)`` (``L`` = product of th
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 from ..backend import array_module
@@ -48,7 +49,7 @@ class LocalResponseNormCache(NamedTuple):
 
 def _as_ncl(x):
     """View ``(N, C, *)`` as ``(N, C, L)``; a view for contiguous input, no transposing copy."""
-    return x.reshape(x.shape[0], x.shape[1], -1)
+    return x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))  # not -1: N may be 0
 
 
 def _channel_sum(xp, a):
@@ -121,11 +122,13 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     m = x3.shape[0] * length
     y = xp.empty(x3.shape, dtype=x.dtype)
     if training:
-        if m < 2:
+        if m == 1:
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
             )
-        mean = sum(_over_batch(lambda n0, n1: _channel_sum(xp, x3[n0:n1]), x3)) / m
+        if m == 0:  # an empty batch, as PyTorch: an empty output, the running statistics untouched
+            running_mean = running_var = None
+        mean = sum(_over_batch(lambda n0, n1: _channel_sum(xp, x3[n0:n1]), x3)) / max(m, 1)
         mean_rows = _rows(xp, mean, length)
         centered = xp.empty(x3.shape, dtype=x.dtype)
 
@@ -133,7 +136,7 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
             xp.subtract(x3[n0:n1], mean_rows, out=centered[n0:n1])
             return _channel_dot(xp, centered[n0:n1], centered[n0:n1])
 
-        var = sum(_over_batch(center, x3)) / m  # biased: it normalises this batch
+        var = sum(_over_batch(center, x3)) / max(m, 1)  # biased: it normalises this batch
         if running_mean is not None:
             running_mean *= 1 - momentum
             running_mean += momentum * mean
@@ -216,8 +219,8 @@ def batch_norm_backward(dy, cache, need_dx=True, need_dweight=True, need_dbias=T
         scale_rows = _rows(xp, scale, length)
         if training:
             # scale * (dy - mean(dy) - xc * inv_std * mean(dy * xhat)), in place on the new dx
-            xhat_coef_rows = _rows(xp, -inv_std * sum_dy_xhat / m, length)
-            mean_dy_rows = _rows(xp, sum_dy / m, length)
+            xhat_coef_rows = _rows(xp, -inv_std * sum_dy_xhat / max(m, 1), length)  # m = 0: empty batch
+            mean_dy_rows = _rows(xp, sum_dy / max(m, 1), length)
 
             def gradient(n0, n1):
                 out = dx[n0:n1]

@@ -97,6 +97,21 @@ def check_pool_padding(kernel: tuple, padding: tuple, layer: str) -> None:
         )
 
 
+def _check_windows_see_input(out: int, size: int, k: int, s: int, p: int, d: int, layer: str, axis: str) -> None:
+    """Raise if a window's taps (padded positions ``o*s + j*d``) all miss the input ``[p, p + size)``.
+
+    Such a window's maximum is -inf and PyTorch's switch for it points outside the window (its
+    backward writes out of bounds), so no result could be right.
+    """
+    for o in range(out):
+        first = max(0, -(-(p - o * s) // d))  # first tap at or after the input's start
+        if first >= k or o * s + first * d >= p + size:
+            raise ValueError(
+                f"{layer}: along the {axis}, window {o} (kernel {k}, dilation {d}, stride {s}, padding {p}) "
+                f"sees only padding of the input {axis} {size}; use less padding or dilation"
+            )
+
+
 def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
                   check_geometry=False, layer="pool2d") -> PoolGeometry:
     """Validate the arguments and compute the output size and padding of a windowed pooling.
@@ -122,6 +137,8 @@ def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, 
     for axis, name in enumerate(("height", "width")):
         size, k, s, p, d = input_shape[2 + axis], kernel[axis], stride[axis], padding[axis], dilation[axis]
         out = conv_output_size(size, k, s, p, d, ceil_mode, check_geometry=check_geometry, layer=layer, axis=name)
+        if d > 1:  # dilated taps can step over the few real values and see only padding
+            _check_windows_see_input(out, size, k, s, p, d, layer, name)
         # The last window ends at (out-1)*s + span in padded coordinates; the padded array must
         # reach it (ceil mode can run past the right padding) but need not go further.
         reach = (out - 1) * s + d * (k - 1) + 1
@@ -549,6 +566,12 @@ def adaptive_pool_matrix(in_size: int, out_size: int, dtype):
     return (inside / (end - start)[:, None]).astype(dtype)
 
 
+# The largest output side of adaptive pooling: 65536, beyond any image (ImageNet's largest side is
+# a few thousand); the averaging matrices are output x input, so 10**9 would be refused only by a
+# MemoryError after allocating.
+MAX_ADAPTIVE_OUTPUT = 1 << 16
+
+
 def adaptive_output_size(input_hw, output_size, layer="adaptive_avg_pool2d") -> tuple[int, int]:
     """Resolve ``output_size`` (int, or pair whose ``None`` entries keep the input size)."""
     if output_size is None or isinstance(output_size, (int, np.integer)):
@@ -561,11 +584,37 @@ def adaptive_output_size(input_hw, output_size, layer="adaptive_avg_pool2d") -> 
     for size, keep in zip(sizes, input_hw):
         if size is None:
             resolved.append(int(keep))
-        elif isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size >= 1:
+        elif isinstance(size, (int, np.integer)) and not isinstance(size, bool) and 1 <= size <= MAX_ADAPTIVE_OUTPUT:
             resolved.append(int(size))
         else:
-            raise ValueError(f"{layer}: output_size entries must be positive ints or None, got {output_size!r}")
+            raise ValueError(
+                f"{layer}: output_size entries must be ints from 1 to {MAX_ADAPTIVE_OUTPUT} "
+                f"(cnnkit.functional.pool.MAX_ADAPTIVE_OUTPUT) or None, got {output_size!r}"
+            )
     return tuple(resolved)
+
+
+def _bin_means(a, out_size: int, axis: int):
+    """Adaptive average along ``axis`` (-1 or -2), one bin at a time (the non-finite fallback)."""
+    xp = array_module(a)
+    start, end = adaptive_bins(a.shape[axis], out_size)
+    index = (lambda s, e: (..., slice(s, e))) if axis == -1 else (lambda s, e: (..., slice(s, e), slice(None)))
+    return xp.stack([a[index(s, e)].mean(axis=axis) for s, e in zip(start, end)], axis=axis)
+
+
+def _bin_spread(d, in_size: int, axis: int):
+    """The adjoint of :func:`_bin_means`: each bin's gradient shared over its inputs, bin by bin."""
+    xp = array_module(d)
+    start, end = adaptive_bins(in_size, d.shape[axis])
+    shape = list(d.shape)
+    shape[axis] = in_size
+    out = xp.zeros(shape, dtype=d.dtype)
+    for i, (s, e) in enumerate(zip(start, end)):
+        if axis == -1:
+            out[..., s:e] += d[..., i:i + 1] / (e - s)
+        else:
+            out[..., s:e, :] += d[..., i:i + 1, :] / (e - s)
+    return out
 
 
 def adaptive_avg_pool2d_forward(x, output_size, *, layer="adaptive_avg_pool2d"):
@@ -591,7 +640,12 @@ def adaptive_avg_pool2d_forward(x, output_size, *, layer="adaptive_avg_pool2d"):
         return y, AdaptiveAvgPoolCache(x.shape, None)
     rows = xp.asarray(adaptive_pool_matrix(h, oh, x.dtype))
     cols = xp.asarray(adaptive_pool_matrix(w, ow, x.dtype))
-    y = xp.matmul(rows, xp.matmul(x, cols.T))
+    with np.errstate(invalid="ignore"):  # inf * 0: handled just below
+        y = xp.matmul(rows, xp.matmul(x, cols.T))
+    if not xp.isfinite(y).all():
+        # The product multiplies every input by the zeros of other bins: 0 * inf = NaN would
+        # spread one inf over the whole row. PyTorch keeps it in its bin: average bin by bin.
+        y = _bin_means(_bin_means(x, ow, -1), oh, -2)
     return y, AdaptiveAvgPoolCache(x.shape, (rows, cols))
 
 
@@ -611,6 +665,8 @@ def adaptive_avg_pool2d_backward(dy, cache):
         share = (dy / ((h // oh) * (w // ow))).reshape(n, c, oh, 1, ow, 1)
         return xp.ascontiguousarray(xp.broadcast_to(share, (n, c, oh, h // oh, ow, w // ow))).reshape(n, c, h, w)
     rows, cols = matrices
+    if not xp.isfinite(dy).all():  # as in forward: keep a non-finite gradient in its bins
+        return _bin_spread(_bin_spread(dy, h, -2), w, -1)
     return xp.matmul(rows.T, xp.matmul(dy, cols))
 
 

@@ -55,7 +55,8 @@ def conv_output_size(
     """
     span = dilation * (kernel - 1) + 1
     padded = size + 2 * padding
-    if span > padded:
+    # ceil_mode lets the one window overhang the end by less than a stride, as in PyTorch
+    if span > padded and not (ceil_mode and span - padded < stride):
         raise ValueError(
             f"{layer}: kernel {kernel} (dilation {dilation}, spans {span}) is larger than the "
             f"padded input {axis} {size} + 2*{padding} = {padded}; use a smaller kernel or more padding"

@@ -19,6 +19,7 @@ the training state.
 from __future__ import annotations
 
 import json
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,8 @@ import numpy as np
 
 from .._version import __version__
 from .containers import RESERVED_PREFIX, write_container
-from .state_dict import CHECKPOINT_FORMAT, WRITABLE_SUFFIXES, _read_container, _suffix, model_arrays
+from .state_dict import (CHECKPOINT_FORMAT, WRITABLE_SUFFIXES, _read_container, _suffix, model_arrays,
+                         parse_metadata)
 from .structure import decode, encode
 
 FORMAT_VERSION = 1
@@ -80,7 +82,7 @@ def _read_checkpoint(path):
     path = Path(path)
     _suffix(path, WRITABLE_SUFFIXES, "read a cnnkit checkpoint from")
     arrays, text = _read_container(path)
-    metadata = None if text is None else json.loads(text)
+    metadata = parse_metadata(text, path)
     if metadata is None or metadata.get("format") != CHECKPOINT_FORMAT:
         metadata = None
     return path, arrays, metadata
@@ -95,12 +97,44 @@ def _no_config_error(path) -> ValueError:
     )
 
 
-def _build(config, path):
+def _decode_field(metadata: dict, field: str, arrays, path):
+    """``metadata[field]`` decoded (None if absent); a corrupt one raises ``ValueError`` naming it."""
+    try:
+        return decode(metadata.get(field), arrays)
+    except (KeyError, IndexError, TypeError, ValueError, RecursionError) as error:
+        raise ValueError(
+            f"{path}: the metadata field {field!r} is corrupt ({type(error).__name__}: {str(error)[:200]})"
+        ) from None
+
+
+def _build(config, path, state):
+    """The model ``config`` describes, built only as far as the weights in the file reach.
+
+    The file's model tensors are everything the model may hold: the build runs under
+    ``parameter_budget`` with their number of values, so a config whose layers are larger than
+    its weights (``num_classes=150000`` beside 10-class weights) fails before the oversized
+    layer is allocated.
+    """
     from ..models import create  # late: the model zoo imports much of cnnkit
+    from ..nn.validation import parameter_budget
 
     if not isinstance(config, dict) or "name" not in config:
         raise _no_config_error(path)
-    model = create(config["name"], **config.get("kwargs", {}))
+    name, kwargs = config["name"], config.get("kwargs", {})
+    if not isinstance(name, str) or not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise ValueError(f"{path}: the metadata field 'config' must hold a model name and a dict of keyword arguments")
+    values = sum(int(np.size(a)) for a in state.values())
+    described = f"{name}({', '.join(f'{k}={reprlib.repr(v)}' for k, v in list(kwargs.items())[:8])})"
+    budget = f"{values:,} values of the weights in {path}: its config ({described}) does not match its weights"
+    try:
+        with parameter_budget(values, budget):
+            model = create(name, **kwargs)
+    except (TypeError, ValueError) as error:  # unknown model or argument, a value a layer refuses
+        message = str(error)
+        if budget in message:
+            raise ValueError(message) from None
+        raise ValueError(f"{path}: the metadata field 'config' ({described}) does not build a model: {message}") \
+            from None
     model.config = dict(config)  # keep what the run recorded beside name/kwargs (dataset, classes, ...)
     return model
 
@@ -120,21 +154,30 @@ def load_checkpoint(path, model=None) -> Checkpoint:
     it (``strict=True``). Returns a :class:`Checkpoint` with ``model``, ``training_state``
     (arrays restored in place, exact dtypes and values; mappings come back as dict), ``config``
     and ``metadata``.
+
+    The file is untrusted: the metadata is checked against the tensors it holds before the model
+    is built (a config that would build more than the file's weights is refused before the
+    oversized layer is allocated), and a damaged file raises ``ValueError`` naming the file and
+    the field.
     """
     path, arrays, metadata = _read_checkpoint(path)
     if metadata is None:
         if model is None:
             raise _no_config_error(path)
         metadata = {}
-    config = None if metadata.get("config") is None else decode(metadata["config"], arrays)
-    state = model_arrays(arrays, metadata)
+    config = _decode_field(metadata, "config", arrays, path)
+    state = model_arrays(arrays, metadata, path)
     if model is None:
-        model = _build(config, path)
+        model = _build(config, path, state)
         dtype = _floating_dtype(state)
         if dtype is not None and model.dtype != dtype:
             model.to(dtype)  # load_state_dict casts to the model's dtype: keep the saved one
-    model.load_state_dict(state)
-    training_state = decode(metadata.get("training_state"), arrays)
+    try:
+        model.load_state_dict(state)
+    except (KeyError, ValueError) as error:  # missing/unexpected keys, shapes
+        raise ValueError(f"{path}: its weights do not fit the model: {error.args[0] if error.args else error}") \
+            from None
+    training_state = _decode_field(metadata, "training_state", arrays, path)
     info = {k: metadata[k] for k in ("format", "format_version", "cnnkit_version") if k in metadata}
     return Checkpoint(model=model, training_state=training_state, config=config, metadata=info)
 

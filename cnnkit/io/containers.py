@@ -5,9 +5,10 @@ Both hold named arrays plus an optional metadata string (JSON written by cnnkit)
 * ``.safetensors``: through the ``safetensors`` package's NumPy API; the metadata string sits in
   the header's ``__metadata__`` under the key ``"cnnkit"``. bfloat16 tensors (which NumPy lacks)
   are read from the package's raw byte view and widened to float32.
-* ``.npz``: a zip of ``.npy`` files written with ``numpy.lib.format`` and read with
-  ``allow_pickle=False``; the metadata string is the UTF-8 bytes of the entry
-  ``__cnnkit__/metadata`` (a uint8 array).
+* ``.npz``: a zip of ``.npy`` files written with ``numpy.lib.format``; read member by member,
+  each header checked against the member's size before its array is allocated, never unpickling
+  (object arrays are refused, as ``allow_pickle=False`` does); the metadata string is the UTF-8
+  bytes of the entry ``__cnnkit__/metadata`` (a uint8 array).
 
 Every write goes to a temporary file in the destination's folder, is flushed to disk, then
 renamed over the destination with ``os.replace`` (atomic on POSIX and Windows): a crash
@@ -15,9 +16,12 @@ mid-write leaves the previous file intact, and the temporary file is removed on 
 """
 from __future__ import annotations
 
+import math
 import os
 import secrets
+import struct
 import zipfile
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
@@ -25,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from ..backend import to_numpy
+from .zip_records import ZipRecords, read_into
 
 METADATA_KEY = "cnnkit"  # key of cnnkit's JSON in a safetensors header's __metadata__
 RESERVED_PREFIX = "__cnnkit__/"  # array names cnnkit uses for its own entries (never model keys)
@@ -137,51 +142,126 @@ def _writable(array: np.ndarray) -> np.ndarray:
     return array if array.flags.writeable and array.flags.owndata else np.array(array)
 
 
+def _safetensors_error(path, error) -> ValueError:
+    return ValueError(f"{path}: not a valid .safetensors file ({str(error)[:300]})")
+
+
 def read_safetensors(path) -> tuple["OrderedDict[str, np.ndarray]", str | None]:
-    """Arrays (sorted by name, as the format's header has no order) and cnnkit's metadata."""
+    """Arrays (sorted by name, as the format's header has no order) and cnnkit's metadata.
+
+    The ``safetensors`` package checks the header against the file (every tensor's bytes lie in
+    it, no overlaps, a header of at most 100 MB) before anything is copied; a file it refuses
+    raises ``ValueError`` naming the file.
+    """
     st = _safetensors()
     arrays = OrderedDict()
     bfloat16_names = []
-    with st.safe_open(str(path), framework="np") as f:
-        metadata = (f.metadata() or {}).get(METADATA_KEY)
-        for name in f.keys():
-            code = f.get_slice(name).get_dtype()
-            if code == "BF16":
-                bfloat16_names.append(name)
-                arrays[name] = None  # filled below, keeping the order
-            elif code in _SAFETENSORS_NUMPY_DTYPES:
-                arrays[name] = _writable(f.get_tensor(name))
-            else:
-                raise TypeError(f"{path}: tensor {name!r} has dtype {code}, which NumPy cannot represent")
-    if bfloat16_names:
-        # The NumPy API refuses BF16: take the raw bytes and widen them (float32 = bf16 << 16).
-        wanted = set(bfloat16_names)
-        for name, view in st.deserialize(Path(path).read_bytes()):
-            if name in wanted:
-                bits = np.frombuffer(view["data"], dtype="<u2").astype(np.uint32)
-                arrays[name] = (bits << 16).view(np.float32).reshape(view["shape"])
+    try:
+        with st.safe_open(str(path), framework="np") as f:
+            metadata = (f.metadata() or {}).get(METADATA_KEY)
+            for name in f.keys():
+                code = f.get_slice(name).get_dtype()
+                if code == "BF16":
+                    bfloat16_names.append(name)
+                    arrays[name] = None  # filled below, keeping the order
+                elif code in _SAFETENSORS_NUMPY_DTYPES:
+                    arrays[name] = _writable(f.get_tensor(name))
+                else:
+                    raise TypeError(f"{path}: tensor {name!r} has dtype {code}, which NumPy cannot represent")
+        if bfloat16_names:
+            # The NumPy API refuses BF16: take the raw bytes and widen them (float32 = bf16 << 16).
+            wanted = set(bfloat16_names)
+            for name, view in st.deserialize(Path(path).read_bytes()):
+                if name in wanted:
+                    bits = np.frombuffer(view["data"], dtype="<u2").astype(np.uint32)
+                    arrays[name] = (bits << 16).view(np.float32).reshape(view["shape"])
+    except st.SafetensorError as error:
+        raise _safetensors_error(path, error) from None
     return arrays, metadata
 
 
 def read_metadata_string(path) -> str | None:
     """cnnkit's metadata string of a ``.safetensors``/``.npz`` file, without reading the arrays."""
     if Path(path).suffix.lower() == ".safetensors":
-        with _safetensors().safe_open(str(path), framework="np") as f:
-            return (f.metadata() or {}).get(METADATA_KEY)
-    with np.load(path, allow_pickle=False) as archive:
-        if NPZ_METADATA_ENTRY in archive.files:
-            return archive[NPZ_METADATA_ENTRY].tobytes().decode("utf-8")
-    return None
+        st = _safetensors()
+        try:
+            with st.safe_open(str(path), framework="np") as f:
+                return (f.metadata() or {}).get(METADATA_KEY)
+        except st.SafetensorError as error:
+            raise _safetensors_error(path, error) from None
+    return read_npz(path, only=NPZ_METADATA_ENTRY)[1]
 
 
-def read_npz(path) -> tuple["OrderedDict[str, np.ndarray]", str | None]:
-    """Arrays in file order and cnnkit's metadata (never unpickles: ``allow_pickle=False``)."""
+# Zip-level failures of a damaged archive, reported as ValueError naming the file.
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, struct.error, NotImplementedError, RuntimeError,
+               OSError, zlib.error)
+
+
+def _npy_member(records: ZipRecords, info: zipfile.ZipInfo) -> np.ndarray:
+    """One ``.npy`` member as an array; its header is checked against the member's size first."""
+    path, name = records.path, info.filename
+    with records.archive.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+        except (ValueError, SyntaxError, TypeError, RecursionError) as error:
+            raise ValueError(f"{path}: member {name!r} has no valid .npy header ({str(error)[:200]})") from None
+        if dtype.hasobject:
+            raise ValueError(
+                f"{path}: member {name!r} holds Python objects, which only pickle can load; cnnkit reads "
+                ".npz files with allow_pickle=False"
+            )
+        if not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise ValueError(f"{path}: member {name!r} declares shape {shape}, not a shape")
+        if dtype.kind not in "biufc":
+            raise ValueError(f"{path}: member {name!r} has dtype {dtype}; only numbers and bools are read")
+        nbytes = math.prod(shape) * dtype.itemsize
+        body = info.file_size - f.tell()
+        if nbytes != body:
+            raise ValueError(
+                f"{path}: member {name!r} declares shape {shape} of {dtype} ({nbytes} bytes) but holds {body} bytes"
+            )
+        records.check(info, info.file_size, "member")
+        data = np.empty(nbytes, dtype=np.uint8)
+        if read_into(f, data) != nbytes:
+            raise ValueError(f"{path}: member {name!r} ends early")
+    array = data.view(dtype)
+    return array.reshape(shape, order="F" if fortran else "C")
+
+
+def read_npz(path, only: str | None = None) -> tuple["OrderedDict[str, np.ndarray]", str | None]:
+    """Arrays in file order and cnnkit's metadata (never unpickles: object arrays are refused).
+
+    Every member must be a ``.npy`` array of numbers or bools whose header agrees with its size;
+    members are streamed into their arrays (see :mod:`cnnkit.io.zip_records`). ``only`` reads
+    just that entry (e.g. the metadata).
+    """
     arrays = OrderedDict()
     metadata = None
-    with np.load(path, allow_pickle=False) as archive:
-        for name in archive.files:
-            if name == NPZ_METADATA_ENTRY:
-                metadata = archive[name].tobytes().decode("utf-8")
-            else:
-                arrays[name] = archive[name]
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = ZipRecords(path, archive)
+            for info in archive.infolist():
+                if info.is_dir() or not info.filename.endswith(".npy"):
+                    raise ValueError(
+                        f"{path}: member {info.filename!r} is not a .npy array; an .npz file holds only .npy members"
+                    )
+                name = info.filename[: -len(".npy")]
+                if only is not None and name != only:
+                    continue
+                array = _npy_member(records, info)
+                if name == NPZ_METADATA_ENTRY:
+                    try:
+                        metadata = array.tobytes().decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise ValueError(f"{path}: cnnkit's metadata entry is not UTF-8 text") from None
+                else:
+                    arrays[name] = array
+    except _ZIP_ERRORS as error:
+        raise ValueError(f"{path}: not a valid .npz file ({type(error).__name__}: {str(error)[:200]})") from None
     return arrays, metadata

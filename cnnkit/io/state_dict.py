@@ -13,6 +13,7 @@ extension                               read               write
 from __future__ import annotations
 
 import json
+import reprlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,7 +59,8 @@ def _find_state_dict(obj, path: Path) -> Mapping:
         for key in WRAPPER_KEYS:
             if key in obj and _is_state_dict(obj[key]):
                 return obj[key]
-        others = [f"{k!r} ({type(v).__name__})" for k, v in obj.items() if not isinstance(v, np.ndarray)]
+        # reprlib: keys come from the file and may be huge or deeply nested
+        others = [f"{reprlib.repr(k)} ({type(v).__name__})" for k, v in obj.items() if not isinstance(v, np.ndarray)]
         raise ValueError(
             f"{path}: holds a dict that is not a state dict (entries that are not tensors: "
             f"{', '.join(others[:8])}{' ...' if len(others) > 8 else ''}) and no "
@@ -75,6 +77,21 @@ def _strip_data_parallel(state: Mapping) -> Mapping:
     return state
 
 
+def parse_metadata(text: str | None, path) -> dict | None:
+    """cnnkit's metadata string of the file ``path`` as a dict (None for None); ``ValueError``
+    naming the file when it is not a JSON object (too deeply nested JSON included)."""
+    if text is None:
+        return None
+    try:
+        metadata = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise ValueError(f"{path}: cnnkit's metadata is not valid JSON ({type(error).__name__}: {str(error)[:200]})") \
+            from None
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path}: cnnkit's metadata is a JSON {type(metadata).__name__}, not an object")
+    return metadata
+
+
 def read_metadata(path) -> dict | None:
     """cnnkit's JSON metadata of a ``.safetensors``/``.npz`` file (None if it has none).
 
@@ -85,8 +102,7 @@ def read_metadata(path) -> dict | None:
     _suffix(path, WRITABLE_SUFFIXES, "read metadata from")
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    text = read_metadata_string(path)
-    return None if text is None else json.loads(text)
+    return parse_metadata(read_metadata_string(path), path)
 
 
 def _read_container(path: Path):
@@ -95,11 +111,19 @@ def _read_container(path: Path):
     return read_safetensors(path) if path.suffix.lower() == ".safetensors" else read_npz(path)
 
 
-def model_arrays(arrays: Mapping, metadata: dict | None) -> "OrderedDict[str, np.ndarray]":
+def model_arrays(arrays: Mapping, metadata: dict | None, path="the file") -> "OrderedDict[str, np.ndarray]":
     """The model's entries of a cnnkit file, in the order recorded at save time."""
     order = (metadata or {}).get("keys")
     if order is None:
         return OrderedDict((k, v) for k, v in arrays.items() if not k.startswith(RESERVED_PREFIX))
+    if not isinstance(order, list) or not all(isinstance(k, str) for k in order):
+        raise ValueError(f"{path}: the metadata field 'keys' must be a list of tensor names")
+    missing = [k for k in order if k not in arrays]
+    if missing:
+        raise ValueError(
+            f"{path}: the metadata field 'keys' names {len(missing)} tensor(s) the file does not hold, "
+            f"e.g. {missing[0][:200]!r}"
+        )
     return OrderedDict((k, arrays[k]) for k in order)
 
 
@@ -130,7 +154,7 @@ def load_state_dict(path, *, strip_data_parallel: bool = True) -> "OrderedDict[s
             state = _strip_data_parallel(state)
         return OrderedDict(state)
     arrays, metadata = _read_container(path)
-    return model_arrays(arrays, None if metadata is None else json.loads(metadata))
+    return model_arrays(arrays, parse_metadata(metadata, path), path)
 
 
 def save_state_dict(state, path) -> None:

@@ -14,6 +14,8 @@ from .googlenet import GoogLeNet, Inception, InceptionAux, googlenet
 from .resnet import BasicBlock, Bottleneck, ResNet, conv1x1, conv3x3, resnet18, resnet34, resnet50, resnet101, resnet152
 from .cifar_resnet import (CifarResNet, PadShortcut, PlainBlock, plain20, plain32, plain44, plain56, plain110,
                            resnet20, resnet32, resnet44, resnet56, resnet110)
+from .preact_resnet import (PreActProjectionUnit, PreActResNet, PreActUnit, preact_resnet110, preact_resnet152,
+                            preact_resnet164, preact_resnet200, preact_resnet1001)
 
 __all__ = [
     "create", "list_models", "register", "default_input_shape", "from_spec",
@@ -22,6 +24,8 @@ __all__ = [
     "googlenet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
     "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
     "plain20", "plain32", "plain44", "plain56", "plain110",
+    "preact_resnet110", "preact_resnet164", "preact_resnet1001", "preact_resnet152", "preact_resnet200",
     "LeNet5", "AlexNet", "VGG", "GoogLeNet", "Inception", "InceptionAux", "ResNet", "BasicBlock", "Bottleneck",
     "CifarResNet", "PadShortcut", "PlainBlock", "conv1x1", "conv3x3",
+    "PreActResNet", "PreActUnit", "PreActProjectionUnit",
 ]

@@ -25,7 +25,7 @@ from ..functional.shapes import check_positive, conv_output_size, pair
 from ..functional.workspace import Workspace
 from .init import default_weight_and_bias
 from .module import Module, Parameter
-from .validation import check_input, check_sample_shape
+from .validation import check_input, check_parameter_size, check_sample_shape
 
 __all__ = ["Conv2d", "LocallyConnected2d"]  # what cnnkit.nn exports from here
 
@@ -88,6 +88,9 @@ class Conv2d(Module):
         self.padding = self._resolve_padding(padding)
         self.check_geometry = bool(check_geometry)
         weight_shape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+        check_parameter_size("Conv2d", "weight", weight_shape)
+        if bias:
+            check_parameter_size("Conv2d", "bias", (self.out_channels,))
         weight, b = default_weight_and_bias(weight_shape, self.out_channels if bias else 0, dtype, generator)
         self.weight = Parameter(weight)
         self.bias = Parameter(b) if bias else None
@@ -230,6 +233,9 @@ class LocallyConnected2d(Module):
         bound = 1.0 / math.sqrt(fan_in)
         rng = generator if generator is not None else np.random.default_rng()
         weight_shape = self.output_size + (self.out_channels, self.in_channels) + self.kernel_size
+        check_parameter_size(layer, "weight", weight_shape)
+        if bias:
+            check_parameter_size(layer, "bias", (self.out_channels,) + self.output_size)
         self.weight = Parameter(rng.uniform(-bound, bound, size=weight_shape).astype(dtype))
         bias_shape = (self.out_channels,) + self.output_size
         self.bias = Parameter(rng.uniform(-bound, bound, size=bias_shape).astype(dtype)) if bias else None

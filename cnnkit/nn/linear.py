@@ -8,7 +8,7 @@ from ..functional.linear import LINEAR
 from ..functional.memory import ArraySpec, LayerMemory
 from .init import default_weight_and_bias
 from .module import Module, Parameter
-from .validation import check_input
+from .validation import check_input, check_parameter_size
 
 __all__ = ["Linear"]  # what cnnkit.nn exports from here
 
@@ -30,6 +30,9 @@ class Linear(Module):
                 raise ValueError(f"Linear: {name} must be a positive int, got {value!r}")
         self.in_features = int(in_features)
         self.out_features = int(out_features)
+        check_parameter_size("Linear", "weight", (self.out_features, self.in_features))
+        if bias:
+            check_parameter_size("Linear", "bias", (self.out_features,))
         weight, b = default_weight_and_bias((out_features, in_features), out_features if bias else 0, dtype, generator)
         self.weight = Parameter(weight)
         self.bias = Parameter(b) if bias else None

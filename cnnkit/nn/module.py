@@ -8,7 +8,9 @@ The contract, written once:
 * ``dx = module.backward(dy, input_grad=True)`` consumes that cache, returns the gradient with
   respect to the input and *accumulates* (``+=``) the gradients of the parameters. With
   ``input_grad=False`` the input gradient is not computed and ``None`` is returned (Caffe's
-  ``propagate_down``): a training step never needs the gradient of the image.
+  ``propagate_down``): a training step never needs the gradient of the image. ``dy`` must have
+  the shape of the output of the forward whose cache it consumes: a ``ValueError`` naming the
+  layer and both shapes says so (checked here, once for every layer; see ``__init_subclass__``).
 * ``train()`` / ``eval()`` only change what layers compute (dropout, batch statistics).
 * ``output_shape(input_shape)`` answers the shape of one sample's output, ``(C, H, W)`` or
   ``(F,)``, without data.
@@ -31,6 +33,7 @@ input kept for backward); every cnnkit layer declares its own (``tests/test_laye
 """
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -108,6 +111,29 @@ class IncompatibleKeys(NamedTuple):
     unexpected_keys: list
 
 
+def _checks_gradient_shape(backward):
+    """``backward`` refusing a ``dy`` whose shape differs from the output of the cached forward.
+
+    Without it a wrong gradient surfaces as a NumPy error from deep inside a kernel ("matmul:
+    Input operand 1 has a mismatch in its core dimension 0 ...") or, worse, broadcasts silently.
+    """
+    @functools.wraps(backward)
+    def checked(self, *args, **kwargs):
+        expected = self.__dict__.get("_output_shape")
+        if expected is not None and self._cache is not None:
+            dy = args[0] if args else kwargs.get("dy")
+            got = getattr(dy, "shape", None)
+            if got is None or tuple(got) != expected:
+                what = f"has shape {tuple(got)}" if got is not None else f"is a {type(dy).__name__}"
+                raise ValueError(
+                    f"{type(self).__name__}.backward: dy {what}, but the output of its forward had shape "
+                    f"{expected}; pass the gradient of that output (the same shape)"
+                )
+        return backward(self, *args, **kwargs)
+
+    return checked
+
+
 class Module:
     """Base class of every layer and container.
 
@@ -122,10 +148,21 @@ class Module:
         self.training = True
         self._buffer_names: list[str] = []
         self._cache = None
+        self._output_shape = None  # of the forward whose cache is kept: backward's dy must match
+
+    def __init_subclass__(cls, **kwargs):
+        # Every backward checks dy's shape against the cached forward's output, here, once,
+        # instead of in each layer.
+        super().__init_subclass__(**kwargs)
+        if "backward" in cls.__dict__:
+            cls.backward = _checks_gradient_shape(cls.__dict__["backward"])
 
     # -- forward / backward -------------------------------------------------------------------
     def __call__(self, x):
-        return self.forward(x)
+        y = self.forward(x)
+        if self._cache is not None and hasattr(y, "shape"):
+            self._output_shape = tuple(y.shape)  # after forward: its _save cleared the last one
+        return y
 
     def forward(self, x):  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} does not implement forward()")
@@ -147,6 +184,7 @@ class Module:
     def _save(self, cache) -> None:
         """Keep ``cache`` for backward, unless inside ``no_grad`` (inference caches nothing)."""
         self._cache = cache if is_grad_enabled() else None
+        self._output_shape = None  # set by __call__ once forward returns (not when called directly)
 
     def _wants_grad(self, name: str) -> bool:
         """Whether parameter ``name`` exists and is trainable, i.e. its gradient is worth computing."""
@@ -328,7 +366,7 @@ class Module:
                 problems.append(f"missing keys {missing}")
             if unexpected:
                 problems.append(f"unexpected keys {unexpected}")
-            raise KeyError(f"load_state_dict(strict=True): " + "; ".join(problems))
+            raise KeyError("load_state_dict(strict=True): " + "; ".join(problems))
         for key, (module, name) in own.items():
             if key not in state:
                 continue

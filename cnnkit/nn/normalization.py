@@ -13,7 +13,7 @@ from ..backend import DEFAULT_DTYPE
 from ..functional.memory import ArraySpec, LayerMemory
 from ..functional.norm import BATCH_NORM, LOCAL_RESPONSE_NORM
 from .module import Module, Parameter
-from .validation import check_input
+from .validation import check_input, check_parameter_size
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "LocalResponseNorm"]  # what cnnkit.nn exports from here
 
@@ -51,6 +51,8 @@ class _BatchNorm(Module):
         self.momentum = None if momentum is None else float(momentum)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
+        check_parameter_size(name, f"num_features={num_features} (weight, bias, running mean and variance)",
+                             (2 * self.affine + 2 * self.track_running_stats, num_features))
 
         self.weight = Parameter(np.ones(num_features, dtype)) if affine else None
         self.bias = Parameter(np.zeros(num_features, dtype)) if affine else None
@@ -91,7 +93,7 @@ class _BatchNorm(Module):
         update_running_stats = self.training and self.track_running_stats
         factor = 0.0
         if update_running_stats:
-            if x.size // x.shape[1] < 2:
+            if x.size // x.shape[1] == 1:  # (an empty batch is fine, as in PyTorch)
                 # Fail before touching num_batches_tracked, so a rejected batch leaves no trace.
                 raise ValueError(
                     f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}"

@@ -46,18 +46,42 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 class HistoryWriter:
-    """Writes ``history.csv`` and ``history.json`` in the run directory after every epoch."""
+    """Writes ``history.csv`` and ``history.json`` in the run directory after every epoch, and
+    ``steps.csv`` (``step,epoch,loss,lr``: every training step's mini-batch loss)."""
+
+    STEP_COLUMNS = ("step", "epoch", "loss", "lr")
 
     def __init__(self, out_dir):
         self.out_dir = Path(out_dir)
+        self.steps: list[tuple] = []
 
     def on_train_begin(self, trainer):
         remove_stale_temporaries(self.out_dir)
+        # a resumed run keeps the steps it already wrote (up to where its checkpoint was saved)
+        self.steps = []
+        path = self.out_dir / "steps.csv"
+        if trainer.global_step > 0 and path.exists():
+            with open(path, newline="") as f:
+                for row in csv.DictReader(f):
+                    try:
+                        step = (int(row["step"]), int(row["epoch"]), float(row["loss"]), float(row["lr"]))
+                    except (KeyError, TypeError, ValueError):
+                        continue
+                    if step[0] <= trainer.global_step:
+                        self.steps.append(step)
+
+    def on_step_end(self, trainer, step):
+        loss = getattr(trainer, "step_loss", None)
+        if loss is not None:
+            self.steps.append((int(step), trainer.epoch + 1, float(loss), trainer.lr))
 
     def on_epoch_end(self, trainer, epoch, logs):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         rows = trainer.history
         _atomic_write_text(self.out_dir / "history.json", json.dumps(rows, indent=1))
+        if self.steps:
+            lines = [",".join(self.STEP_COLUMNS)] + ["%d,%d,%.6g,%.6g" % s for s in self.steps]
+            _atomic_write_text(self.out_dir / "steps.csv", "\n".join(lines) + "\n")
         columns = list(dict.fromkeys(k for row in rows for k in row))
         tmp = self.out_dir / "history.csv.tmp"
         with open(tmp, "w", newline="") as f:

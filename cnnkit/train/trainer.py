@@ -156,6 +156,7 @@ class Trainer:
         self.model.backward(self.loss.backward(), input_grad=False)
         self.optimizer.step()
         self.global_step += 1
+        self.step_loss = loss  # for on_step_end callbacks (HistoryWriter's per-step loss)
         self._step_callbacks("on_step_end", step)
         if self.scheduler_interval == "step":
             self._step_scheduler()

@@ -5,17 +5,20 @@
 * ``plot_patches`` / ``top_activations``: the dataset patches (receptive fields, from
   ``receptive_field``) that activate one channel most (Zeiler & Fergus).
 * ``plot_saliency`` / ``input_gradient`` / ``occlusion``: which pixels a class score depends on.
-* ``plot_conv_demo`` / ``conv_demo_gif`` / ``conv_demo_html``: the convolution demo with numbers.
-* ``plot_history``, ``plot_confusion``, ``plot_diagnostics``: training curves, confusion matrix,
-  per-layer training statistics; ``write_report``: a run directory's ``report.html``.
+* ``plot_conv_demo`` / ``conv_demo_gif`` / ``conv_demo_html``: the convolution demo with numbers;
+  ``geometry_problem`` / ``plot_misfit`` / ``misfit_html`` for geometry that does not fit.
+* ``plot_history``, ``plot_confusion``, ``plot_diagnostics`` (``diagnostics_findings`` in words):
+  training curves (every step's loss), confusion matrix, per-layer training statistics;
+  ``write_report``: a run directory's ``report.html``.
 
 Every ``plot_*`` returns a Matplotlib ``Figure`` and writes it when given ``path=`` (PNG, SVG or
 PDF by suffix). No display is needed and ``matplotlib.pyplot`` is never imported.
 """
 from ._figure import save_figure
 from .activations import plot_activations
-from .conv_demo import ConvDemo, conv_demo_gif, conv_demo_html, make_demo, plot_conv_demo
-from .curves import plot_confusion, plot_diagnostics, plot_history, read_history
+from .conv_demo import (ConvDemo, conv_demo_gif, conv_demo_html, geometry_problem, make_demo, misfit_html,
+                        plot_conv_demo, plot_misfit)
+from .curves import diagnostics_findings, plot_confusion, plot_diagnostics, plot_history, read_history, read_steps
 from .filters import plot_filters
 from .layers import capture_outputs, resolve_layer
 from .patches import plot_patches, top_activations
@@ -26,6 +29,7 @@ from .saliency import input_gradient, occlusion, plot_saliency, saliency_map
 __all__ = [
     "plot_filters", "plot_activations", "plot_patches", "top_activations", "receptive_field", "ReceptiveField",
     "plot_saliency", "input_gradient", "saliency_map", "occlusion", "ConvDemo", "make_demo", "plot_conv_demo",
-    "conv_demo_gif", "conv_demo_html", "plot_history", "read_history", "plot_confusion", "plot_diagnostics",
+    "conv_demo_gif", "conv_demo_html", "geometry_problem", "plot_misfit", "misfit_html", "plot_history",
+    "read_history", "read_steps", "plot_confusion", "plot_diagnostics", "diagnostics_findings",
     "write_report", "capture_outputs", "resolve_layer", "save_figure",
 ]

@@ -80,28 +80,54 @@ def plot_activations(model, x, image=None, classes=None, layers=None, max_slices
         model.train(was_training)
     panels = [(name, outputs[name][0]) for name in names]
     rows = len(panels) + 1
-    fig = new_figure(12, 1.6 + 1.05 * len(panels))
+    height = 2.0 + 1.05 * len(panels)
+    fig = new_figure(12, height)
     grid = fig.add_gridspec(rows, 2, width_ratios=[1, 3], height_ratios=[1.5] + [1] * len(panels),
-                            left=0.13, right=0.98, top=0.95, bottom=0.02, hspace=0.45, wspace=0.15)
+                            left=0.13, right=0.98, top=1 - 0.9 / height, bottom=0.25 / height, hspace=0.45,
+                            wspace=0.15)
     _draw_input(fig.add_subplot(grid[0, 0]), x[0] if image is None else image)
     _draw_top5(fig.add_subplot(grid[0, 1]), np.asarray(logits)[0], classes)
     modules = dict(model.named_modules())
+    gray = _gray_with_gaps()
     for row, (name, volume) in enumerate(panels, start=1):
         ax = fig.add_subplot(grid[row, :])
         mosaic, tiles = activation_panel(volume, max_slices)
         finite = mosaic[np.isfinite(mosaic)]
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        ax.imshow(mosaic, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest",
+        ax.imshow(mosaic, cmap=gray, vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest",
                   aspect="equal" if np.ndim(volume) == 3 else "auto")
         ax.set_xticks([]), ax.set_yticks([])
+        scores = _is_class_scores(volume, classes, row == len(panels))
+        if scores:
+            ax.set_xticks(np.arange(len(classes)), [str(c) for c in classes], fontsize=7)
         shape = "x".join(str(v) for v in np.shape(volume))
         more = f", first {tiles} of {np.shape(volume)[0]}" if np.ndim(volume) == 3 and tiles < np.shape(volume)[0] else ""
         ax.set_ylabel(f"{name}\n{type(modules[name]).__name__}", rotation=0, ha="right", va="center", fontsize=8)
-        ax.set_title(f"{shape}{more}   range [{lo:.3g}, {hi:.3g}]", fontsize=7, loc="left", pad=2)
-    fig.suptitle(title or f"activations of {type(model).__name__}", fontsize=11)
+        what = "  class scores (before the softmax)" if scores else ""
+        ax.set_title(f"{shape}{more}{what}   range [{lo:.3g}, {hi:.3g}]", fontsize=7, loc="left", pad=2)
+    fig.suptitle((title or f"activations of {type(model).__name__}") + "\neach layer on its own gray scale "
+                 f"(black: its minimum, white: its maximum); {GAP_COLOR_NAME}: gaps between tiles, no value", fontsize=10,
+                 y=1 - 0.08 / height, va="top")
     if path is not None:
         save_figure(fig, path)
     return fig
+
+
+GAP_COLOR, GAP_COLOR_NAME = "#c6dbef", "light blue"
+
+
+def _gray_with_gaps():
+    """The gray colour map with the NaN gaps of a mosaic in a colour no activation has (white
+    would read as the layer's maximum)."""
+    from matplotlib import colormaps
+
+    return colormaps["gray"].with_extremes(bad=GAP_COLOR)
+
+
+def _is_class_scores(volume, classes, last: bool) -> bool:
+    """The model's output strip: one value per class, short enough to label each."""
+    return (last and classes is not None and np.ndim(volume) == 1 and np.size(volume) == len(classes)
+            and len(classes) <= 20)
 
 
 def _draw_input(ax, image):

@@ -88,7 +88,7 @@ def plot_filters(model, layer=None, max_filters: int = 96, max_channels: int = 1
     detail = "RGB, each filter scaled on its own" if color else (
         f"rows: filters, columns: input channels{f' (first {max_channels} of {in_c})' if in_c > max_channels else ''}; "
         "gray = 0" if columns else "gray = 0, one scale for the layer")
-    fig.suptitle(title or f"{name}: {shown} filters {in_c}x{kh}x{kw}\n{detail}", fontsize=10)
+    fig.suptitle(title or f"layer {name}: {shown} filters {in_c}x{kh}x{kw}\n{detail}", fontsize=10)
     if path is not None:
         save_figure(fig, path)
     return fig

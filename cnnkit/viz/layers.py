@@ -22,10 +22,6 @@ def is_conv(module) -> bool:
     return hasattr(module, "kernel_size") and getattr(getattr(weight, "data", None), "ndim", 0) == 4
 
 
-def is_leaf(module) -> bool:
-    return next(module.named_children(), None) is None
-
-
 def named_layers(model) -> dict:
     """``{dotted name: module}`` of every module below ``model`` (the model itself excluded)."""
     return {name: m for name, m in model.named_modules() if name}
