@@ -157,3 +157,24 @@ def test_non_contiguous_input_view(rng):
     y, cache = conv.conv2d_forward(view, f32(weight), f32(bias), *args)
     y_ref, _ = reference_forward(x[::2, :, ::-1], weight, bias, *args)
     assert_close(y, y_ref)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_input_stays_where_pytorch_keeps_it(bad, rng):
+    torch = pytest.importorskip("torch")
+    from cnnkit.functional.onednn import conv
+
+    x = rng.standard_normal((2, 16, 9, 9)).astype(np.float32)
+    x[1, 3, 4, 5] = bad
+    weight = (rng.standard_normal((8, 16, 3, 3)) / 12).astype(np.float32)
+    y, cache = conv.conv2d_forward(x, weight, None, 2, 1)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dw, _ = conv.conv2d_backward(dy, cache, need_dbias=False)
+    tx, tw = torch.from_numpy(x).requires_grad_(), torch.from_numpy(weight).requires_grad_()
+    ty = torch.nn.functional.conv2d(tx, tw, None, 2, 1)
+    ty.backward(torch.from_numpy(dy))
+    for got, want in ((y, ty.detach()), (dx, tx.grad), (dw, tw.grad)):
+        want = want.numpy()
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))  # the same positions poisoned
+        finite = np.isfinite(want)
+        np.testing.assert_allclose(got[finite], want[finite], rtol=1e-4, atol=1e-4)
