@@ -119,12 +119,13 @@ NOTES = """### Where the speed comes from: the oneDNN backend
   even LRN sizes) and tiny element-wise calls run on them, decided per call by the kernel registry.
 * **Layout**: between oneDNN layers activations are `(N, C, H, W)` NumPy arrays with channels-last
   (NHWC) memory: the brgconv kernels read and write it directly, so no layer copies its input or output.
-  NCHW arrays with a reorder into and out of every convolution cost 1.2-1.6x more per training step
-  (ResNet-20, one thread: 1307 ms channels-last, 2051 ms NCHW with nhwc reorders, 1888 ms NCHW with
-  blocked reorders; the `layouts` section of `speed.py --only layouts` re-measures it). Blocked
-  `nChw16c` activations kept between layers would save no more than the reorders, and are not an array
-  a user can hold. Only the network's input (NCHW from the user) is reordered once, and the weights,
-  which are small, on each call.
+  NCHW arrays with a reorder into and out of every convolution cost 1.1-1.8x more per training step (the
+  table "Activation layouts" above: ResNet-20 b128 245 ms channels-last, 421 ms NCHW with nhwc
+  reorders, 439 ms NCHW with blocked reorders, of which 53-58 ms are the reorders themselves; the rest
+  is oneDNN's slower NCHW kernels for batch norm, pooling and element-wise ops). Blocked `nChw16c`
+  activations kept between layers could save at most those reorders, their convolutions measured no
+  faster than brgconv on nhwc, and they are not an array a user can hold. Only the network's input (NCHW
+  from the user) is reordered once, and the weights, which are small, on each call.
 * **Threads**: oneDNN's OpenMP threads (`CNNKIT_NUM_THREADS`, else every core) run the primitives one at a
   time; cnnkit's own pool and OpenBLAS are idle meanwhile. Calls under 8M multiply-adds (convolutions) or
   1 MB (everything else) run on one thread, cnnkit's rule for its own threads; batch norm always does,
@@ -141,9 +142,12 @@ NOTES = """### Where the speed comes from: the oneDNN backend
   and every gradient, on the odd geometries of the NumPy tests, in both layouts. A whole ResNet-20
   training step in float32 agrees with the float64 reference to ~1e-6 relative, as PyTorch does.
 * **Fair timing**: same threads for both frameworks; `OMP_WAIT_POLICY=PASSIVE` (PyTorch's best case on a
-  shared machine, and the same libgomp serves both); each timed call is followed by an untimed pause.
-  The machine was shared with several other jobs during these runs (load average 5-14 on 2 cores), which
-  inflates absolute times 2-10x and makes two-thread runs noisier than one-thread runs.
+  shared machine, and the same libgomp serves both). Each timed call is the second of two back to back
+  (steady state, as in a training loop: on this virtual machine an idle core took milliseconds to wake,
+  which added ~10 ms to every call of both frameworks after the settle pause), and is followed by an
+  untimed pause. glibc keeps freed memory for the next step once oneDNN is in use (`keep_freed_memory`),
+  in the same process, so for both frameworks. The machine is shared with other engineers' jobs: these
+  tables come from a quiet moment (load average below 1), but the lead re-runs them on a quiet machine.
 
 ### The NumPy kernels (`CNNKIT_BACKEND=numpy`), as measured before the oneDNN backend
 
