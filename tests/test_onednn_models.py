@@ -17,7 +17,7 @@ from cnnkit.summary import summary
 from onednn_helpers import assert_close, requires_onednn
 
 pytestmark = requires_onednn
-SHAPES = {"lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}
+SHAPES = {"lenet5": (1, 28, 28), "resnet20": (3, 32, 32), "resnet18": (3, 224, 224)}
 
 
 def _gradients(name, backend, dtype=np.float32, batch=8):
@@ -110,12 +110,12 @@ def _measured_peak(model, shape, batch, optimizer_cls, **opt_kwargs) -> int:
 
 
 @pytest.mark.parametrize("name, batch, optimizer", [("lenet5", 32, "momentum"), ("lenet5", 16, "adam"),
-                                                    ("resnet20", 16, "momentum")])
+                                                    ("resnet20", 16, "momentum"), ("resnet18", 2, "momentum")])
 def test_training_memory_estimate_within_10_percent(name, batch, optimizer):
     shape = SHAPES[name]
-    # One untraced step first: it loads the library and the modules a first call imports, memory
-    # that is the process's, not the training step's.
-    _measured_peak(M.create(name, seed=0), shape, 2, SGD, lr=0.01)
+    # Untraced steps of the same shapes first: they load the library and the modules and ctypes
+    # functions a first call creates, memory that is the process's, not the training step's.
+    _measured_peak(M.create(name, seed=0), shape, batch, SGD, lr=0.01)
     clear_scratch()
     tracemalloc.start()  # before the model, so parameters and optimizer state are in the peak
     try:

@@ -240,9 +240,10 @@ def conv2d_backward(dy, cache: Conv2dOnednnCache, need_dx=True, need_dweight=Tru
     x, weight, fwd, g = cache
     dy = plain(dy)
     dx = dweight = dbias = None
+    diff_dst = data_md = None
     if need_dx:
         bwd = R.cached(("conv_backward_data", fwd.key), lambda: _BackwardData(fwd, g))
-        diff_dst = converted(dy, bwd.diff_dst_md, (bwd.key, "diff_dst"))
+        diff_dst, data_md = converted(dy, bwd.diff_dst_md, (bwd.key, "diff_dst")), bwd.diff_dst_md
         weights = converted(np.ascontiguousarray(weight), bwd.weights_md, (bwd.key, "weights"), _weight_dims(g))
         dx = empty_activation(g.input_shape)
         if bwd.diff_src_direct:
@@ -251,10 +252,12 @@ def conv2d_backward(dy, cache: Conv2dOnednnCache, need_dx=True, need_dweight=Tru
             out = R.aligned_bytes(R.md_size(bwd.diff_src_md))
             bwd.primitive.run({L.ARG_DIFF_SRC: out, L.ARG_WEIGHTS: weights, L.ARG_DIFF_DST: diff_dst})
             reorder_into(out, bwd.diff_src_md, dx, (bwd.key, "diff_src"))
+        del weights  # before the weight gradient's buffers exist: the backward peak holds two weights, not three
     if need_dweight or (need_dbias and g.bias):
         bwd = R.cached(("conv_backward_weights", fwd.key), lambda: _BackwardWeights(fwd, g))
         src = converted(x, bwd.src_md, (bwd.key, "src"))
-        diff_dst = converted(dy, bwd.diff_dst_md, (bwd.key, "diff_dst"))
+        if diff_dst is None or not R.md_equal(bwd.diff_dst_md, data_md):  # else: dy is converted once
+            diff_dst = converted(dy, bwd.diff_dst_md, (bwd.key, "diff_dst"))
         dweight = np.empty(g.weight_shape, dtype=np.float32)
         target = dweight if bwd.diff_weights_plain else R.aligned_bytes(R.md_size(bwd.diff_weights_md))
         buffers = {L.ARG_SRC: src, L.ARG_DIFF_WEIGHTS: target, L.ARG_DIFF_DST: diff_dst}
@@ -264,6 +267,7 @@ def conv2d_backward(dy, cache: Conv2dOnednnCache, need_dx=True, need_dweight=Tru
         bwd.primitive.run(buffers)
         if not bwd.diff_weights_plain:
             bwd.to_plain.run({L.ARG_FROM: target, L.ARG_TO: dweight})
+        del target
         if not need_dweight:
             dweight = None
         if not need_dbias:
@@ -301,11 +305,12 @@ def _scratchpad_bytes(g: ConvGeometry) -> int:
 
 def conv2d_memory(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None, relu=False):
     """What the oneDNN kernel holds (arrays as ArraySpecs): the cache references the input (the
-    weight gradient reads it); forward makes the weight in the kernel's layout; backward the
-    weight for the backward-data kernel, the weight gradient in the kernel's layout and in
-    PyTorch's, and the layer's copy into ``.grad``; every primitive uses the shared scratchpad
-    (its size asked of oneDNN)."""
+    weight gradient reads it); forward makes the weight in the kernel's layout; backward at most
+    two weight-sized buffers at a time (the weight for the backward-data kernel, then the weight
+    gradient in the kernel's layout and in PyTorch's, then that and the layer's copy into
+    ``.grad``); every primitive uses the shared scratchpad (its size asked of oneDNN). A ``dy``
+    that arrives in another layout (from a Flatten) is copied once; not counted."""
     g = geometry(x.shape, weight.shape, bias is not None, stride, padding, dilation, groups)
     weight_bytes = weight.size * 4
     scratch = {"onednn_scratchpad": _scratchpad_bytes(g) + 64}
-    return LayerMemory(keeps_input=True, forward_temp=weight_bytes, backward_temp=4 * weight_bytes, scratch=scratch)
+    return LayerMemory(keeps_input=True, forward_temp=weight_bytes, backward_temp=2 * weight_bytes, scratch=scratch)
