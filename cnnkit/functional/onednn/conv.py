@@ -20,6 +20,7 @@ layer of a training step) no backward-data primitive runs.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -43,6 +44,7 @@ class ConvGeometry(NamedTuple):
     bias: bool
 
 
+@functools.lru_cache(maxsize=1024)  # a model asks the same few dozen geometries at every step
 def geometry(x_shape, weight_shape, has_bias, stride, padding, dilation, groups) -> ConvGeometry:
     n, c, h, w = x_shape
     f = weight_shape[0]
@@ -140,7 +142,7 @@ def conv2d_decline(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
 
 
 def _forward_macs(x, weight, *args, **options) -> int:
-    return _macs(x.shape, weight.shape, *args, **options)
+    return _macs(tuple(x.shape), tuple(weight.shape), *args, **options)
 
 
 def _backward_macs(dy, cache, *flags, **options) -> int:
@@ -161,7 +163,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
         x: (N, C, H, W), weight: (F, C/groups, kh, kw), bias: (F,) -> y: (N, F, out_h, out_w)
         out_h = floor((H + 2*ph - dh*(kh - 1) - 1) / sh) + 1, likewise out_w
     """
-    g = geometry(x.shape, weight.shape, bias is not None, stride, padding, dilation, groups)
+    g = geometry(tuple(x.shape), tuple(weight.shape), bias is not None, stride, padding, dilation, groups)
     fwd = R.cached(("conv_forward", g, bool(relu), compute_tag(), activation_tag()), lambda: _Forward(g, bool(relu)))
     x = plain(x)
     src = converted(x, fwd.src_md, (fwd.key, "src"))

@@ -25,7 +25,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
@@ -383,7 +383,7 @@ class Primitive:
         if self.scratchpad_bytes:
             pad = scratch("onednn_scratchpad", (self.scratchpad_bytes + 64,), np.uint8)
             buffers = {**buffers, L.ARG_SCRATCHPAD: pad}
-        with self._lock, (one_thread() if self.one_thread else _no_change()):
+        with self._lock, (one_thread() if self.one_thread else _NO_CHANGE):
             for index, array in buffers.items():
                 address = array if isinstance(array, int) else array.ctypes.data
                 if index == L.ARG_SCRATCHPAD:
@@ -468,6 +468,8 @@ def reorder(src_md, dst_md) -> Primitive:
         return Primitive(pd, {L.ARG_FROM: src_md, L.ARG_TO: dst_md}, "reorder", one_thread=small)
 
 
-@contextmanager
+_NO_CHANGE = nullcontext()
+
+
 def _no_change():
-    yield
+    return _NO_CHANGE
