@@ -285,10 +285,20 @@ def profile(model, input_shape, batch_size: int = 32, *, repeat: int = 5, warmup
 
     rate = sgemm_gflops if sgemm_gflops is not None else sgemm_rate()
     layers = []
+    previous = None
     for name, module in inst.leaves:
         times = inst.times[name]
         if not times["forward"]:
+            if previous is not None and getattr(previous[1], "relu_fused", False) and previous[0] in inst.shapes:
+                # A ReLU that the BatchNorm before it ran (nn.containers.fuse_norm_relu): its time
+                # is in that layer's row.
+                layers.append(LayerProfile(name=name, type=type(module).__name__,
+                                           output_shape=inst.shapes[previous[0]][1],
+                                           algorithm=f"fused into {previous[0]}", forward_ms=0.0, backward_ms=0.0,
+                                           forward_flops=0.0, backward_flops=0.0))
+            previous = (name, module)
             continue
+        previous = (name, module)
         in_shape, out_shape = inst.shapes[name]
         fwd_flops = forward_flops(module, in_shape, out_shape)
         # Backward: the weight gradient costs one forward's FLOPs, the input gradient another.

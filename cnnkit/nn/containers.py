@@ -15,6 +15,7 @@ from ..backend import array_module
 from ..functional.add import ADD
 from .activation import ReLU
 from .module import Module
+from .normalization import BatchNorm2d
 
 __all__ = ["Sequential", "Residual", "Concat"]  # what cnnkit.nn exports from here
 
@@ -45,8 +46,23 @@ def _drop_caches(module: Module) -> None:
 
 
 # -- a chain of modules: Sequential's work, and each branch of a Residual -------------------------
+def fuse_norm_relu(module, following) -> bool:
+    """Whether a chain runs ``module`` (a training-mode BatchNorm2d) and the plain ReLU after it as
+    one op: the normalisation writes ``max(y, 0)`` in the same pass (oneDNN's fused kernel; NumPy
+    in place) and its backward applies the ReLU's mask, so the ReLU layer runs neither. Eval mode
+    keeps them apart (``cnnkit.nn.fuse`` folds the BatchNorm into the convolution instead)."""
+    return (type(module) is BatchNorm2d and module.training and type(following) is ReLU
+            and following.algorithm == "auto")
+
+
 def _chain_forward(modules, x):
-    for m in modules:
+    skip = False
+    for m, following in zip(modules, modules[1:] + [None]):
+        if skip:  # the ReLU that the BatchNorm before it applied
+            skip = False
+            continue
+        if fuse_norm_relu(m, following):
+            m.fuse_relu_once = skip = True
         x = m(x)
     return x
 
@@ -57,6 +73,8 @@ def _chain_backward(modules, dy, input_grad: bool):
     # backward at all: stop at the first child that has something to learn.
     first = 0 if input_grad else _first_trainable(modules)
     for i in range(len(modules) - 1, first - 1, -1):
+        if i > 0 and type(modules[i]) is ReLU and getattr(modules[i - 1], "relu_fused", False):
+            continue  # its forward ran inside the BatchNorm before it, and so does its backward
         dy = modules[i].backward(dy, input_grad=input_grad or i > first)
     for child in modules[:first]:
         _drop_caches(child)  # their forward caches will never be consumed
