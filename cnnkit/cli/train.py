@@ -5,6 +5,11 @@ seconds on 2 cores. Each dataset has a default recipe (model, epochs, batch size
 rate, schedule, augmentation); any option given on the command line overrides it. The run
 directory gets history.csv/json, best.safetensors (best validation accuracy) and last.safetensors (resumable
 with --resume).
+
+Under an MPI launcher (mpiexec -n N cnnkit train ...) N processes train one model: each rank
+reads its shard of the data, the global --batch-size is split over the ranks, gradients are
+averaged over them, and only rank 0 prints and writes the run directory. A failure on any rank
+ends every rank. Needs pip install 'cnnkit[mpi]'.
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ import numpy as np
 from .common import build_model
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+# After Ctrl-C, ranks other than 0 give rank 0 this long to save interrupted.safetensors and end the job.
+INTERRUPT_GRACE_SECONDS = 10
 SCHEDULES = ("none", "step", "cosine", "onecycle", "plateau")
 
 
@@ -28,7 +35,8 @@ def add_arguments(p):
                    "'conv5-6 maxpool conv5-16 maxpool fc-120 fc-84 fc-10' (default: the dataset's recipe)")
     p.add_argument("--data-dir", help="folder holding the dataset files (default: $CNNKIT_DATA or ~/.cache/cnnkit)")
     p.add_argument("--epochs", type=int, help="number of epochs")
-    p.add_argument("--batch-size", type=int, help="mini-batch size")
+    p.add_argument("--batch-size", type=int, help="mini-batch size; under mpiexec -n N the global batch, "
+                   "split over the N ranks (each takes batch/N)")
     p.add_argument("--lr", type=float, help="initial learning rate")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer (default: sgd with momentum 0.9)")
     p.add_argument("--momentum", type=float, help="SGD/RMSprop momentum")
@@ -54,6 +62,8 @@ def add_arguments(p):
                    "dead ReLUs, gradient norms, update/weight ratios) every STEPS steps, into the history and "
                    "diagnostics.png")
     p.add_argument("--no-report", action="store_true", help="do not write report.html in the run directory")
+    p.add_argument("--sync-bn", action="store_true", help="under mpiexec: BatchNorm statistics over the global "
+                   "batch of all ranks (SyncBatchNorm) instead of each rank's share")
 
 
 def _split(dataset, fraction: float, seed: int):
@@ -112,8 +122,38 @@ def make_scheduler(name, optimizer, epochs, steps_per_epoch, lr, warmup_epochs=0
 
 
 def run(args) -> int:
-    from .. import data, io
-    from ..data import DataLoader
+    """Train; under an MPI launcher, as one of its ranks (see the module docstring)."""
+    from .. import distributed
+
+    owned = not distributed.is_initialized()
+    if owned:
+        distributed.init_process_group()
+    try:
+        return _train(args)
+    except BaseException as exc:
+        if distributed.get_world_size() > 1:
+            # The other ranks would wait for this one forever: end them all, with the reason.
+            code = 130 if isinstance(exc, KeyboardInterrupt) else 1
+            if isinstance(exc, SystemExit) and isinstance(exc.code, int):
+                code = exc.code
+            distributed.abort(f"train: error on rank {distributed.get_rank()} of {distributed.get_world_size()}: "
+                              f"{type(exc).__name__}: {exc}", code or 1)
+        raise
+    finally:
+        if owned:
+            distributed.destroy_process_group()
+
+
+def _shard(dataset, rank: int, world: int):
+    """Every ``world``-th sample from ``rank`` on: disjoint shards that cover ``dataset`` once."""
+    return dataset if world == 1 else dataset.subset(np.arange(rank, len(dataset), world))
+
+
+def _train(args) -> int:
+    from .. import data, distributed, io
+    from ..data import DataLoader, DistributedSampler
+    from ..nn import SyncBatchNorm
+    from ..nn.parallel import DistributedDataParallel, broadcast_module_state
     from ..optim import param_groups_no_decay
     from ..train import Checkpoint, EarlyStopping, HistoryWriter, Trainer
     from ..train.recipes import recipe
@@ -127,6 +167,11 @@ def run(args) -> int:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {cfg[key]}")
     if cfg["lr"] <= 0:
         raise ValueError(f"--lr must be > 0, got {cfg['lr']}")
+    rank, world = distributed.get_rank(), distributed.get_world_size()
+    if cfg["batch_size"] % world:
+        raise ValueError(f"--batch-size {cfg['batch_size']} does not split evenly over {world} ranks: "
+                         f"use a multiple of {world}")
+    say = print if rank == 0 else (lambda *a, **k: None)
 
     train_full = data.load(args.dataset, "train", root=args.data_dir)
     test_set = data.load(args.dataset, "test", root=args.data_dir)
@@ -136,9 +181,14 @@ def run(args) -> int:
     input_shape = tuple(train_full.images.shape[1:])
     train_tf, eval_tf = _transforms(args.dataset, input_shape[-1], cfg["augment"])
 
-    train_loader = DataLoader(train_set, cfg["batch_size"], shuffle=True, transform=train_tf, seed=args.seed)
-    val_loader = DataLoader(val_set if val_set is not None else test_set, 500, transform=eval_tf)
-    test_loader = DataLoader(test_set, 500, transform=eval_tf)
+    if world == 1:
+        train_loader = DataLoader(train_set, cfg["batch_size"], shuffle=True, transform=train_tf, seed=args.seed)
+    else:  # the same shuffle on every rank, each its shard; its own augmentation stream
+        sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=args.seed)
+        train_loader = DataLoader(train_set, cfg["batch_size"] // world, sampler=sampler, transform=train_tf,
+                                  generator=np.random.default_rng((args.seed, rank)))
+    val_loader = DataLoader(_shard(val_set if val_set is not None else test_set, rank, world), 500, transform=eval_tf)
+    test_loader = DataLoader(_shard(test_set, rank, world), 500, transform=eval_tf)
 
     from ..finetune import apply_finetune_arguments
 
@@ -146,6 +196,8 @@ def run(args) -> int:
     apply_finetune_arguments(model, args)
     model.config = {**getattr(model, "config", {}), "dataset": args.dataset, "input_shape": list(input_shape),
                     "classes": list(train_full.classes)}
+    if args.sync_bn and world > 1:
+        model = SyncBatchNorm.convert_sync_batchnorm(model)
     groups = param_groups_no_decay(model, cfg["weight_decay"])
     optimizer = make_optimizer(cfg["optimizer"], groups, cfg["lr"], cfg["momentum"], cfg["weight_decay"])
     scheduler = make_scheduler(cfg["schedule"], optimizer, cfg["epochs"], len(train_loader), cfg["lr"],
@@ -153,41 +205,62 @@ def run(args) -> int:
 
     model_label = cfg["model"] if " " not in cfg["model"] else "spec"
     out_dir = Path(args.out or f"runs/{args.dataset}-{model_label}")
-    checkpoint = Checkpoint(out_dir)
-    callbacks = [HistoryWriter(out_dir), checkpoint]
-    if args.diagnostics:
+    checkpoint = Checkpoint(out_dir)  # on every rank: saving gathers the ranks' random states; rank 0 writes
+    callbacks = [HistoryWriter(out_dir), checkpoint] if rank == 0 else [checkpoint]
+    if args.diagnostics and rank == 0:
         from ..train.diagnostics import Diagnostics
 
         callbacks.insert(0, Diagnostics(every=args.diagnostics, out_dir=out_dir))
     if args.early_stop:
         callbacks.append(EarlyStopping(patience=args.early_stop))
-    trainer = Trainer(model, optimizer, scheduler=scheduler, callbacks=callbacks, progress=not args.no_progress)
+    net = DistributedDataParallel(model) if world > 1 else model
+    trainer = Trainer(net, optimizer, scheduler=scheduler, callbacks=callbacks, progress=not args.no_progress,
+                      out="stdout" if rank == 0 else None)
     if args.resume:
         trainer.resume(args.resume, train_loader)
-        print(f"resumed from {args.resume} after epoch {trainer.epoch}")
+        say(f"resumed from {args.resume} after epoch {trainer.epoch}")
 
     n_params = sum(p.size for p in model.parameters())
-    print(f"training {cfg['model']} ({n_params:,} parameters) on {args.dataset}: {len(train_set)} train / "
-          f"{len(val_set) if val_set is not None else 0} val / {len(test_set)} test images, "
-          f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']:g}, "
-          f"schedule {cfg['schedule']}{', augmented' if cfg['augment'] else ''}; run directory {out_dir}")
+    ranks = ""
+    if world > 1:
+        threads = distributed.threads_per_rank()
+        ranks = (f" ({cfg['batch_size'] // world} per rank on {world} ranks"
+                 f"{f', {threads} thread(s) each' if threads else ''}{', SyncBatchNorm' if args.sync_bn else ''})")
+    say(f"training {cfg['model']} ({n_params:,} parameters) on {args.dataset}: {len(train_set)} train / "
+        f"{len(val_set) if val_set is not None else 0} val / {len(test_set)} test images, "
+        f"{cfg['epochs']} epochs, batch {cfg['batch_size']}{ranks}, {cfg['optimizer']} lr {cfg['lr']:g}, "
+        f"schedule {cfg['schedule']}{', augmented' if cfg['augment'] else ''}; run directory {out_dir}")
     start = time.perf_counter()
     try:
         trainer.fit(train_loader, val_loader, cfg["epochs"])
     except KeyboardInterrupt:
-        path = trainer.save(out_dir / "interrupted.safetensors")
-        print(f"\ninterrupted during epoch {trainer.epoch + 1}: weights saved to {path}; the last complete "
-              f"epoch is in {checkpoint.last_path} (continue with --resume {checkpoint.last_path})")
+        # Distributed: every rank got the Ctrl-C; rank 0 saves alone (no collective now) and then
+        # ends the job; the others wait for that, and end it themselves if rank 0 never does.
+        if rank == 0:
+            path = trainer.save(out_dir / "interrupted.safetensors", all_ranks=False)
+            print(f"\ninterrupted during epoch {trainer.epoch + 1}: weights saved to {path}; the last complete "
+                  f"epoch is in {checkpoint.last_path} (continue with --resume {checkpoint.last_path})", flush=True)
+        if world > 1:
+            if rank > 0:
+                time.sleep(INTERRUPT_GRACE_SECONDS)
+            distributed.abort(f"train: interrupted (rank {rank})", 130)
         return 130
     elapsed = time.perf_counter() - start
 
-    best = io.load(checkpoint.best_path) if checkpoint.best_path.exists() else model
+    if world == 1:
+        best = io.load(checkpoint.best_path) if checkpoint.best_path.exists() else model
+    else:  # only rank 0 has the file: it loads the best weights and gives them to the others
+        if checkpoint.best is not None and rank == 0:
+            io.load_checkpoint(checkpoint.best_path, model=model)
+        if checkpoint.best is not None:
+            broadcast_module_state(model)
+        best = model
     result = Trainer(best, optimizer, out=None).evaluate(test_loader, topk=(1, 5))
     top5 = f", top-5 {result['top5']:.2%}" if len(train_full.classes) > 10 else ""
-    print(f"test accuracy {result['top1']:.2%}{top5} (loss {result['loss']:.4f}) after {trainer.epoch} epochs "
-          f"in {elapsed:.1f}s")
-    print(f"best checkpoint: {checkpoint.best_path}")
-    if not args.no_report:
+    say(f"test accuracy {result['top1']:.2%}{top5} (loss {result['loss']:.4f}) after {trainer.epoch} epochs "
+        f"in {elapsed:.1f}s")
+    say(f"best checkpoint: {checkpoint.best_path}")
+    if not args.no_report and rank == 0:
         from ..viz.report import write_report
 
         print(f"report: {write_report(out_dir, data_dir=args.data_dir)}")

@@ -12,6 +12,8 @@ from .loss import CrossEntropyLoss, MultiMarginLoss
 from .module import Module, Parameter, is_grad_enabled, no_grad
 from .normalization import BatchNorm1d, BatchNorm2d, LocalResponseNorm
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, LPPool2d, MaxPool2d
+from .sync_batchnorm import SyncBatchNorm
+from . import parallel  # cnnkit.nn.parallel.DistributedDataParallel
 
 __all__ = [
     "Module", "Parameter", "no_grad", "is_grad_enabled", "init",
@@ -20,6 +22,6 @@ __all__ = [
     "Conv2d", "LocallyConnected2d", "Linear", "Flatten", "Dropout",
     "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Softmax", "LogSoftmax", "Identity",
     "CrossEntropyLoss", "MultiMarginLoss",
-    "BatchNorm1d", "BatchNorm2d", "LocalResponseNorm",
+    "BatchNorm1d", "BatchNorm2d", "LocalResponseNorm", "SyncBatchNorm", "parallel",
     "MaxPool2d", "AvgPool2d", "LPPool2d", "AdaptiveAvgPool2d",
 ]

@@ -1,0 +1,153 @@
+"""Data-parallel training under ``mpiexec -n 2``: each test starts real MPI jobs in subprocesses.
+
+Skipped without mpi4py or an ``mpiexec`` (``pip install 'cnnkit[mpi]'``; the test extras have both).
+Each job is a few seconds of small models on two ranks, with a timeout so a hang fails the test.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mpi4py")
+
+HERE = Path(__file__).resolve().parent
+WORKER = HERE / "distributed_worker.py"
+ROOT = HERE.parent
+
+
+def _mpiexec():
+    beside = Path(sys.executable).parent / "mpiexec"  # pip's mpich puts it next to python
+    return str(beside) if beside.exists() else shutil.which("mpiexec")
+
+
+MPIEXEC = _mpiexec()
+pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install mpich)")
+
+
+def mpirun(*args, ranks=2, timeout=120, cwd=None):
+    """Run ``args`` (after the python executable) on ``ranks`` ranks; returns (process, seconds)."""
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    for name in ("PMI_SIZE", "PMI_RANK", "PMI_FD", "OMPI_COMM_WORLD_SIZE"):
+        env.pop(name, None)  # never inherit a launch
+    start = time.perf_counter()
+    proc = subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=cwd or ROOT)
+    return proc, time.perf_counter() - start
+
+
+def results(proc) -> dict:
+    out = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            item = json.loads(line[len("RESULT "):])
+            out.setdefault(item.pop("case"), []).append(item)
+    return out
+
+
+@pytest.fixture(scope="module")
+def api():
+    proc, _ = mpirun(str(WORKER), "api")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return results(proc)
+
+
+def test_collectives_on_two_ranks(api):
+    (r,) = api["collectives"]
+    assert r["world"] == 2 and r["sum"] == [3.0, 10.0]
+    assert r["max"] == [2.0, -2.0] and r["min"] == [1.0, -3.0] and r["prod"] == [2.0, 6.0] and r["avg"] == [1.5, -2.5]
+    assert r["broadcast_from_1"] == [1, 1, 1] and r["async_sum_ok"]
+    assert r["gather"] == [{"rank": 0}, {"rank": 1}]
+
+
+def test_distributed_sampler_covers_every_sample_once_per_epoch(api):
+    (r,) = api["sampler"]
+    for key, epochs in r["shards"].items():
+        n, drop_last = int(key.split("-")[0]), key.endswith("True")
+        for ranks in epochs:
+            assert len(ranks[0]) == len(ranks[1])
+            union = sorted(ranks[0] + ranks[1])
+            if drop_last:
+                assert len(set(union)) == len(union) == n - n % 2
+            else:  # 11 samples: one is padded in (seen twice), every one at least once
+                assert set(union) == set(range(n)) and len(union) == n + n % 2
+        assert epochs[0] != epochs[1]  # set_epoch reshuffles
+
+
+def test_sync_batchnorm_equals_one_batchnorm_on_the_whole_batch(api):
+    (r,) = api["sync_batchnorm"]
+    assert r["max_error"] < 1e-12, r
+
+
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-10), ("float32", 1e-5)])
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["no-bn", "syncbn"])
+def test_ddp_two_ranks_of_half_the_batch_equal_one_process(api, dtype, tol, batch_norm):
+    runs = [r for r in api["ddp"] if r["dtype"] == dtype and r["batch_norm"] == batch_norm
+            and r["micro"] == 1 and not r["extras"]]
+    assert {r["buckets"] > 1 for r in runs} == {False, True}  # one bucket, and one per parameter
+    for r in runs:
+        assert r["max_error"] < tol, r
+        assert r["ranks_differ_by"] == 0.0, r  # every rank holds exactly the same weights
+        assert r["stats"]["backwards"] == 3
+
+
+def test_ddp_overlaps_no_sync_accumulates_frozen_and_unused_are_skipped(api):
+    many = [r for r in api["ddp"] if r["buckets"] > 1 and r["micro"] == 1 and not r["extras"]]
+    for r in many:  # every bucket started while backward was still running
+        assert r["stats"]["buckets_started_in_backward"] == r["stats"]["buckets"]
+    (accumulated,) = [r for r in api["ddp"] if r["micro"] == 2]
+    assert accumulated["max_error"] < 1e-10 and accumulated["stats"]["backwards"] == 3  # no_sync: no reduction
+    (extras,) = [r for r in api["ddp"] if r["extras"]]
+    assert extras["max_error"] < 1e-10 and extras["ranks_differ_by"] == 0.0
+    assert extras["frozen_grad_is_none"] and extras["unused_grad_is_none"] and extras["frozen_unchanged"]
+
+
+def test_cli_trains_on_two_ranks_and_resumes_on_one(tmp_path, capsys):
+    out = tmp_path / "two"
+    proc, _ = mpirun("-m", "cnnkit", "train", "--epochs", "2", "--limit", "600", "--out", str(out), "--no-progress",
+                     "--no-report", "--sync-bn")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert sum(line.startswith("training ") for line in lines) == 1  # rank 0 alone prints
+    assert "(16 per rank on 2 ranks, 1 thread(s) each, SyncBatchNorm)" in lines[0]
+    assert [line.split(" |")[0] for line in lines if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
+    assert sum(line.startswith("test accuracy") for line in lines) == 1
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == 2 and history[-1]["train_top1"] > 0.5
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+
+    import cnnkit
+    from cnnkit.cli import main
+
+    ckpt = cnnkit.io.load_checkpoint(out / "last.safetensors")
+    assert len(ckpt.training_state["rank_rngs"]) == 2
+    assert not any(k.startswith("module.") for k in ckpt.model.state_dict())  # plain keys, loads anywhere
+    assert main(["train", "--epochs", "3", "--limit", "600", "--out", str(tmp_path / "one"), "--no-progress",
+                 "--no-report", "--resume", str(out / "last.safetensors")]) == 0
+    text = capsys.readouterr().out
+    assert "resumed from" in text and "after epoch 2" in text and "epoch 3/3" in text and "epoch 2/3" not in text
+
+
+def test_a_rank_that_raises_stops_the_job_within_seconds(tmp_path):
+    out = tmp_path / "run"
+    proc, seconds = mpirun(str(WORKER), "cli-fail", str(out), timeout=60)
+    assert proc.returncode != 0
+    assert "error on rank 1 of 2: ValueError: injected failure: bad batch on rank 1; stopping all 2 ranks" in proc.stderr
+    assert seconds < 30, seconds
+    # The failure came in epoch 2: epoch 1's checkpoint is whole, and nothing is half-written.
+    import cnnkit
+
+    assert cnnkit.io.load_checkpoint(out / "last.safetensors").training_state["epoch"] == 1
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_an_uncaught_exception_on_one_rank_stops_the_job(tmp_path):
+    proc, seconds = mpirun(str(WORKER), "uncaught", timeout=60)
+    assert proc.returncode != 0 and "barrier_returned" not in proc.stdout
+    assert "ValueError: rank 1 found bad data" in proc.stderr
+    assert "uncaught ValueError on rank 1 of 2; stopping all 2 ranks" in proc.stderr
+    assert seconds < 30, seconds
