@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import numpy as np
 
@@ -54,6 +55,15 @@ def check_collectives():
     work = dist.all_reduce(d, async_op=True)
     work.wait()
     results["async_sum_ok"] = bool(np.array_equal(d, np.arange(1000, dtype=np.float32) * sum(range(1, world + 1))))
+    # Started, then left alone: it must finish while this thread makes no MPI call at all.
+    big = np.ones(1 << 18, dtype=np.float32)
+    work = dist.all_reduce(big, async_op=True)
+    deadline = time.perf_counter() + 10
+    while not work.is_completed() and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    results["progressed_alone"] = work.is_completed()
+    work.wait()
+    results["progressed_sum_ok"] = bool((big == world).all())
     dist.barrier()
     objs = [None] * world
     dist.all_gather_object(objs, {"rank": rank})
@@ -215,11 +225,10 @@ def case_api():
 
 
 def case_uncaught():
-    import time
-
     dist.init_process_group()
     if dist.get_rank() == 1:
         time.sleep(0.5)
+        print(f"FAILING AT {time.time()}", file=sys.stderr, flush=True)
         raise ValueError("rank 1 found bad data")
     dist.barrier()  # never completes: rank 1 is gone
     print("RESULT " + json.dumps({"case": "uncaught", "barrier_returned": True}), flush=True)
@@ -233,6 +242,7 @@ def case_cli_fail(out_dir: str):
 
     def failing_step(self, x, y):
         if self.rank == 1 and self.global_step == 10:  # epoch 2 (9 steps per epoch): after a checkpoint
+            print(f"FAILING AT {time.time()}", file=sys.stderr, flush=True)
             raise ValueError("injected failure: bad batch on rank 1")
         return original(self, x, y)
 

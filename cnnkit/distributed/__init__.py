@@ -16,6 +16,8 @@ train ...``); in it::
 ``cnnkit.data.DistributedSampler`` gives each rank its shard of a dataset. MPI comes from the
 optional extra ``pip install 'cnnkit[mpi]'`` (mpi4py and MPICH, whose ``mpiexec`` lands in the
 environment's ``bin/``); nothing here imports it unless the process was started by a launcher.
+Each rank makes its MPI calls on one communication thread, so reductions started with
+``async_op=True`` progress while the training thread computes.
 """
 from .collectives import REDUCE_OPS, Work, all_gather_object, all_reduce, barrier, broadcast
 from .process_group import (

@@ -16,12 +16,14 @@ Three things follow from several ranks sharing a machine and a job:
   must end the job with ``MPI_Abort``; :func:`abort` does that after printing why, and an uncaught
   exception does it through ``sys.excepthook`` (installed here, as ``python -m mpi4py`` does).
 * **Isolation.** cnnkit talks on its own duplicate of ``COMM_WORLD``, so a program's own MPI
-  messages never mix with cnnkit's.
+  messages never mix with cnnkit's, and only from its communication thread (see
+  :mod:`cnnkit.distributed.collectives`), one call at a time (``MPI_THREAD_SERIALIZED``).
 """
 from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 # Environment variables in which MPI launchers announce the number of processes they started.
@@ -34,6 +36,7 @@ class _Group:
     size: int
     comm: object = None            # an mpi4py communicator; None for a world of one process
     mpi: object = None             # the mpi4py.MPI module when comm is set
+    worker: ThreadPoolExecutor | None = None  # the one thread that makes MPI calls (size > 1)
     local_size: int = 1            # ranks on this machine
     threads: int | None = None     # the per-rank thread count this module set (None: untouched)
     blas_limits: object = None     # threadpoolctl's limiter, undone by destroy_process_group
@@ -64,8 +67,7 @@ def _import_mpi(launched: int | None):
             "pip install 'cnnkit[mpi]' (mpi4py and mpich) in this environment"
         ) from None
     if "mpi4py.MPI" not in sys.modules:
-        # Only the thread that trains talks to MPI (DDP's reductions are non-blocking requests,
-        # not threads), so the cheaper "serialized" level is enough.
+        # One thread at a time calls MPI (the communication thread, after set-up here).
         mpi4py.rc.thread_level = "serialized"
     from mpi4py import MPI
 
@@ -105,6 +107,7 @@ def init_process_group(backend: str = "mpi") -> None:
     local.Free()
     _set_threads(group)
     if group.size > 1:
+        group.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnnkit-mpi")
         group.previous_excepthook = sys.excepthook
         sys.excepthook = _abort_on_uncaught_exception
     _group = group
@@ -189,6 +192,8 @@ def destroy_process_group() -> None:
             group.blas_limits.restore_original_limits()
     if group.previous_excepthook is not None and sys.excepthook is _abort_on_uncaught_exception:
         sys.excepthook = group.previous_excepthook
+    if group.worker is not None:
+        group.worker.shutdown(wait=True)
     if group.comm is not None:
         group.comm.Free()
 

@@ -24,8 +24,8 @@ How the averaging overlaps backward (as PyTorch's DDP does it):
   whether any rank had a gradient for it, so a parameter that got none anywhere keeps
   ``grad is None`` everywhere, as in a single process.
 
-MPI moves a non-blocking collective forward only inside MPI calls, so each arriving gradient also
-polls the buckets in flight (a few microseconds), which keeps them going between layers.
+The reductions run on the rank's communication thread (see :mod:`cnnkit.distributed.collectives`),
+which sits inside MPI while the layers below compute their backward.
 
 Frozen parameters (``requires_grad=False``) are in no bucket. Gradient accumulation: inside
 ``with ddp.no_sync():`` backward only accumulates locally; the next backward outside it averages
@@ -162,6 +162,7 @@ class _Reduction:
         self.next = 0  # the next bucket to start; buckets start in order
         self.in_backward = True
         self.started_in_backward = 0
+        self.first_started = None  # when the first bucket started, if during backward
         self.arrivals = dict.fromkeys(ddp._expected, 0)
         self.arrival_order: list[int] = []  # parameter indices, in the order they became complete
 
@@ -173,9 +174,6 @@ class _Reduction:
             self.arrival_order.append(self.ddp._param_index[key])
         while self.next < len(self.ddp._buckets) and self.missing[self.next] <= 0:
             self.start(self.next)
-        for bucket in self.ddp._buckets[:self.next]:  # let MPI move the reductions in flight
-            if not bucket.work.is_completed():
-                break
 
     def start(self, index: int) -> None:
         bucket = self.ddp._buckets[index]
@@ -184,10 +182,14 @@ class _Reduction:
         self.next = index + 1
         if self.in_backward:
             self.started_in_backward += 1
+            if self.first_started is None:
+                self.first_started = time.perf_counter()
 
     def finish(self) -> None:
         self.in_backward = False
         waited = time.perf_counter()
+        if self.first_started is not None:  # backward time left to hide communication under
+            self.ddp.comm_stats["overlap_window_s"] += waited - self.first_started
         while self.next < len(self.ddp._buckets):
             self.start(self.next)
         world = dist.get_world_size()
@@ -219,7 +221,9 @@ class DistributedDataParallel(Module):
     The wrapped model is ``ddp.module`` (save its ``state_dict()``: the wrapper's keys carry a
     ``module.`` prefix, as in PyTorch). ``ddp.comm_stats`` counts synchronising backwards, the
     seconds spent waiting for the reductions after the module's backward returned (``wait_s``:
-    the communication the overlap did not hide) and how many buckets started during backward.
+    the communication the overlap did not hide), the seconds of backward left after the first
+    bucket started (``overlap_window_s``: the time there was to hide it) and how many buckets
+    started during backward.
     """
 
     def __init__(self, module: Module, broadcast_buffers: bool = True, bucket_cap_mb: float = 25.0):
@@ -235,7 +239,8 @@ class DistributedDataParallel(Module):
         self.broadcast_buffers = bool(broadcast_buffers)
         self.bucket_cap_mb = float(bucket_cap_mb)
         self.require_backward_grad_sync = True  # PyTorch's name; False inside no_sync()
-        self.comm_stats = {"backwards": 0, "wait_s": 0.0, "buckets": 0, "buckets_started_in_backward": 0}
+        self.comm_stats = {"backwards": 0, "wait_s": 0.0, "overlap_window_s": 0.0, "buckets": 0,
+                           "buckets_started_in_backward": 0}
         self._world = dist.get_world_size()
         if self._world > 1:
             _check_same_structure(module)

@@ -15,9 +15,19 @@ from pathlib import Path
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda f: f.write(text))
+
+
+def _atomic_write(path: Path, write) -> None:
+    """``write(file)`` into a temporary file moved onto ``path``; removed if interrupted (Ctrl-C)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class HistoryWriter:
@@ -31,12 +41,13 @@ class HistoryWriter:
         rows = trainer.history
         _atomic_write_text(self.out_dir / "history.json", json.dumps(rows, indent=1))
         columns = list(dict.fromkeys(k for row in rows for k in row))
-        tmp = self.out_dir / "history.csv.tmp"
-        with open(tmp, "w", newline="") as f:
+
+        def write_csv(f):
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.out_dir / "history.csv")
+
+        _atomic_write(self.out_dir / "history.csv", write_csv)
 
 
 class Checkpoint:
