@@ -280,8 +280,9 @@ def render(results) -> str:
         "",
         f"Measured {results['date']} with `{results['command']}` in {results['seconds'] / 60:.1f} min "
         f"({results['rounds']} alternating launches of each configuration, {results['steps']} timed steps each, "
-        f"medians). Machine: {info['cpu']}, {info['cores']} cores, shared with other work while measured, so "
-        f"re-run on a quiet machine before quoting absolute times; Python {info['python']}, NumPy "
+        f"medians). Machine: {info['cpu']}, {info['cores']} cores, shared with other work while measured (load "
+        f"average {info['load_at_start']:.1f} at the start, {info['load_at_end']:.1f} at the end), so re-run on a "
+        f"quiet machine before quoting absolute times; Python {info['python']}, NumPy "
         f"{info['numpy']}, mpi4py {info['mpi4py']}, {info['mpi']}.",
         "",
         "### 1 process x 2 threads vs 2 ranks x 1 thread, global batch 128",
@@ -392,7 +393,8 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": numpy.__version__}
+    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": numpy.__version__,
+            "load_at_start": os.getloadavg()[0]}
     try:
         import mpi4py
 
@@ -455,6 +457,7 @@ def main(argv=None) -> int:
         log("MNIST recipe end to end:")
         results["mnist"] = mnist_end_to_end(args.data_dir, log)
     results["seconds"] = time.time() - started
+    results["info"]["load_at_end"] = os.getloadavg()[0]
     results["command"] = "python benchmarks/distributed.py" + (" --quick" if args.quick else "")
     results["date"] = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     (HERE / "results").mkdir(exist_ok=True)

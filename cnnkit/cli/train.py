@@ -14,6 +14,8 @@ ends every rank. Needs pip install 'cnnkit[mpi]'.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -128,6 +130,9 @@ def run(args) -> int:
     owned = not distributed.is_initialized()
     if owned:
         distributed.init_process_group()
+    stdout = sys.stdout
+    if distributed.get_rank() > 0:
+        sys.stdout = open(os.devnull, "w")  # only rank 0 prints (errors still reach stderr)
     try:
         return _train(args)
     except BaseException as exc:
@@ -140,6 +145,9 @@ def run(args) -> int:
                               f"{type(exc).__name__}: {exc}", code or 1)
         raise
     finally:
+        if sys.stdout is not stdout:
+            sys.stdout.close()
+            sys.stdout = stdout
         if owned:
             distributed.destroy_process_group()
 
@@ -171,7 +179,6 @@ def _train(args) -> int:
     if cfg["batch_size"] % world:
         raise ValueError(f"--batch-size {cfg['batch_size']} does not split evenly over {world} ranks: "
                          f"use a multiple of {world}")
-    say = print if rank == 0 else (lambda *a, **k: None)
 
     train_full = data.load(args.dataset, "train", root=args.data_dir)
     test_set = data.load(args.dataset, "test", root=args.data_dir)
@@ -214,11 +221,10 @@ def _train(args) -> int:
     if args.early_stop:
         callbacks.append(EarlyStopping(patience=args.early_stop))
     net = DistributedDataParallel(model) if world > 1 else model
-    trainer = Trainer(net, optimizer, scheduler=scheduler, callbacks=callbacks, progress=not args.no_progress,
-                      out="stdout" if rank == 0 else None)
+    trainer = Trainer(net, optimizer, scheduler=scheduler, callbacks=callbacks, progress=not args.no_progress)
     if args.resume:
         trainer.resume(args.resume, train_loader)
-        say(f"resumed from {args.resume} after epoch {trainer.epoch}")
+        print(f"resumed from {args.resume} after epoch {trainer.epoch}")
 
     n_params = sum(p.size for p in model.parameters())
     ranks = ""
@@ -226,10 +232,10 @@ def _train(args) -> int:
         threads = distributed.threads_per_rank()
         ranks = (f" ({cfg['batch_size'] // world} per rank on {world} ranks"
                  f"{f', {threads} thread(s) each' if threads else ''}{', SyncBatchNorm' if args.sync_bn else ''})")
-    say(f"training {cfg['model']} ({n_params:,} parameters) on {args.dataset}: {len(train_set)} train / "
-        f"{len(val_set) if val_set is not None else 0} val / {len(test_set)} test images, "
-        f"{cfg['epochs']} epochs, batch {cfg['batch_size']}{ranks}, {cfg['optimizer']} lr {cfg['lr']:g}, "
-        f"schedule {cfg['schedule']}{', augmented' if cfg['augment'] else ''}; run directory {out_dir}")
+    print(f"training {cfg['model']} ({n_params:,} parameters) on {args.dataset}: {len(train_set)} train / "
+          f"{len(val_set) if val_set is not None else 0} val / {len(test_set)} test images, "
+          f"{cfg['epochs']} epochs, batch {cfg['batch_size']}{ranks}, {cfg['optimizer']} lr {cfg['lr']:g}, "
+          f"schedule {cfg['schedule']}{', augmented' if cfg['augment'] else ''}; run directory {out_dir}")
     start = time.perf_counter()
     try:
         trainer.fit(train_loader, val_loader, cfg["epochs"])
@@ -257,9 +263,9 @@ def _train(args) -> int:
         best = model
     result = Trainer(best, optimizer, out=None).evaluate(test_loader, topk=(1, 5))
     top5 = f", top-5 {result['top5']:.2%}" if len(train_full.classes) > 10 else ""
-    say(f"test accuracy {result['top1']:.2%}{top5} (loss {result['loss']:.4f}) after {trainer.epoch} epochs "
-        f"in {elapsed:.1f}s")
-    say(f"best checkpoint: {checkpoint.best_path}")
+    print(f"test accuracy {result['top1']:.2%}{top5} (loss {result['loss']:.4f}) after {trainer.epoch} epochs "
+          f"in {elapsed:.1f}s")
+    print(f"best checkpoint: {checkpoint.best_path}")
     if not args.no_report and rank == 0:
         from ..viz.report import write_report
 

@@ -96,6 +96,9 @@ def init_process_group(backend: str = "mpi") -> None:
     MPI = _import_mpi(launched)
     if not MPI.Is_initialized():
         MPI.Init_thread(MPI.THREAD_SERIALIZED)
+    if MPI.Query_thread() < MPI.THREAD_SERIALIZED:
+        raise RuntimeError("MPI was initialised with thread support below MPI_THREAD_SERIALIZED (mpi4py.rc."
+                           "thread_level); cnnkit's communication thread needs 'serialized' or 'multiple'")
     comm = MPI.COMM_WORLD.Dup()
     group = _Group(rank=comm.Get_rank(), size=comm.Get_size(), comm=comm, mpi=MPI)
     if launched is not None and launched != group.size:

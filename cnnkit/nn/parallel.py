@@ -27,7 +27,9 @@ How the averaging overlaps backward (as PyTorch's DDP does it):
 The reductions run on the rank's communication thread (see :mod:`cnnkit.distributed.collectives`),
 which sits inside MPI while the layers below compute their backward.
 
-Frozen parameters (``requires_grad=False``) are in no bucket. Gradient accumulation: inside
+A parameter is complete when every module attribute holding it has written its gradient (cnnkit
+layers write each parameter's gradient once per backward; shared weights are held by several
+modules). Frozen parameters (``requires_grad=False``) are in no bucket. Gradient accumulation: inside
 ``with ddp.no_sync():`` backward only accumulates locally; the next backward outside it averages
 the accumulated sums.
 """

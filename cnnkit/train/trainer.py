@@ -78,8 +78,6 @@ class Trainer:
 
         self.parallel_model = model if isinstance(model, DistributedDataParallel) else None
         self.model = model.module if self.parallel_model is not None else model
-        self.rank = distributed.rank_or_zero()
-        self.world_size = distributed.world_size_or_one()
         self.optimizer = optimizer
         self.loss = loss if loss is not None else CrossEntropyLoss()
         self.scheduler = scheduler
@@ -105,6 +103,16 @@ class Trainer:
 
     def _stream(self):
         return sys.stdout if self.out == "stdout" else self.out
+
+    @property
+    def rank(self) -> int:
+        """This process's rank in a distributed run (0 otherwise): rank 0 prints and writes files."""
+        return distributed.rank_or_zero()
+
+    @property
+    def world_size(self) -> int:
+        """The number of ranks training together (1 without MPI)."""
+        return distributed.world_size_or_one()
 
     @property
     def lr(self) -> float:
