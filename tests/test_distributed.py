@@ -31,6 +31,7 @@ def world_of_one(monkeypatch):
 # -- process group --------------------------------------------------------------------------------
 def test_plain_process_is_a_world_of_one_without_mpi(world_of_one):
     assert dist.is_initialized() and dist.get_rank() == 0 and dist.get_world_size() == 1
+    assert "mpi4py.MPI" not in sys.modules  # MPI is never initialised without a launcher
     a = np.arange(4.0)
     dist.all_reduce(a)
     dist.all_reduce(a, op="avg")

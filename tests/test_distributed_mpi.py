@@ -32,8 +32,8 @@ pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install
 def mpirun(*args, ranks=2, timeout=120, cwd=None):
     """Run ``args`` (after the python executable) on ``ranks`` ranks; returns the finished process."""
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    for name in ("PMI_SIZE", "PMI_RANK", "PMI_FD", "OMPI_COMM_WORLD_SIZE"):
-        env.pop(name, None)  # never inherit a launch
+    for name in ("PMI_SIZE", "PMI_RANK", "PMI_FD", "OMPI_COMM_WORLD_SIZE", "CNNKIT_NUM_THREADS"):
+        env.pop(name, None)  # never inherit a launch; cnnkit's own per-rank thread count
     return subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=cwd or ROOT)
 
@@ -119,7 +119,8 @@ def test_cli_trains_on_two_ranks_and_resumes_on_one(tmp_path, capsys):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert sum(line.startswith("training ") for line in lines) == 1  # rank 0 alone prints
-    assert "(16 per rank on 2 ranks, 1 thread(s) each, SyncBatchNorm)" in lines[0]
+    threads = max(1, (os.cpu_count() or 1) // 2)  # cores / ranks
+    assert f"(16 per rank on 2 ranks, {threads} thread(s) each, SyncBatchNorm)" in lines[0]
     assert [line.split(" |")[0] for line in lines if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
     assert sum(line.startswith("test accuracy") for line in lines) == 1
     history = json.loads((out / "history.json").read_text())

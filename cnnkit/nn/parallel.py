@@ -111,8 +111,7 @@ class _Bucket:
 
     def __init__(self, params: list[Parameter]):
         self.params = params
-        self.sizes = [p.size for p in params]
-        self.total = sum(self.sizes)
+        self.total = sum(p.size for p in params)
         self.buffer = np.empty(self.total + len(params), dtype=params[0].dtype)
         self.work = None
 
