@@ -10,6 +10,7 @@ the thresholds live in the tests.
   unused parameters).
 * ``uncaught``: rank 1 raises outside any handler while rank 0 waits in a barrier.
 * ``cli-fail``: ``cnnkit train`` where rank 1's eleventh training step (in epoch 2) raises.
+* ``cli-nan``: ``cnnkit train`` where rank 1's weights turn to NaN, so its loss does.
 """
 from __future__ import annotations
 
@@ -250,6 +251,23 @@ def case_cli_fail(out_dir: str):
     return main(["train", "--epochs", "3", "--limit", "300", "--out", out_dir, "--no-progress", "--no-report"])
 
 
+def case_cli_nan(out_dir: str):
+    from cnnkit.cli import main
+    from cnnkit.train.trainer import Trainer
+
+    original = Trainer.train_step
+
+    def poisoned_step(self, x, y):
+        if self.rank == 1 and self.global_step == 3:
+            print(f"FAILING AT {time.time()}", file=sys.stderr, flush=True)
+            for p in self.model.parameters():
+                p.data[...] = np.nan
+        return original(self, x, y)
+
+    Trainer.train_step = poisoned_step
+    return main(["train", "--epochs", "2", "--limit", "300", "--out", out_dir, "--no-progress", "--no-report"])
+
+
 if __name__ == "__main__":
     case = sys.argv[1]
     if case == "api":
@@ -258,5 +276,7 @@ if __name__ == "__main__":
         case_uncaught()
     elif case == "cli-fail":
         sys.exit(case_cli_fail(sys.argv[2]))
+    elif case == "cli-nan":
+        sys.exit(case_cli_nan(sys.argv[2]))
     else:
         sys.exit(f"unknown case {case!r}")

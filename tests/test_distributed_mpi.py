@@ -152,6 +152,13 @@ def test_a_rank_that_raises_stops_the_job_within_seconds(tmp_path):
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_a_nan_loss_on_one_rank_stops_the_job(tmp_path):
+    proc = mpirun(str(WORKER), "cli-nan", str(tmp_path / "run"))
+    assert proc.returncode != 0
+    assert "error on rank 1 of 2: FloatingPointError: training stopped: the loss became nan on rank 1 of 2" in proc.stderr
+    assert seconds_after_failure(proc) < 15
+
+
 def test_ctrl_c_saves_on_rank_0_and_ends_every_rank(tmp_path):
     import signal
 
