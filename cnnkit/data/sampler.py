@@ -15,6 +15,8 @@ from numbers import Integral
 
 import numpy as np
 
+__all__ = ["DistributedSampler"]
+
 
 def _check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:

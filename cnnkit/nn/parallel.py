@@ -44,6 +44,8 @@ import numpy as np
 from .. import distributed as dist
 from .module import Module, Parameter
 
+__all__ = ["DistributedDataParallel", "broadcast_module_state"]
+
 FIRST_BUCKET_MB = 1.0  # PyTorch's first bucket: communication starts after the last layers
 
 

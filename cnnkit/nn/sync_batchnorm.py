@@ -30,6 +30,8 @@ import numpy as np
 from .. import distributed as dist
 from .normalization import BatchNorm2d, _BatchNorm
 
+__all__ = ["SyncBatchNorm"]  # what cnnkit.nn exports from here
+
 
 def _sum_over_ranks(array) -> None:
     dist.all_reduce(array, op="sum")
