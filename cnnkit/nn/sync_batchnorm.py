@@ -116,8 +116,8 @@ class SyncBatchNorm(BatchNorm2d):
     """Batch normalisation whose training-mode statistics span the batches of all ranks.
 
     Same arguments, parameters, buffers and state-dict keys as ``BatchNorm2d`` (so checkpoints
-    load into the plain model); accepts ``(N, C)``, ``(N, C, L)`` and ``(N, C, H, W)`` like
-    PyTorch's ``SyncBatchNorm``. In eval mode, and in a world of one process, it *is* a
+    load into the plain model); accepts ``(N, C)``, ``(N, C, L)`` and ``(N, C, H, W)`` inputs
+    (PyTorch's ``SyncBatchNorm`` also takes 5-D ones). In eval mode, and in a world of one process, it *is* a
     BatchNorm. Every rank must run the same layers in the same order (each training forward and
     each backward with an input gradient is a collective). ``convert_sync_batchnorm(model)``
     replaces the BatchNorms of a model.
