@@ -11,6 +11,7 @@ from cnnkit.nn.containers import Concat, Residual, Sequential
 from cnnkit.nn.graph import Graph
 from cnnkit.nn.loss import _Loss
 from cnnkit.nn.module import Module
+from cnnkit.nn.parallel import DistributedDataParallel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +40,7 @@ def _all_cnnkit_classes():
     return {cls for cls in walk(Module) if cls.__module__.startswith("cnnkit.")}
 
 
-CONTAINERS = (Sequential, Residual, Concat, Graph)
+CONTAINERS = (Sequential, Residual, Concat, Graph, DistributedDataParallel)  # and a wrapper
 
 
 def _leaf_layers():
