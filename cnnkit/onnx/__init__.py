@@ -1,11 +1,13 @@
 """ONNX interchange: ``load(path)`` -> a trainable :class:`~cnnkit.nn.graph.Graph`;
-``export(model, path, input_shape)`` writes any cnnkit model as an ONNX file.
+``export(model, path, input_shape)`` writes any cnnkit model as an ONNX file;
+:mod:`cnnkit.onnx.backend` runs ONNX models through cnnkit behind ONNX's backend interface.
 
-``onnx`` (and ``onnxruntime``, to run the files) are optional: ``pip install 'cnnkit[onnx]'``.
-They are imported only when these functions run.
+``onnx`` (and ``onnxruntime``, to run the files) are optional: ``pip install -e '.[onnx]'`` in the
+checkout. They are imported only when these functions run.
 """
 from .exporter import ExportContext, export, register_exporter
-from .importer import UnsupportedOperatorError, load, register_fold, register_op
+from .importer import load, supported_operators
+from .registry import NeedsConstantError, UnsupportedOperatorError, register_fold, register_op
 
 __all__ = ["load", "export", "register_op", "register_fold", "register_exporter", "ExportContext",
-           "UnsupportedOperatorError"]
+           "UnsupportedOperatorError", "NeedsConstantError", "supported_operators"]
