@@ -38,6 +38,15 @@ DEFAULT_MAX_FOLDED_BYTES = 256 << 20
 MAX_SAMPLE_ELEMENTS = 1 << 31
 
 
+class Unread:
+    """An initializer whose data has not been read yet: its declared shape and type are known, the
+    bytes are read (once) when a rule asks for the value. A node refused for its shapes never
+    makes the importer read a gigabyte weight, and unused initializers are never read."""
+
+    def __init__(self, read, shape: tuple, dtype):
+        self.read, self.shape, self.dtype = read, tuple(shape), np.dtype(dtype)
+
+
 def has_batch_marker(value) -> bool:
     value = np.asarray(value)
     return value.dtype == np.int64 and bool((value == BATCH).any())
@@ -83,7 +92,11 @@ class ImportContext:
     def const(self, name: str, default=None):
         if name == "" or name is None:
             return default
-        return self.constants.get(self.resolve(name), default)
+        name = self.resolve(name)
+        value = self.constants.get(name, default)
+        if isinstance(value, Unread):
+            value = self.constants[name] = value.read()
+        return value
 
     def is_trainable(self, name: str) -> bool:
         return self.resolve(name) in self.trainable
@@ -133,7 +146,8 @@ class ImportContext:
         """The full static shape of a computed tensor (its batch axis as ``batch`` or 1)."""
         name = self.resolve(name)
         if name in self.constants:
-            return tuple(np.shape(self.constants[name]))
+            value = self.constants[name]
+            return value.shape if isinstance(value, Unread) else tuple(np.shape(value))
         if name not in self.shapes:
             raise ValueError(f"the shape of tensor {name!r} is unknown")
         return self.shapes[name]
@@ -145,7 +159,8 @@ class ImportContext:
         """The element type of a tensor (the graph's float type unless the file says otherwise)."""
         name = self.resolve(name)
         if name in self.constants:
-            return np.asarray(self.constants[name]).dtype
+            value = self.constants[name]
+            return value.dtype if isinstance(value, Unread) else np.asarray(value).dtype
         return self.dtypes.get(name, self.dtype)
 
     def is_batched(self, name: str) -> bool:

@@ -30,7 +30,7 @@ from ..nn.graph import Add, Graph, Mul
 from ..nn.module import Module
 from . import ops, ops_math, ops_shape  # noqa: F401  (each registers its builders into the registry)
 from ._deps import require
-from .context import DEFAULT_MAX_FOLDED_BYTES, MAX_SAMPLE_ELEMENTS, ImportContext, has_batch_marker
+from .context import DEFAULT_MAX_FOLDED_BYTES, MAX_SAMPLE_ELEMENTS, ImportContext, Unread, has_batch_marker
 from .initializers import read_tensor
 from .layers import PROBE_BATCH, broadcast_full
 from .registry import (OPS, Alias, Folded, NeedsConstantError, UnsupportedOperatorError, node_label, register_fold,
@@ -237,10 +237,7 @@ def import_model(path_or_model, input_shape=None, dtype=np.float32, *, max_folde
         if shape and shape[0] == ctx.batch_axis_value():
             ctx.batched.add(graph_name)
     for tensor in g.initializer:
-        value = read_tensor(tensor, base_dir, "initializer")
-        if owned and tensor.HasField("raw_data"):
-            tensor.ClearField("raw_data")  # the array holds the bytes now; do not keep two copies
-        ctx.constants[tensor.name] = _as_graph_dtype(value, dtype)
+        ctx.constants[tensor.name] = _unread(tensor, base_dir, owned, dtype)
         ctx.trainable.add(tensor.name)
     for name, value in constants.items():
         ctx.constants[name] = _as_graph_dtype(np.asarray(value), dtype)
@@ -256,10 +253,11 @@ def import_model(path_or_model, input_shape=None, dtype=np.float32, *, max_folde
     for value_info in g.output:
         name = ctx.resolve(value_info.name)
         if name in ctx.constants:
-            if has_batch_marker(ctx.constants[name]):
+            value = ctx.const(name)
+            if has_batch_marker(value):
                 raise UnsupportedOperatorError(f"ONNX import: output {value_info.name!r} is a shape that depends on "
                                                "the symbolic batch size; give the input a fixed batch size")
-            constant_outputs[value_info.name] = ctx.constants[name]
+            constant_outputs[value_info.name] = value
         else:
             outputs.append(name)
     if outputs:
@@ -300,6 +298,28 @@ def load(path_or_model, input_shape=None, dtype=np.float32, *, max_folded_bytes=
         raise ValueError(f"ONNX import: outputs {sorted(constant_outputs)} do not depend on the input (they are "
                          "constants computed at import); nothing to run for them")
     return graph
+
+
+def _unread(tensor, base_dir, owned: bool, dtype) -> Unread:
+    """An initializer to read when a rule first asks for its value (sizes are checked then)."""
+    onnx = require("onnx")
+    try:
+        declared = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    except (KeyError, TypeError, ValueError):
+        declared = np.dtype(np.float32)
+    if np.issubdtype(declared, np.floating):
+        declared = dtype
+
+    def read():
+        value = read_tensor(tensor, base_dir, "initializer")
+        if owned and tensor.HasField("raw_data"):
+            tensor.ClearField("raw_data")  # the array holds the bytes now; do not keep two copies
+        return _as_graph_dtype(value, dtype)
+
+    dims = tuple(int(d) for d in tensor.dims)
+    if any(d < 0 for d in dims):
+        raise ValueError(f"ONNX initializer {tensor.name!r}: negative dimension in dims {list(dims)}")
+    return Unread(read, dims, declared)
 
 
 def _as_graph_dtype(value: np.ndarray, dtype: np.dtype) -> np.ndarray:

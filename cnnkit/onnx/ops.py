@@ -40,25 +40,28 @@ def conv(ctx, node, attrs):
     """A ``Conv2d`` (``check_geometry=False``: the model was defined elsewhere); a 1-D convolution
     runs as a 2-D one over ``(N, C, 1, L)``; asymmetric pads become a ``ConstantPad`` in front."""
     x = variable_input(ctx, node)
+    if ctx.input(node, 1) is None:
+        raise ValueError("the weight (input 1) is missing")
+    shape, w_shape = ctx.shape(x), ctx.shape(node.input[1])  # declared shapes: checked before any data is read
+    if len(w_shape) not in (3, 4) or len(shape) != len(w_shape):
+        unsupported(f"only 1-D and 2-D convolutions (3-D or 4-D input and weight) are supported, got input {shape} "
+                    f"and weight {w_shape}")
+    one_d = len(w_shape) == 3
+    kernel = tuple(int_list(attrs.get("kernel_shape", w_shape[2:]), "kernel_shape"))
+    if kernel != tuple(w_shape[2:]):
+        raise ValueError(f"kernel_shape {kernel} contradicts the weight's spatial shape {tuple(w_shape[2:])} "
+                         f"(weight {tuple(w_shape)}), as onnxruntime also refuses")
+    groups = int(attrs.get("group", 1))
+    if groups < 1 or w_shape[0] % groups:
+        raise ValueError(f"group={groups} must be >= 1 and divide the {w_shape[0]} output channels")
+    if w_shape[1] * groups != shape[1]:
+        raise ValueError(f"the weight {tuple(w_shape)} with group={groups} expects {w_shape[1] * groups} "
+                         f"input channels, the input {shape} has {shape[1]}")
+    if ctx.input(node, 2) is not None and tuple(ctx.shape(node.input[2])) != (w_shape[0],):
+        raise ValueError(f"the bias of shape {tuple(ctx.shape(node.input[2]))} does not match the {w_shape[0]} "
+                         "output channels")
     weight = ctx.require_const(node, 1, "weight")
     bias = ctx.require_const(node, 2, "bias")
-    shape = ctx.shape(x)
-    if weight.ndim not in (3, 4) or len(shape) != weight.ndim:
-        unsupported(f"only 1-D and 2-D convolutions (3-D or 4-D input and weight) are supported, got input {shape} "
-                    f"and weight {weight.shape}")
-    one_d = weight.ndim == 3
-    kernel = tuple(int_list(attrs.get("kernel_shape", weight.shape[2:]), "kernel_shape"))
-    if kernel != tuple(weight.shape[2:]):
-        raise ValueError(f"kernel_shape {kernel} contradicts the weight's spatial shape {tuple(weight.shape[2:])} "
-                         f"(weight {tuple(weight.shape)})")
-    groups = int(attrs.get("group", 1))
-    if groups < 1 or weight.shape[0] % groups:
-        raise ValueError(f"group={groups} must be >= 1 and divide the {weight.shape[0]} output channels")
-    if weight.shape[1] * groups != shape[1]:
-        raise ValueError(f"the weight {tuple(weight.shape)} with group={groups} expects {weight.shape[1] * groups} "
-                         f"input channels, the input {shape} has {shape[1]}")
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"the bias of shape {tuple(bias.shape)} does not match the {weight.shape[0]} output channels")
     strides = tuple(int_list(attrs.get("strides", (1,) * len(kernel)), "strides"))
     dilations = tuple(int_list(attrs.get("dilations", (1,) * len(kernel)), "dilations"))
     pads = spatial_pads(ctx, attrs, kernel, strides, dilations, x, "Conv")
