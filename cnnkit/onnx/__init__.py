@@ -5,9 +5,10 @@
 ``onnx`` (and ``onnxruntime``, to run the files) are optional: ``pip install -e '.[onnx]'`` in the
 checkout. They are imported only when these functions run.
 """
+from .edit import strip_softmax
 from .exporter import ExportContext, export, register_exporter
 from .importer import load, supported_operators
 from .registry import NeedsConstantError, UnsupportedOperatorError, register_fold, register_op
 
 __all__ = ["load", "export", "register_op", "register_fold", "register_exporter", "ExportContext",
-           "UnsupportedOperatorError", "NeedsConstantError", "supported_operators"]
+           "UnsupportedOperatorError", "NeedsConstantError", "supported_operators", "strip_softmax"]

@@ -269,6 +269,8 @@ def import_model(path_or_model, input_shape=None, dtype=np.float32, *, max_folde
         graph.opset = ctx.opset
         batched = all(name in ctx.batched for name in outputs) and not constant_outputs
         graph.batch_size = None if batched else batch
+        graph.input_shapes = [tuple(ctx.shapes[name][1:]) for name in graph.input_names]  # one sample each
+        graph.input_shape = graph.input_shapes[0]
     return graph, constant_outputs
 
 
@@ -286,7 +288,8 @@ def load(path_or_model, input_shape=None, dtype=np.float32, *, max_folded_bytes=
 
     Returns a :class:`Graph` called as ``g(x)`` (``g(a, b)`` with several inputs). Its
     ``batch_size`` is ``None`` when it runs at any batch size, else the batch size the file
-    declares (the graph moves or merges its batch axis). Imported layers skip cnnkit's geometry
+    declares (the graph moves or merges its batch axis); ``input_shape`` is one sample's shape
+    (``input_shapes``: one per input). Imported layers skip cnnkit's geometry
     check (``check_geometry=False``): the model was defined elsewhere. Raises
     :class:`UnsupportedOperatorError` naming the operator, its node and what is unsupported.
     """
