@@ -178,6 +178,8 @@ def test_batch_axis_is_tracked(rng):
     assert moved(np.zeros((2, 3, 4), np.float32)).shape == (4, 2, 3)
     with pytest.raises(ValueError, match="moves or merges the batch axis"):
         moved.output_shape((3, 4))
+    with pytest.raises(ValueError, match=r"only at batch size 2 \(Transpose node .* moves or merges the batch axis\)"):
+        moved(np.zeros((3, 3, 4), np.float32))
 
 
 # ---- ONNX's integer inputs ----------------------------------------------------------------------
@@ -225,3 +227,16 @@ def test_multi_input_graph_matches_onnxruntime_and_trains(rng):
             x.flat[i] = old
             numeric.flat[i] = (plus - minus) / 2e-6
         np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-7)
+
+
+def test_constant_with_the_batch_dimension_fixes_the_batch_size(rng):
+    """A constant of shape (batch, ...) added to the input: fine at the declared batch size (as in
+    onnxruntime), refused with a reason at any other."""
+    model = make([N("Add", ["x", "c"], ["y"], name="add_c")], {"c": w(rng, 2, 3)}, {"x": (2, 3)}, 13, static=True)
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    g = conx.load(model)
+    np.testing.assert_allclose(g(x), ref, rtol=1e-6)
+    assert g.batch_size == 2
+    with pytest.raises(ValueError, match=r"only at batch size 2 \(Add node 'add_c'"):
+        g(np.zeros((5, 3), np.float32))

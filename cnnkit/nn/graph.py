@@ -83,7 +83,14 @@ class Graph(Module):
 
     Shape:
         whatever the nodes make of it: ``output_shape`` propagates one sample's shape through them.
+
+    ``batch_size`` is ``None`` (any batch size) unless the graph only works at one (an imported
+    graph that moves or merges its batch axis sets it); forward then refuses other batch sizes
+    with ``batch_note`` saying why.
     """
+
+    batch_size: int | None = None
+    batch_note: str = ""
 
     def __init__(self, nodes: Sequence = (), input: str | Sequence[str] = "input",
                  outputs: str | Sequence[str] | None = None):
@@ -194,6 +201,9 @@ class Graph(Module):
     def forward(self, *xs):
         if len(xs) != len(self.input_names):
             raise ValueError(f"Graph: expects {len(self.input_names)} input(s) {self.input_names}, got {len(xs)}")
+        if self.batch_size is not None and xs and np.ndim(xs[0]) and np.shape(xs[0])[0] != self.batch_size:
+            raise ValueError(f"Graph: this graph runs only at batch size {self.batch_size}"
+                             f"{f' ({self.batch_note})' if self.batch_note else ''}; got a batch of {np.shape(xs[0])[0]}")
         values = dict(zip(self.input_names, xs))
         last_use = self._last_uses()
         for i, node in enumerate(self.nodes):

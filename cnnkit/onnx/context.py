@@ -74,6 +74,7 @@ class ImportContext:
     consumers: dict = field(default_factory=dict)     # onnx tensor name -> number of readers
     producers: dict = field(default_factory=dict)     # graph tensor name -> graph node name
     folded_bytes: int = 0
+    batch_note: str = ""                              # the first node that moves or merges the batch axis
 
     # -- names ----------------------------------------------------------------------------------
     def resolve(self, name: str) -> str:

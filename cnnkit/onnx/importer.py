@@ -28,7 +28,7 @@ import numpy as np
 from ..nn.containers import Sequential
 from ..nn.graph import Add, Graph, Mul
 from ..nn.module import Module
-from . import ops, ops_math, ops_shape  # noqa: F401  (each registers its builders into the registry)
+from . import ops, ops_math, ops_shape  # noqa: F401  # each registers its builders into the registry
 from ._deps import require
 from .context import DEFAULT_MAX_FOLDED_BYTES, MAX_SAMPLE_ELEMENTS, ImportContext, Unread, has_batch_marker
 from .initializers import read_tensor
@@ -211,7 +211,7 @@ def import_model(path_or_model, input_shape=None, dtype=np.float32, *, max_folde
     ``constants`` binds graph inputs to fixed values (the backend does this for inputs that
     cnnkit needs as weights).
     """
-    onnx = require("onnx")
+    require("onnx")
     dtype = np.dtype(dtype)
     if not np.issubdtype(dtype, np.floating):
         raise ValueError(f"cnnkit.onnx.load: dtype must be a floating type, got {dtype}")
@@ -269,6 +269,8 @@ def import_model(path_or_model, input_shape=None, dtype=np.float32, *, max_folde
         graph.opset = ctx.opset
         batched = all(name in ctx.batched for name in outputs) and not constant_outputs
         graph.batch_size = None if batched else batch
+        if graph.batch_size is not None:
+            graph.batch_note = ctx.batch_note or "an output does not keep the batch axis"
         graph.input_shapes = [tuple(ctx.shapes[name][1:]) for name in graph.input_names]  # one sample each
         graph.input_shape = graph.input_shapes[0]
     return graph, constant_outputs
@@ -467,6 +469,8 @@ def _add_module(ctx: ImportContext, node, module: Module, inputs: list[str], ind
     name = _module_name(ctx, node, index)
     graph.add_node(name, module, inputs, outputs if len(outputs) > 1 else outputs[0])
     batched = _keeps_batch(ctx, module, inputs, len(outputs))
+    if not batched and any(ctx.is_batched(n) for n in inputs) and not ctx.batch_note:
+        ctx.batch_note = f"{node_label(node)} moves or merges the batch axis"
     dtype = getattr(module, "to_dtype", None) or ctx.dtype_of(inputs[0])
     for i, (out, shape) in enumerate(zip(outputs, shapes)):
         ctx.shapes[out] = shape

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .registry import NeedsConstantError, UnsupportedOperatorError
+from .registry import UnsupportedOperatorError
 
 
 def unsupported(what: str):
@@ -113,9 +113,3 @@ def symmetric_split(pads: list[int]):
     sym = tuple(min(pads[i], pads[i + rank]) for i in range(rank))
     extra = tuple(pads[i] - sym[i] for i in range(rank)) + tuple(pads[i + rank] - sym[i] for i in range(rank))
     return sym, extra
-
-
-def needs_constant(ctx, node, i: int, what: str):
-    """Raise :class:`NeedsConstantError` for input ``i`` (used where a builder cannot go on)."""
-    name = ctx.input(node, i)
-    raise NeedsConstantError(f"the {what} (input {i}, {name!r}) must be a constant", ctx.resolve(name))
