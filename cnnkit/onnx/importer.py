@@ -316,9 +316,7 @@ def _unread(tensor, base_dir, owned: bool, dtype) -> Unread:
         declared = dtype
 
     def read():
-        value = read_tensor(tensor, base_dir, "initializer")
-        if owned and tensor.HasField("raw_data"):
-            tensor.ClearField("raw_data")  # the array holds the bytes now; do not keep two copies
+        value = read_tensor(tensor, base_dir, "initializer", float_dtype=dtype, release=owned)
         return _as_graph_dtype(value, dtype)
 
     dims = tuple(int(d) for d in tensor.dims)

@@ -79,13 +79,18 @@ def _read_external(tensor, dims, count, dtype: np.dtype, base_dir, where: str) -
         array = np.fromfile(f, dtype=dtype, count=count)
     if array.size != count:
         raise ValueError(f"{where}: could read only {array.size} of {count} values from {info['location']!r}")
-    return array.reshape(dims)
+    array.shape = dims  # in place: the array keeps owning its memory (a reshape would be a view)
+    return array
 
 
-def read_tensor(tensor, base_dir: str | None = None, what: str = "tensor") -> np.ndarray:
-    """The value of an ONNX ``TensorProto`` as a NumPy array (native dtype, native byte order).
+def read_tensor(tensor, base_dir: str | None = None, what: str = "tensor", *, float_dtype=None,
+                release: bool = False) -> np.ndarray:
+    """The value of an ONNX ``TensorProto`` as a NumPy array (native byte order).
 
-    ``base_dir`` is the model's folder, where external data files must lie.
+    ``base_dir`` is the model's folder, where external data files must lie. Floating values are
+    converted to ``float_dtype`` when given. With ``release`` the tensor's ``raw_data`` is cleared
+    as soon as it has been read, and the array returned is the only copy of the values (owned,
+    writable): a weight is never held twice.
     """
     onnx = require("onnx")
     where = f"ONNX {what} {tensor.name!r}" if tensor.name else f"ONNX {what}"
@@ -96,17 +101,24 @@ def read_tensor(tensor, base_dir: str | None = None, what: str = "tensor") -> np
         if external:
             array = _read_external(tensor, dims, count, dtype, base_dir, where)
         elif tensor.HasField("raw_data"):
-            if len(tensor.raw_data) != count * dtype.itemsize:
+            raw = tensor.raw_data  # a bytes copy of the field: clear the field before copying again
+            if len(raw) != count * dtype.itemsize:
                 raise ValueError(f"{where}: dims {list(dims)} of {dtype.name} need {count * dtype.itemsize} bytes, "
-                                 f"raw_data has {len(tensor.raw_data)}")
-            array = np.frombuffer(tensor.raw_data, dtype=dtype).reshape(dims)
+                                 f"raw_data has {len(raw)}")
+            if release:
+                tensor.ClearField("raw_data")
+            array = np.frombuffer(raw, dtype=dtype).reshape(dims)
         else:
             stored = len(getattr(tensor, _TYPED_FIELD[tensor.data_type]))
             if stored != count:
                 raise ValueError(f"{where}: dims {list(dims)} declare {count} values, "
                                  f"{_TYPED_FIELD[tensor.data_type]} holds {stored}")
             array = onnx.numpy_helper.to_array(tensor)
-        return array.astype(array.dtype.newbyteorder("="), copy=False)
+        target = array.dtype.newbyteorder("=")
+        if float_dtype is not None and np.issubdtype(target, np.floating):
+            target = np.dtype(float_dtype)
+        # one owned, writable copy, unless the array already is one (read from an external file)
+        return array.astype(target, copy=not (array.flags.owndata and array.flags.writeable))
     if external:
         raise ValueError(f"{where}: external data of element type "
                          f"{onnx.TensorProto.DataType.Name(tensor.data_type)} is not supported")
