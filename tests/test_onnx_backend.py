@@ -90,3 +90,44 @@ for _name, _case in backend_test.test_cases.items():
         if _test not in _SCOPE:
             delattr(_case, _test)  # another operator, or the CUDA device: not cnnkit's
     globals()[_name] = _case
+
+
+# ---- the interface itself -----------------------------------------------------------------------
+
+def _conv_model(shape_x, shape_w):
+    from onnx import helper
+
+    node = helper.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, shape_x),
+                                            helper.make_tensor_value_info("W", 1, shape_w)],
+                              [helper.make_tensor_value_info("y", 1, [shape_x[0], shape_w[0]] + list(shape_x[2:]))])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), node
+
+
+def test_prepare_run_model_run_node_and_rebinding(rng):
+    ort = pytest.importorskip("onnxruntime")
+    import numpy as np
+
+    model, node = _conv_model([1, 2, 5, 5], [3, 2, 3, 3])
+    x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x, "W": w})[0]
+    assert cnnkit_backend.supports_device("CPU") and not cnnkit_backend.supports_device("CUDA")
+    np.testing.assert_allclose(cnnkit_backend.run_model(model, {"x": x, "W": w})["y"], ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cnnkit_backend.run_node(node, [x, w])[0], ref, rtol=1e-5, atol=1e-6)
+    rep = cnnkit_backend.prepare(model)
+    np.testing.assert_allclose(rep.run([x, w])[0], ref, rtol=1e-5, atol=1e-6)
+    assert list(rep._bound) == ["W"]  # the weight is bound as a constant, x stays an input
+    np.testing.assert_allclose(rep.run([x, 2 * w])[0], 2 * ref, rtol=1e-5, atol=1e-6)  # new weight: re-imported
+
+
+def test_backend_errors_are_one_line():
+    model, _ = _conv_model([1, 2, 5, 5], [3, 2, 3, 3])
+    model.graph.node[0].input.append("nowhere")  # reads a tensor nobody defines: an invalid model
+    with pytest.raises(ValueError, match="fails onnx.checker"):
+        cnnkit_backend.prepare(model)
+    with pytest.raises(ValueError, match="device 'CUDA'"):
+        cnnkit_backend.prepare(_conv_model([1, 2, 5, 5], [3, 2, 3, 3])[0], "CUDA")
+    rep = cnnkit_backend.prepare(_conv_model([1, 2, 5, 5], [3, 2, 3, 3])[0])
+    with pytest.raises(TypeError, match="sequence, map or optional"):
+        rep.run([[1, 2], None])

@@ -135,7 +135,11 @@ class CnnkitBackend(Backend):
             raise ValueError(f"cnnkit backend: device {device!r} is not supported (only 'CPU')")
         if not isinstance(model, onnx.ModelProto):
             model = onnx.load(str(model))
-        onnx.checker.check_model(model)
+        try:
+            onnx.checker.check_model(model)
+        except onnx.checker.ValidationError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"cnnkit backend: the model fails onnx.checker: {first}") from None
         return CnnkitRep(model, kwargs.get("dtype"), kwargs.get("max_folded_bytes"))
 
     @classmethod
