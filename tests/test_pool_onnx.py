@@ -117,11 +117,10 @@ def test_max_pool_of_integers_never_picks_the_padding():
 
 # ---- PyTorch's LPPool2d: torch's definition kept, backward fixed where torch is finite ---------
 
-torch = pytest.importorskip("torch")
-
 
 @pytest.mark.parametrize("p", [1.0, 2.0, 3.0])
 def test_lppool2d_follows_torch_not_onnx_for_negative_inputs(p, rng):
+    torch = pytest.importorskip("torch")
     x = rng.standard_normal((2, 3, 6, 6))
     x[:, 0] = -np.abs(x[:, 0])  # whole negative windows: x^p and |x|^p differ for odd p
     tx = torch.from_numpy(x).requires_grad_()
@@ -138,6 +137,7 @@ def test_lppool2d_follows_torch_not_onnx_for_negative_inputs(p, rng):
 
 @pytest.mark.parametrize("p", [1.0, 2.0, 3.0, 0.5])
 def test_lppool2d_backward_is_finite_where_torch_is(p):
+    torch = pytest.importorskip("torch")
     # A window summing to inf: PyTorch's d(u^(1/p))/du = u^(1/p - 1)/p is 0 there (1 for p = 1);
     # the old y / (p u) was inf / inf = NaN for every element of the window.
     x = np.array([[[[np.inf, 2.0], [0.5, 3.0]], [[0.0, 0.0], [0.0, 0.0]]]])
@@ -156,6 +156,7 @@ def test_lppool2d_backward_is_finite_where_torch_is(p):
 
 
 def test_lp_backward_directly_matches_torch_on_random_windows(rng):
+    torch = pytest.importorskip("torch")
     x = np.abs(rng.standard_normal((1, 2, 4, 4))) + 0.1
     for p in (1.0, 2.5):
         y, cache = lp_pool2d_forward(x, p, 2, ceil_mode=False)

@@ -43,7 +43,7 @@ __all__ = ["load", "import_model", "supported_operators", "register_op", "regist
 _BATCH_TRANSPARENT = {"Identity", "Gather", "Concat", "Unsqueeze", "Squeeze", "Slice", "Cast", "Reshape",
                       "Flatten", "Shape"}
 # Python/NumPy errors a rule may raise on a malformed node; reported as one line naming the node.
-_NODE_ERRORS = (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError, OverflowError, ArithmeticError)
+_NODE_ERRORS = (ValueError, TypeError, IndexError, KeyError, ArithmeticError)
 
 
 def supported_operators() -> list[str]:
