@@ -240,3 +240,15 @@ def test_constant_with_the_batch_dimension_fixes_the_batch_size(rng):
     assert g.batch_size == 2
     with pytest.raises(ValueError, match=r"only at batch size 2 \(Add node 'add_c'"):
         g(np.zeros((5, 3), np.float32))
+
+
+def test_weights_rearranged_by_folded_nodes_stay_trainable(rng):
+    """Caffe2/TF exports reshape, unsqueeze or transpose their weights in the graph: the folded
+    result is still a weight (a Parameter that trains), and modules are named after it."""
+    nodes = [N("Unsqueeze", ["bn_scale_0", "axes"], ["s"]), N("Mul", ["x", "s"], ["m"]),
+             N("Transpose", ["dense/kernel:0"], ["k"], perm=[1, 0]), N("Flatten", ["m"], ["f"]),
+             N("MatMul", ["f", "k"], ["y"])]
+    model = make(nodes, {"bn_scale_0": w(rng, 3), "axes": ints(1, 2), "dense/kernel:0": w(rng, 4, 60)}, {"x": (2, 3, 5, 4)}, 13)
+    g = conx.load(model)
+    assert sorted(n for n, _ in g.named_parameters()) == ["bn_scale_0.weight", "dense.weight"]
+    assert cnnkit.gradcheck(conx.load(model, dtype=np.float64), rng.standard_normal((2, 3, 5, 4))) < 1e-6

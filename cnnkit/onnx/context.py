@@ -67,6 +67,7 @@ class ImportContext:
     base_dir: str | None = None                       # the model's folder (external data lives there)
     constants: dict = field(default_factory=dict)     # tensor name -> np.ndarray
     trainable: set = field(default_factory=set)       # constants that came from initializers
+    weight_names: dict = field(default_factory=dict)  # folded weight -> the initializer it rearranges
     shapes: dict = field(default_factory=dict)        # tensor name -> full shape (batch axis included)
     batched: set = field(default_factory=set)         # tensors whose axis 0 is the batch
     dtypes: dict = field(default_factory=dict)        # tensor name -> element type, where known

@@ -42,6 +42,9 @@ __all__ = ["load", "import_model", "supported_operators", "register_op", "regist
 # Folds that pass the symbolic batch marker through unchanged (shape bookkeeping, no arithmetic).
 _BATCH_TRANSPARENT = {"Identity", "Gather", "Concat", "Unsqueeze", "Squeeze", "Slice", "Cast", "Reshape",
                       "Flatten", "Shape"}
+# Folds that only rearrange a weight (Caffe2 and TF exports reshape or transpose theirs): the result
+# of folding an initializer through them is still a weight, trainable after import.
+_REARRANGING = {"Identity", "Reshape", "Unsqueeze", "Squeeze", "Transpose", "Flatten", "Cast"}
 # Python/NumPy errors a rule may raise on a malformed node; reported as one line naming the node.
 _NODE_ERRORS = (ValueError, TypeError, IndexError, KeyError, ArithmeticError)
 
@@ -348,6 +351,11 @@ def _import_node(ctx: ImportContext, node, index: int) -> None:
                 raise UnsupportedOperatorError("it computes with the symbolic batch size (from a Shape node); give "
                                                "the input a fixed batch size in the file")
             _store_folded(ctx, node, spec.fold(ctx, attrs, *values))
+            if node.op_type in _REARRANGING and ctx.is_trainable(node.input[0]):
+                source = ctx.weight_names.get(ctx.resolve(node.input[0]), ctx.resolve(node.input[0]))
+                for out in (o for o in node.output if o):
+                    ctx.trainable.add(out)
+                    ctx.weight_names[out] = source
             return
         if spec.build is None:
             missing = [n for n in present if not ctx.is_const(n)]
@@ -386,13 +394,15 @@ def _store_folded(ctx: ImportContext, node, value) -> None:
 
 
 def _module_name(ctx: ImportContext, node, index: int) -> str:
-    """A readable, unique attribute name: the weight's prefix (``features.0.weight`` -> ``features_0``),
-    else the node's name, else ``<op>_<index>``."""
+    """A readable, unique attribute name: the weight's prefix (``features.0.weight`` -> ``features_0``,
+    ``fc6_w_0`` -> ``fc6``), else the node's name, else ``<op>_<index>``."""
     graph = ctx.graph
     base = ""
     for name in node.input[1:2]:
-        if ctx.is_trainable(name) and "." in name:
-            base = name.rsplit(".", 1)[0]
+        if ctx.is_trainable(name) and np.issubdtype(ctx.dtype_of(name), np.floating):
+            name = ctx.weight_names.get(ctx.resolve(name), name)
+            # PyTorch's features.0.weight, Caffe2's conv1_w_0, TF's dense/kernel:0
+            base = name.rsplit(".", 1)[0] if "." in name else re.sub(r"([_/](w|weight|weights|kernel)(_\d+)?|:\d+)+$", "", name)
     base = base or node.name or f"{node.op_type}_{index}"
     base = re.sub(r"\W+", "_", base).strip("_") or f"{node.op_type}_{index}"
     if not base[0].isalpha():
