@@ -85,11 +85,18 @@ with warnings.catch_warnings():  # onnx's test-case generators warn about their 
 for pattern in EXCLUDED:
     backend_test.exclude(pattern)
 
-for _name, _case in backend_test.test_cases.items():
-    for _test in [t for t in vars(_case) if t.startswith("test_")]:
-        if _test not in _SCOPE:
-            delattr(_case, _test)  # another operator, or the CUDA device: not cnnkit's
-    globals()[_name] = _case
+
+def _scoped_cases() -> dict:
+    """The runner's unittest classes, each keeping only the CPU tests in scope."""
+    cases = backend_test.test_cases
+    for case in cases.values():
+        for test in [t for t in vars(case) if t.startswith("test_")]:
+            if test not in _SCOPE:
+                delattr(case, test)  # another operator, or the CUDA device: not cnnkit's
+    return cases
+
+
+globals().update(_scoped_cases())
 
 
 # ---- the interface itself -----------------------------------------------------------------------
