@@ -252,3 +252,20 @@ def test_weights_rearranged_by_folded_nodes_stay_trainable(rng):
     g = conx.load(model)
     assert sorted(n for n, _ in g.named_parameters()) == ["bn_scale_0.weight", "dense.weight"]
     assert cnnkit.gradcheck(conx.load(model, dtype=np.float64), rng.standard_normal((2, 3, 5, 4))) < 1e-6
+
+
+def test_a_registered_rule_replaces_the_builtin_one(rng):
+    from cnnkit.nn.activation import Tanh
+    from cnnkit.onnx import registry
+
+    previous = registry.OPS["Relu"] if "Relu" in registry.OPS else None
+    try:
+        @conx.register_op("Relu")
+        def relu_as_tanh(ctx, node, attrs):
+            return Tanh(), [node.input[0]]
+
+        g = conx.load(make([N("Relu", ["x"], ["y"])], {}, {"x": (2, 3)}, 13))
+        x = rng.standard_normal((2, 3)).astype(np.float32)
+        np.testing.assert_allclose(g(x), np.tanh(x), rtol=1e-6)
+    finally:
+        registry.OPS["Relu"] = previous

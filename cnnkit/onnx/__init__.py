@@ -7,8 +7,8 @@ checkout. They are imported only when these functions run.
 """
 from .edit import strip_softmax
 from .exporter import ExportContext, export, register_exporter
-from .importer import load, supported_operators
-from .registry import NeedsConstantError, UnsupportedOperatorError, register_fold, register_op
+from .importer import load, register_fold, register_op, supported_operators
+from .registry import NeedsConstantError, UnsupportedOperatorError
 
 __all__ = ["load", "export", "register_op", "register_fold", "register_exporter", "ExportContext",
            "UnsupportedOperatorError", "NeedsConstantError", "supported_operators", "strip_softmax"]

@@ -28,13 +28,12 @@ import numpy as np
 from ..nn.containers import Sequential
 from ..nn.graph import Add, Graph, Mul
 from ..nn.module import Module
-from . import ops, ops_math, ops_shape  # noqa: F401  # each registers its builders into the registry
 from ._deps import require
 from .context import DEFAULT_MAX_FOLDED_BYTES, MAX_SAMPLE_ELEMENTS, ImportContext, Unread, has_batch_marker
 from .initializers import read_tensor
 from .layers import PROBE_BATCH, broadcast_full
-from .registry import (OPS, Alias, Folded, NeedsConstantError, UnsupportedOperatorError, node_label, register_fold,
-                       register_op)
+from . import registry
+from .registry import OPS, Alias, Folded, NeedsConstantError, UnsupportedOperatorError, node_label
 
 __all__ = ["load", "import_model", "supported_operators", "register_op", "register_fold",
            "UnsupportedOperatorError", "NeedsConstantError"]
@@ -49,8 +48,28 @@ _REARRANGING = {"Identity", "Reshape", "Unsqueeze", "Squeeze", "Transpose", "Fla
 _NODE_ERRORS = (ValueError, TypeError, IndexError, KeyError, ArithmeticError)
 
 
+def _register_builtin_ops() -> None:
+    """Import the op modules, each registering its builders into the registry (on first use, so
+    that ``import cnnkit`` stays light)."""
+    from . import ops, ops_math, ops_shape  # noqa: F401
+
+
+def register_op(op_type: str, *, fold=None):
+    """Decorator: register (or replace) the builder of ``op_type``; see :mod:`.registry`. The
+    built-in rules are loaded first, so a rule registered here replaces them."""
+    _register_builtin_ops()
+    return registry.register_op(op_type, fold=fold)
+
+
+def register_fold(op_type: str):
+    """Decorator: register (or replace) how to fold ``op_type`` on constant inputs."""
+    _register_builtin_ops()
+    return registry.register_fold(op_type)
+
+
 def supported_operators() -> list[str]:
     """The ONNX ``op_type``s the importer handles (some only with constant inputs)."""
+    _register_builtin_ops()
     return sorted(OPS)
 
 
@@ -215,6 +234,7 @@ def import_model(path_or_model, input_shape=None, dtype=np.float32, *, max_folde
     cnnkit needs as weights).
     """
     require("onnx")
+    _register_builtin_ops()
     dtype = np.dtype(dtype)
     if not np.issubdtype(dtype, np.floating):
         raise ValueError(f"cnnkit.onnx.load: dtype must be a floating type, got {dtype}")

@@ -1,8 +1,8 @@
 """The operator table of the ONNX importer: what each ``op_type`` turns into.
 
 The op modules (:mod:`.ops`, :mod:`.ops_math`, :mod:`.ops_shape`) register into :data:`OPS`;
-the importer only reads it. Nothing here imports the importer or the op modules, so the package
-has no import cycle: ``importer -> ops* -> registry``.
+the importer imports them (on first use) and reads it. Nothing here imports the importer or the op
+modules, so the package has no import cycle: ``importer -> ops* -> registry``.
 
 A *builder* ``(ctx, node, attrs)`` returns one of
 
