@@ -23,6 +23,49 @@ def test_imports_only_go_down_the_layers():
     assert lint_imports(config_filename=str(ROOT / "pyproject.toml")) == 0  # prints the broken imports
 
 
+def test_no_import_cycles():
+    """No two modules import each other, directly or around a loop (lazy imports count too)."""
+    grimp = pytest.importorskip("grimp")  # import-linter's import graph
+    graph = grimp.build_graph("cnnkit")
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(module):  # Tarjan's strongly connected components, iteratively
+        work = [(module, iter(sorted(graph.find_modules_directly_imported_by(module))))]
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.find_modules_directly_imported_by(child)))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    cycles.append(sorted(component))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    assert not cycles, f"modules that import each other: {cycles}"
+
+
 def _all_cnnkit_classes():
     for info in pkgutil.walk_packages(cnnkit.__path__, "cnnkit."):
         if info.name.startswith(("cnnkit.cli", "cnnkit.__main__")):

@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from .trainer import hold_interrupts
+from .interrupts import hold_interrupts
 
 # What interrupted writes leave: ``.NAME.<12 hex>.tmp`` (cnnkit.io's atomic writes of checkpoints)
 # and ``NAME.tmp`` (the history files below, diagnostics.json).

@@ -15,11 +15,8 @@ schedule, checkpoint and early-stopping decisions), and only rank 0 prints and w
 from __future__ import annotations
 
 import math
-import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,32 +25,8 @@ from .. import distributed
 from ..nn.module import no_grad
 from ..nn.parallel import DistributedDataParallel
 from ..optim.lr_scheduler import ReduceLROnPlateau
+from .interrupts import hold_interrupts
 from .metrics import softmax, topk_correct
-
-
-@contextmanager
-def hold_interrupts():
-    """Hold Ctrl-C (SIGINT) until the block has finished, then deliver it.
-
-    A checkpoint write interrupted half-way would lose the checkpoint; under this, the write
-    completes and the ``KeyboardInterrupt`` comes right after. Blocks may nest (the outermost
-    delivers). Outside the main thread, where Python cannot install signal handlers, it does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-    try:
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    except (ValueError, OSError):  # no signals here (e.g. an embedded interpreter)
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received and callable(previous):
-        previous(signal.SIGINT, None)  # default_int_handler raises KeyboardInterrupt; an outer hold records it
 
 
 def _generator_modules(model):
