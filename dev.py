@@ -7,6 +7,8 @@
 
 Needs nothing but Python >= 3.10. Re-installs only when pyproject.toml changes. Both install the
 oneDNN kernels (``cnnkit[onednn]``) where a wheel exists; ``CNNKIT_BACKEND=numpy`` runs without them.
+Under an MPI launcher (`.venv/bin/mpiexec -n 2 python3 dev.py train`) every rank runs this script;
+the install is done by whichever gets the lock first.
 """
 import hashlib
 import os
@@ -22,6 +24,19 @@ PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 
 
 def ensure_env(extras: str) -> None:
+    if os.name == "nt":
+        return _ensure_env(extras)
+    import fcntl
+    import tempfile
+
+    # Ranks started together by mpiexec must not install into the same .venv at once.
+    lock = Path(tempfile.gettempdir()) / f"cnnkit-dev-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]}.lock"
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        _ensure_env(extras)
+
+
+def _ensure_env(extras: str) -> None:
     stamp = VENV / f".installed-{extras or 'base'}"
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if stamp.exists() and stamp.read_text() == digest:
@@ -45,7 +60,8 @@ def main(argv: list[str]) -> int:
         ensure_env("onednn")  # the oneDNN kernels where a wheel exists (x86-64 Linux); NumPy elsewhere
         # From the folder the user is in, so that paths they type (--data-dir, --out, --resume)
         # and the runs/ folder are where they expect.
-        return subprocess.call([str(PYTHON), "-m", "cnnkit", "train", *rest])
+        # close_fds=False: an MPI launcher's PMI_FD connection must reach the cnnkit process.
+        return subprocess.call([str(PYTHON), "-m", "cnnkit", "train", *rest], close_fds=False)
     ensure_env("test")
     workers = ["-n", "2"] if not any(a.startswith("-n") for a in rest) else []
     # Two pytest workers on two cores: one BLAS/OpenMP thread each, or the threads oversubscribe

@@ -237,3 +237,94 @@ def test_imported_model_gradients_match_torch(rng):
     np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-6, atol=1e-8)
     conv = next(m for m in g.modules() if type(m).__name__ == "Conv2d" and m.weight.shape == (4, 2, 3, 3))
     np.testing.assert_allclose(conv.weight.grad, model.b2[2].weight.grad.numpy(), rtol=1e-6, atol=1e-8)
+
+
+# ---- models exported at a fixed batch size (issue 14) -------------------------------------------
+
+
+class MobileStyle(torch.nn.Module):
+    """The patterns of fixed-batch exports: Hardswish, ReLU6, a channel shuffle by view/transpose,
+    a mean head (ReduceMean) and a flatten by ``x.view(x.size(0), -1)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 8, 3, 2, 1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.dw = torch.nn.Conv2d(8, 8, 3, 1, 1, groups=4)
+        self.c2 = torch.nn.Conv2d(8, 16, 1)
+        self.fc = torch.nn.Linear(16, 5)
+        self.fc2 = torch.nn.Linear(16 * 4 * 4, 5)
+
+    def forward(self, x):
+        x = torch.nn.functional.hardswish(self.bn(self.c1(x)))
+        x = torch.nn.functional.relu6(self.dw(x))
+        n, c, h, w = x.shape
+        x = x.view(n, 4, c // 4, h, w).transpose(1, 2).contiguous().view(n, c, h, w)  # channel shuffle
+        x = self.c2(x)
+        head = self.fc(x.mean((2, 3)))
+        flat = self.fc2(torch.nn.functional.max_pool2d(x, 2).view(x.size(0), -1))
+        return head + flat
+
+
+@pytest.mark.parametrize("opset, export_batch, fold", [(13, 1, True), (13, 1, False), (14, 1, True), (17, 2, True)])
+def test_fixed_batch_pytorch_export_runs_at_any_batch(opset, export_batch, fold, rng):
+    torch.manual_seed(0)
+    model = MobileStyle().eval()
+    _randomize_bn(model)
+    buf = io.BytesIO()
+    x_export = torch.from_numpy(rng.standard_normal((export_batch, 3, 16, 16)).astype(np.float32))
+    torch.onnx.export(model, x_export, buf, dynamo=False, opset_version=opset, input_names=["x"], output_names=["y"],
+                      do_constant_folding=fold)  # no dynamic_axes: the batch size is written into the file
+    proto = onnx.load_from_string(buf.getvalue())
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == export_batch
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"Reshape", "Transpose", "ReduceMean", "Clip"} <= ops and ({"HardSwish"} <= ops or {"HardSigmoid"} <= ops)
+    ref = ort.InferenceSession(proto.SerializeToString()).run(None, {"x": x_export.numpy()})[0]
+    g = conx.load(proto).eval()
+    assert g.batch_size is None
+    np.testing.assert_allclose(g(x_export.numpy()), ref, rtol=1e-4, atol=1e-5)
+    for batch in (1, 4):
+        x = rng.standard_normal((batch, 3, 16, 16)).astype(np.float32)
+        with torch.no_grad():
+            np.testing.assert_allclose(g(x), model(torch.from_numpy(x)).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_fixed_batch_export_trains_like_torch(rng):
+    torch.manual_seed(0)
+    model = MobileStyle().double().eval()
+    buf = io.BytesIO()
+    torch.onnx.export(model.float(), torch.zeros(1, 3, 16, 16), buf, dynamo=False, opset_version=14)
+    model.double()
+    g = conx.load(onnx.load_from_string(buf.getvalue()), dtype=np.float64).eval()
+    x = rng.standard_normal((4, 3, 16, 16))
+    dy = rng.standard_normal((4, 5))
+    g(x)
+    dx = g.backward(dy)
+    tx = torch.from_numpy(x).requires_grad_()
+    model(tx).backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-6, atol=1e-9)
+    dw = next(m for m in g.modules() if type(m).__name__ == "Conv2d" and m.groups == 4)
+    np.testing.assert_allclose(dw.weight.grad, model.dw.weight.grad.numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_keras_style_nhwc_model(rng):
+    """TF/Keras exports: an NHWC input transposed to NCHW, a ReduceMean + Squeeze global pool,
+    and a MatMul + Add classifier (which becomes one Linear, so replace_head finds it)."""
+    nodes = [N("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]), N("Conv", ["t", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+             N("Relu", ["c"], ["r"]), N("ReduceMean", ["r"], ["m"], axes=[2, 3], keepdims=1),
+             N("Squeeze", ["m", "axes"], ["s"]), N("MatMul", ["s", "K"], ["k"]), N("Add", ["k", "bias"], ["y"])]
+    inits = {"W": w(rng, 4, 3, 3, 3), "B": w(rng, 4), "axes": np.array([2, 3], np.int64), "K": w(rng, 4, 6),
+             "bias": w(rng, 6)}
+    model = make(nodes, inits, (1, 5, 5, 3), 13)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1  # Keras writes batch 1 or "unk"
+    x = rng.standard_normal((3, 5, 5, 3)).astype(np.float32)
+    ref = np.concatenate([ort.InferenceSession(model.SerializeToString()).run(None, {"x": x[i:i + 1]})[0]
+                          for i in range(3)])
+    g = conx.load(model).eval()
+    np.testing.assert_allclose(g(x), ref, rtol=1e-5, atol=1e-6)
+    linears = [m for m in g.modules() if type(m).__name__ == "Linear"]
+    assert len(linears) == 1 and linears[0].bias is not None  # MatMul + Add fused
+    from cnnkit import finetune
+
+    finetune.replace_head(g, 2)
+    assert g(x).shape == (3, 2)

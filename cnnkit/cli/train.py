@@ -16,11 +16,19 @@ the run's settings) and report.html (`cnnkit report RUN_DIR` rebuilds it). Each 
 continues an interrupted run in its folder with its model, dataset, data folder and settings
 (Ctrl-C prints this command); flags that contradict the checkpoint are refused, --epochs sets a
 new total (a finished schedule then keeps its last learning rate).
+
+Under an MPI launcher (mpiexec -n N cnnkit train ...) N processes train one model: each rank
+reads its shard of the data, the global --batch-size is split over the ranks, gradients are
+averaged over them, and only rank 0 prints and writes the run directory. A failure on any rank
+ends every rank. Needs mpi4py and mpich (pip install mpi4py mpich).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import signal
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -47,7 +55,8 @@ def add_arguments(p):
     p.add_argument("--data-dir", help="folder holding the dataset files (default: $CNNKIT_DATA or ~/.cache/cnnkit; "
                    "with --resume: the folder the run recorded)")
     p.add_argument("--epochs", type=positive_int, help="number of epochs (with --resume: the new total)")
-    p.add_argument("--batch-size", type=positive_int, help="mini-batch size")
+    p.add_argument("--batch-size", type=positive_int, help="mini-batch size; under mpiexec -n N the global batch, "
+                   "split over the N ranks (each takes batch/N)")
     p.add_argument("--lr", type=finite_float, help="initial learning rate")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer (default: sgd with momentum 0.9)")
     p.add_argument("--momentum", type=finite_float, help="SGD/RMSprop momentum")
@@ -75,6 +84,8 @@ def add_arguments(p):
                    "(activations, dead ReLUs, gradient norms, update/weight ratios) every STEPS steps, into the "
                    "history and diagnostics.png")
     p.add_argument("--no-report", action="store_true", help="do not write report.html in the run directory")
+    p.add_argument("--sync-bn", action="store_true", help="under mpiexec: BatchNorm statistics over the global "
+                   "batch of all ranks (SyncBatchNorm) instead of each rank's share")
 
 
 def _split(dataset, fraction: float, seed: int):
@@ -149,8 +160,48 @@ def _schedule_steps(settings: dict, steps_per_epoch: int):
 
 
 def run(args) -> int:
-    from .. import io
-    from ..data import DataLoader
+    """Train; under an MPI launcher, as one of its ranks (see the module docstring)."""
+    from .. import distributed
+
+    owned = not distributed.is_initialized()
+    if owned:
+        distributed.init_process_group()
+    stdout = sys.stdout
+    if distributed.get_rank() > 0:
+        sys.stdout = open(os.devnull, "w")  # only rank 0 prints (errors still reach stderr)
+        # mpiexec passes a Ctrl-C to every rank; rank 0 alone acts on it (saves, then ends the
+        # job), so no rank leaves a collective that the others are waiting in.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return _train(args)
+    except BaseException as exc:
+        if distributed.get_world_size() > 1:
+            # The other ranks would wait for this one forever: end them all, with the reason.
+            code = 130 if isinstance(exc, KeyboardInterrupt) else 1
+            if isinstance(exc, SystemExit) and isinstance(exc.code, int):
+                code = exc.code
+            what = str(exc) if isinstance(exc, (CommandError, UsageError)) else f"{type(exc).__name__}: {exc}"
+            distributed.abort(f"train: error on rank {distributed.get_rank()} of {distributed.get_world_size()}: "
+                              f"{what}", code or 1)
+        raise
+    finally:
+        if sys.stdout is not stdout:
+            sys.stdout.close()
+            sys.stdout = stdout
+        if owned:
+            distributed.destroy_process_group()
+
+
+def _shard(dataset, rank: int, world: int):
+    """Every ``world``-th sample from ``rank`` on: disjoint shards that cover ``dataset`` once."""
+    return dataset if world == 1 else dataset.subset(np.arange(rank, len(dataset), world))
+
+
+def _train(args) -> int:
+    from .. import distributed, io
+    from ..data import DataLoader, DistributedSampler
+    from ..nn import SyncBatchNorm
+    from ..nn.parallel import DistributedDataParallel
     from ..optim import param_groups_no_decay
     from ..train import Checkpoint, EarlyStopping, HistoryWriter, Trainer
     from .common import check_dataset_fits, load_checkpoint, load_dataset, recorded_data_dir
@@ -165,6 +216,10 @@ def run(args) -> int:
         settings = new_run_settings(args)
         data_dir = args.data_dir
     dataset = settings["dataset"]
+    rank, world = distributed.get_rank(), distributed.get_world_size()
+    if settings["batch_size"] % world:
+        raise UsageError(f"--batch-size {settings['batch_size']} does not split evenly over {world} ranks: "
+                         f"use a multiple of {world}")
 
     train_full = load_dataset(dataset, "train", data_dir)
     test_set = load_dataset(dataset, "test", data_dir)
@@ -183,8 +238,16 @@ def run(args) -> int:
         raise UsageError(f"--num-classes {num_classes} is fewer than the {len(classes)} classes of {dataset}")
     train_tf, eval_tf = _transforms(dataset, input_shape[-1], settings["augment"])
 
-    train_loader = DataLoader(train_set, settings["batch_size"], shuffle=True, transform=train_tf, seed=settings["seed"])
-    val_loader = DataLoader(val_set if val_set is not None else test_set, 500, transform=eval_tf)
+    seed = settings["seed"]
+    if world == 1:
+        train_loader = DataLoader(train_set, settings["batch_size"], shuffle=True, transform=train_tf, seed=seed)
+    else:  # the same shuffle on every rank, each its shard; its own augmentation stream
+        sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=seed)
+        train_loader = DataLoader(train_set, settings["batch_size"] // world, sampler=sampler, transform=train_tf,
+                                  generator=np.random.default_rng((seed, rank)))
+    # validation: each rank its shard, the trainer reduces the figures; the test evaluation at the
+    # end runs on rank 0 alone, over the whole test set (it writes results.json and the report)
+    val_loader = DataLoader(_shard(val_set if val_set is not None else test_set, rank, world), 500, transform=eval_tf)
     test_loader = DataLoader(test_set, 500, transform=eval_tf)
 
     model = build_model(settings["model"], input_shape, num_classes, seed=settings["seed"])
@@ -196,6 +259,8 @@ def run(args) -> int:
     model.config = {**getattr(model, "config", {}), "dataset": dataset, "input_shape": list(input_shape),
                     "classes": classes, "data_dir": _recorded_data_dir(dataset, data_dir),
                     "train": {key: settings[key] for key in (*SETTINGS, "schedule_epochs")}}
+    if args.sync_bn and world > 1:
+        model = SyncBatchNorm.convert_sync_batchnorm(model)
     groups = param_groups_no_decay(model, settings["weight_decay"])
     optimizer = make_optimizer(settings["optimizer"], groups, settings["lr"], settings["momentum"],
                                settings["weight_decay"])
@@ -204,19 +269,25 @@ def run(args) -> int:
 
     if args.resume:
         folder = RunFolder(Path(args.resume).parent, created=False)
-    else:
+    elif rank == 0:
         folder = claim_run_folder(args.out, f"{dataset}-{model_label(settings['model'])}")
+    if world > 1:  # rank 0 claimed the folder: every rank uses that one
+        claimed = [None] * world
+        distributed.all_gather_object(claimed, str(folder.path) if rank == 0 else None)
+        if rank > 0:
+            folder = RunFolder(Path(claimed[0]), created=False)
     out_dir = folder.path
-    checkpoint = Checkpoint(out_dir)
-    callbacks = [HistoryWriter(out_dir), checkpoint]
-    if settings["diagnostics"]:
+    checkpoint = Checkpoint(out_dir)  # on every rank: saving gathers the ranks' random states; rank 0 writes
+    callbacks = [HistoryWriter(out_dir), checkpoint] if rank == 0 else [checkpoint]
+    if settings["diagnostics"] and rank == 0:
         from ..train.diagnostics import Diagnostics
         from ..viz.curves import plot_diagnostics
 
         callbacks.insert(0, Diagnostics(every=settings["diagnostics"], out_dir=out_dir, plot=plot_diagnostics))
     if settings["early_stop"]:
         callbacks.append(EarlyStopping(patience=settings["early_stop"]))
-    trainer = Trainer(model, optimizer, scheduler=scheduler, callbacks=callbacks, progress=not args.no_progress,
+    net = DistributedDataParallel(model) if world > 1 else model
+    trainer = Trainer(net, optimizer, scheduler=scheduler, callbacks=callbacks, progress=not args.no_progress,
                       schedule_steps=_schedule_steps(settings, len(train_loader)))
     if args.resume:
         trainer.resume(args.resume, train_loader)
@@ -232,9 +303,14 @@ def run(args) -> int:
         print(f"reusing the run folder {out_dir} (--out): its checkpoints and history are replaced")
 
     n_params = sum(p.size for p in model.parameters())
+    ranks = ""
+    if world > 1:
+        threads = distributed.threads_per_rank()
+        ranks = (f" ({settings['batch_size'] // world} per rank on {world} ranks"
+                 f"{f', {threads} thread(s) each' if threads else ''}{', SyncBatchNorm' if args.sync_bn else ''})")
     print(f"training {settings['model']} ({n_params:,} parameters) on {dataset}: {len(train_set)} train / "
           f"{len(val_set) if val_set is not None else 0} val / {len(test_set)} test images, "
-          f"{settings['epochs']} epochs, batch {settings['batch_size']}, {settings['optimizer']} lr "
+          f"{settings['epochs']} epochs, batch {settings['batch_size']}{ranks}, {settings['optimizer']} lr "
           f"{settings['lr']:g}, schedule {settings['schedule']}{', augmented' if settings['augment'] else ''}, "
           f"seed {settings['seed']}; run directory {out_dir}")
     start = time.perf_counter()
@@ -246,21 +322,28 @@ def run(args) -> int:
             warnings.simplefilter("ignore", RuntimeWarning)
             trainer.fit(train_loader, val_loader, settings["epochs"])
     except KeyboardInterrupt:
-        if not checkpoint.last_path.exists():
-            folder.discard_if_unfinished(trainer.epoch)
-            raise
-        path = trainer.save(out_dir / "interrupted.safetensors")
-        print(f"\ninterrupted during epoch {trainer.epoch + 1}: its weights so far are in {path}; the last complete "
-              f"epoch ({trainer.epoch}) is in {checkpoint.last_path}. Continue with: cnnkit train --resume "
-              f"{shlex.quote(str(checkpoint.last_path))}")
+        # Distributed: only rank 0 takes the Ctrl-C (see run()); it saves alone (no collective
+        # now) and ends the job.
+        if rank == 0:
+            if not checkpoint.last_path.exists():
+                folder.discard_if_unfinished(trainer.epoch)
+                raise
+            path = trainer.save(out_dir / "interrupted.safetensors", all_ranks=False)
+            print(f"\ninterrupted during epoch {trainer.epoch + 1}: its weights so far are in {path}; the last "
+                  f"complete epoch ({trainer.epoch}) is in {checkpoint.last_path}. Continue with: cnnkit train "
+                  f"--resume {shlex.quote(str(checkpoint.last_path))}", flush=True)
+        if world > 1:
+            distributed.abort(f"train: interrupted (rank {rank})", 130)
         return 130
     except BaseException as exc:
-        removed = folder.discard_if_unfinished(trainer.epoch)
+        removed = folder.discard_if_unfinished(trainer.epoch) if rank == 0 else False
         failure = _training_failure(exc, settings, trainer, checkpoint, removed)
         if failure is None:
             raise
         raise failure from exc
     elapsed = time.perf_counter() - start
+    if rank > 0:
+        return 0  # rank 0 evaluates the best checkpoint and writes the results
 
     from ..train.results import evaluate_model, results_dict, training_throughput, write_results
 

@@ -17,6 +17,7 @@ from .download import DatasetFormatError, DatasetNotFoundError, data_root
 from .folder import ImageFolder
 from .idx import load_idx_dataset
 from .loader import DataLoader
+from .sampler import DistributedSampler
 from .transforms import Compose, Normalize, RandomCrop, RandomHorizontalFlip
 
 SPLITS = ("train", "test")
@@ -55,6 +56,6 @@ def load(name: str, split: str = "train", root=None, download: bool = True, veri
 
 
 __all__ = [
-    "load", "list_datasets", "Dataset", "ImageFolder", "DataLoader", "transforms", "Compose", "Normalize",
+    "load", "list_datasets", "Dataset", "ImageFolder", "DataLoader", "DistributedSampler", "transforms", "Compose", "Normalize",
     "RandomCrop", "RandomHorizontalFlip", "DatasetNotFoundError", "DatasetFormatError", "data_root",
 ]

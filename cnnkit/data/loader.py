@@ -21,10 +21,14 @@ class DataLoader:
 
     ``dataset`` is a ``Dataset`` or anything with ``images`` (uint8 ``N x C x H x W``) and
     ``labels`` arrays.
+
+    ``sampler`` (e.g. a ``DistributedSampler``: this rank's shard) decides which samples an epoch
+    visits and in which order, instead of ``shuffle``.
     """
 
     def __init__(self, dataset, batch_size: int = 128, shuffle: bool = False, drop_last: bool = False,
-                 transform=None, seed=None, *, generator: np.random.Generator | None = None, dtype=np.float32):
+                 transform=None, seed=None, *, generator: np.random.Generator | None = None, dtype=np.float32,
+                 sampler=None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"DataLoader batch_size must be a positive integer, got {batch_size!r}")
         if not (hasattr(dataset, "images") and hasattr(dataset, "labels")):
@@ -39,6 +43,16 @@ class DataLoader:
             raise ValueError("DataLoader takes seed= or generator=, not both")
         if not np.issubdtype(np.dtype(dtype), np.floating):
             raise ValueError(f"DataLoader dtype must be a floating type, got {dtype!r}")
+        if sampler is not None:
+            if shuffle:
+                raise ValueError("DataLoader: sampler= and shuffle=True exclude each other; the sampler "
+                                 "decides the order (e.g. DistributedSampler(..., shuffle=True))")
+            if not (hasattr(sampler, "__iter__") and hasattr(sampler, "__len__")):
+                raise TypeError(f"DataLoader sampler must be iterable with a len(), got {type(sampler).__name__}")
+            expected = getattr(sampler, "dataset_length", len(dataset.images))
+            if expected != len(dataset.images):
+                raise ValueError(f"DataLoader: the sampler was made for {expected} samples but the dataset "
+                                 f"has {len(dataset.images)}")
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
@@ -46,15 +60,23 @@ class DataLoader:
         self.transform = transform
         self.dtype = np.dtype(dtype)
         self.generator = generator if generator is not None else np.random.default_rng(seed)
+        self.sampler = sampler
 
     def __len__(self) -> int:
-        n = len(self.dataset.images)
+        n = len(self.dataset.images) if self.sampler is None else len(self.sampler)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self):
         images, labels = self.dataset.images, np.asarray(self.dataset.labels)
-        n = len(images)
-        order = self.generator.permutation(n) if self.shuffle else None
+        if self.sampler is not None:
+            order = np.fromiter(self.sampler, dtype=np.int64)
+            n = len(order)
+            if n and (order.min() < 0 or order.max() >= len(images)):
+                raise ValueError(f"DataLoader: the sampler gave indices {order.min()}..{order.max()} for a dataset "
+                                 f"of {len(images)} samples")
+        else:
+            n = len(images)
+            order = self.generator.permutation(n) if self.shuffle else None
         stop = (n // self.batch_size) * self.batch_size if self.drop_last else n
         scale = self.dtype.type(1 / 255)
         for start in range(0, stop, self.batch_size):

@@ -5,8 +5,9 @@ do release the GIL while they work, so a thread pool lets the data-movement phas
 (im2col copies, col2im adds, layout transposes) run on every core: the work is cut into disjoint
 chunks (channels, kernel taps) that never write the same memory.
 
-``CNNKIT_NUM_THREADS`` sets the number of threads (default: the CPU count); 1 runs everything
-inline. Small jobs always run inline (a thread hand-off costs tens of microseconds).
+``CNNKIT_NUM_THREADS`` sets the number of threads (default: the CPU count, or what
+:func:`set_num_threads` set: ``cores / ranks`` per MPI rank); 1 runs everything inline. Small jobs
+always run inline (a thread hand-off costs tens of microseconds).
 """
 from __future__ import annotations
 
@@ -22,17 +23,30 @@ MIN_PARALLEL_BYTES = 1 << 20  # below this much data per call, threads cost more
 _pool = None
 _pool_lock = threading.Lock()
 _in_worker = threading.local()
+_default_threads = None  # set_num_threads(); None: the CPU count
+
+
+def set_num_threads(threads: int | None) -> None:
+    """The thread count used when ``CNNKIT_NUM_THREADS`` is unset (None: the CPU count again).
+
+    ``cnnkit.distributed.init_process_group`` sets ``cores / ranks on this machine`` here, so that
+    MPI ranks sharing a machine do not each spread over every core.
+    """
+    global _default_threads
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"set_num_threads: threads must be a positive int or None, got {threads!r}")
+    _default_threads = threads
 
 
 def num_threads() -> int:
-    """Threads used for data movement (``CNNKIT_NUM_THREADS``, else the CPU count)."""
+    """Threads used for data movement (``CNNKIT_NUM_THREADS``, else :func:`set_num_threads`'s, else the CPU count)."""
     value = os.environ.get("CNNKIT_NUM_THREADS")
     if value:
         try:
             return max(1, int(value))
         except ValueError:
             raise ValueError(f"CNNKIT_NUM_THREADS must be a positive integer, got {value!r}") from None
-    return max(1, os.cpu_count() or 1)
+    return _default_threads or max(1, os.cpu_count() or 1)
 
 
 def _executor(threads: int) -> ThreadPoolExecutor:

@@ -15,6 +15,15 @@ Conventions follow PyTorch exactly, including the corner cases:
   ``divisor_override``.
 * padding may be at most half the kernel (``padding <= kernel // 2``), PyTorch's rule, so every
   window holds at least one real input element.
+
+ONNX's pooling operators (what ``cnnkit.onnx`` imports) differ in three ways, each available
+through an explicit argument and never the default: ``padding_rule="onnx"`` takes four pads
+``(top, left, bottom, right)`` that may differ and may reach ``kernel - 1`` (onnxruntime's rule;
+the divisor of ``count_include_pad`` then counts the declared bottom/right padding, not the
+top/left one twice); average pooling takes a ``dilation``; and LP pooling with
+``definition="onnx"`` is ``(sum |x|^p)^(1/p)`` over the window, with zero padding (PyTorch's
+``LPPool2d`` raises ``x`` itself to the power ``p`` and rescales ceil-mode windows cut by the
+edge).
 """
 from __future__ import annotations
 
@@ -41,6 +50,11 @@ class PoolGeometry(NamedTuple):
     dilation: tuple
     output: tuple  # (OH, OW)
     pad_end: tuple  # zeros/-inf appended after the input: right padding plus any ceil-mode overhang
+    pad_after: tuple = None  # the declared bottom/right padding (None: the same as ``padding``)
+
+    @property
+    def padding_after(self) -> tuple:
+        return self.padding if self.pad_after is None else self.pad_after
 
     @property
     def padded_shape(self) -> tuple:
@@ -67,17 +81,17 @@ class AvgPoolCache(NamedTuple):
 
 
 class LPPowerCache(NamedTuple):
-    """LP pooling with a finite ``p``: the average pooling of ``x^p`` and its results."""
+    """LP pooling with a finite ``p``: the average pooling of ``x^p`` (or ``|x|^p``) and its sums."""
 
     avg_cache: AvgPoolCache
     power_sum: object  # u: the window sums of x^p, (N, C, OH, OW)
-    y: object  # u^(1/p)
-    window_taps: int  # KH*KW
+    scale: float  # what the average is multiplied by to give the sum (KH*KW, or 1 for ONNX's divisor 1)
 
 
 class LPPoolCache(NamedTuple):
     p: float
     x: object
+    definition: str  # "pytorch" (x^p) or "onnx" (|x|^p)
     inner: object  # MaxPoolCache (p = +-inf) or LPPowerCache
 
 
@@ -86,10 +100,19 @@ class AdaptiveAvgPoolCache(NamedTuple):
     matrices: object  # None for equal blocks, else the (rows, cols) bin-averaging matrices
 
 
-def check_pool_padding(kernel: tuple, padding: tuple, layer: str) -> None:
-    """PyTorch's rule ``padding <= kernel // 2`` (so no window lies entirely in the padding)."""
+def check_pool_padding(kernel: tuple, padding: tuple, layer: str, padding_rule: str = "pytorch") -> None:
+    """PyTorch's rule ``padding <= kernel // 2`` (so no window lies entirely in the padding), or
+    with ``padding_rule="onnx"`` onnxruntime's ``padding < kernel`` (``padding`` may then hold the
+    four pads ``(top, left, bottom, right)``)."""
+    if padding_rule not in ("pytorch", "onnx"):
+        raise ValueError(f"{layer}: padding_rule must be 'pytorch' or 'onnx', got {padding_rule!r}")
     if any(p < 0 for p in padding):
         raise ValueError(f"{layer}: padding must be >= 0, got {padding}")
+    if padding_rule == "onnx":
+        kernels = tuple(kernel) * (len(padding) // len(kernel))
+        if any(p >= k for p, k in zip(padding, kernels)):
+            raise ValueError(f"{layer}: pads {padding} must be smaller than the kernel {kernel} (as onnxruntime requires)")
+        return
     if any(p > k // 2 for p, k in zip(padding, kernel)):
         raise ValueError(
             f"{layer}: padding {padding} must be at most half the kernel size {kernel} "
@@ -112,31 +135,64 @@ def _check_windows_see_input(out: int, size: int, k: int, s: int, p: int, d: int
             )
 
 
+def _pads(padding, padding_rule: str, layer: str) -> tuple[tuple, tuple]:
+    """``(begin, after)`` pads per axis: a pair or int pads both sides alike; with
+    ``padding_rule="onnx"`` four values ``(top, left, bottom, right)`` may differ."""
+    if padding_rule == "onnx" and isinstance(padding, (tuple, list)) and len(padding) == 4:
+        values = tuple(padding)
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"{layer}: pads must be ints, got {padding!r}")
+        return (int(values[0]), int(values[1])), (int(values[2]), int(values[3]))
+    begin = pair(padding, "padding", layer)
+    return begin, begin
+
+
+def _asymmetric_output_size(size, kernel, stride, begin, after, dilation, ceil_mode, layer, axis) -> int:
+    """``conv_output_size`` with different padding on the two sides (ONNX pads):
+    ``floor_or_ceil((size + begin + after - span) / stride) + 1``; in ceil mode a last window
+    that would start in the trailing padding is dropped, as onnxruntime and PyTorch do."""
+    span = dilation * (kernel - 1) + 1
+    padded = size + begin + after
+    if span > padded:
+        raise ValueError(f"{layer}: kernel {kernel} (dilation {dilation}, spans {span}) is larger than the padded "
+                         f"input {axis} {size} + {begin} + {after} = {padded}")
+    steps = (padded - span) / stride
+    out = (math.ceil(steps) if ceil_mode else math.floor(steps)) + 1
+    if ceil_mode and (out - 1) * stride >= size + begin:
+        out -= 1
+    return out
+
+
 def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
-                  check_geometry=False, layer="pool2d") -> PoolGeometry:
+                  check_geometry=False, layer="pool2d", padding_rule="pytorch") -> PoolGeometry:
     """Validate the arguments and compute the output size and padding of a windowed pooling.
 
     ``stride=None`` means ``stride = kernel_size`` (PyTorch's default). With
     ``check_geometry=True`` geometry that silently drops real input raises (see ``shapes``).
+    ``padding_rule="onnx"`` accepts ONNX's pads: four values ``(top, left, bottom, right)``,
+    each smaller than the kernel (see :func:`check_pool_padding`).
 
     Shape:
         input (N, C, H, W) -> output (N, C, OH, OW) with
-        OH = floor_or_ceil((H + 2*PH - DH*(KH-1) - 1) / SH) + 1, likewise OW
+        OH = floor_or_ceil((H + PTOP + PBOTTOM - DH*(KH-1) - 1) / SH) + 1, likewise OW
     """
     kernel = pair(kernel_size, "kernel_size", layer)
     stride = kernel if stride is None else pair(stride, "stride", layer)
-    padding = pair(padding, "padding", layer)
+    begin, after = _pads(padding, padding_rule, layer)
     dilation = pair(dilation, "dilation", layer)
     check_positive(kernel, "kernel_size", layer)
     check_positive(stride, "stride", layer)
     check_positive(dilation, "dilation", layer)
-    check_pool_padding(kernel, padding, layer)
+    check_pool_padding(kernel, begin + after if begin != after else begin, layer, padding_rule)
     if len(input_shape) != 4:
         raise ValueError(f"{layer} expects a 4-D input (N, C, H, W), got shape {tuple(input_shape)}")
     output, pad_end = [], []
     for axis, name in enumerate(("height", "width")):
-        size, k, s, p, d = input_shape[2 + axis], kernel[axis], stride[axis], padding[axis], dilation[axis]
-        out = conv_output_size(size, k, s, p, d, ceil_mode, check_geometry=check_geometry, layer=layer, axis=name)
+        size, k, s, p, d = input_shape[2 + axis], kernel[axis], stride[axis], begin[axis], dilation[axis]
+        if begin[axis] == after[axis]:
+            out = conv_output_size(size, k, s, p, d, ceil_mode, check_geometry=check_geometry, layer=layer, axis=name)
+        else:
+            out = _asymmetric_output_size(size, k, s, p, after[axis], d, ceil_mode, layer, name)
         if d > 1:  # dilated taps can step over the few real values and see only padding
             _check_windows_see_input(out, size, k, s, p, d, layer, name)
         # The last window ends at (out-1)*s + span in padded coordinates; the padded array must
@@ -144,7 +200,14 @@ def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, 
         reach = (out - 1) * s + d * (k - 1) + 1
         output.append(out)
         pad_end.append(max(reach - p - size, 0))
-    return PoolGeometry(tuple(input_shape), kernel, stride, padding, dilation, tuple(output), tuple(pad_end))
+    return PoolGeometry(tuple(input_shape), kernel, stride, begin, dilation, tuple(output), tuple(pad_end),
+                        None if after == begin else after)
+
+
+def lowest_value(dtype):
+    """What max pooling pads with: ``-inf``, or the smallest integer of an integer type (ONNX's
+    MaxPool takes int8/uint8 tensors)."""
+    return np.iinfo(dtype).min if np.issubdtype(dtype, np.integer) else -np.inf
 
 
 def _pad(x, geometry: PoolGeometry, fill):
@@ -293,7 +356,7 @@ def _first_real_tap(out: int, stride: int, padding: int, dilation: int) -> np.nd
 
 
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
-                       check_geometry=False, layer="max_pool2d", need_switches=True):
+                       check_geometry=False, layer="max_pool2d", need_switches=True, padding_rule="pytorch"):
     """Max pooling; return ``(y, cache)``. The cache holds the argmax "switches".
 
     ``need_switches=False`` (inference: nothing will run backward) computes only the maxima,
@@ -312,7 +375,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     """
     xp = array_module(x)
     g = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode,
-                      check_geometry=check_geometry, layer=layer)
+                      check_geometry=check_geometry, layer=layer, padding_rule=padding_rule)
     n, c, h, w = x.shape
     (kh, kw), (oh, ow) = g.kernel, g.output
     # PyTorch's scan: best = -inf and the switch on the window's first real tap, then a tap wins
@@ -328,9 +391,9 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
 
     def block_work(start, stop):
         bg = _block_geometry(g, stop - start)
-        x_padded = _pad(x_planes[start:stop], bg, -np.inf)
+        x_padded = _pad(x_planes[start:stop], bg, lowest_value(x.dtype))
         if switches is None:
-            y[start:stop] = -np.inf
+            y[start:stop] = lowest_value(x.dtype)
             for _, rows, cols in bg.offsets():
                 xp.maximum(y[start:stop], x_padded[:, :, rows, cols], out=y[start:stop])  # NaN-propagating
             return
@@ -346,7 +409,7 @@ def _max_pool_block(x_padded, g: PoolGeometry, y, switches, first_tap, has_nan, 
     """The offset loop of max pooling on one block of planes, writing ``y`` and ``switches``."""
     switch_dtype = switches.dtype.type
     switches[...] = first_tap
-    y.fill(-np.inf)
+    y.fill(lowest_value(y.dtype))
     # each strided window is copied once; the ops below then run contiguous (thread scratch)
     window = scratch("max_pool_window", y.shape, y.dtype, xp)
     wins = scratch("max_pool_wins", y.shape, bool, xp)
@@ -417,13 +480,16 @@ def max_pool2d_indices(cache):
 
 # -- average pooling ----------------------------------------------------------------------------
 
-def _avg_divisor_1d(out: int, size: int, kernel: int, stride: int, padding: int, count_include_pad: bool):
-    """Per output position along one axis, PyTorch's window length used in the divisor."""
+def _avg_divisor_1d(out: int, size: int, kernel: int, stride: int, padding: int, count_include_pad: bool,
+                    padding_after: int | None = None, dilation: int = 1):
+    """Per output position along one axis, PyTorch's window length used in the divisor: the taps
+    inside ``[-padding, size + padding_after)`` with ``count_include_pad`` (so not the ceil-mode
+    overhang past the padding), else the taps on the real input ``[0, size)``."""
+    padding_after = padding if padding_after is None else padding_after
     start = np.arange(out) * stride - padding
-    end = np.minimum(start + kernel, size + padding)
-    if count_include_pad:
-        return end - start  # includes padding, but not the ceil-mode overhang past it
-    return np.minimum(end, size) - np.maximum(start, 0)
+    taps = start[:, None] + np.arange(kernel) * dilation
+    low, high = (-padding, size + padding_after) if count_include_pad else (0, size)
+    return ((taps >= low) & (taps < high)).sum(axis=1)
 
 
 def avg_divisor(g: PoolGeometry, count_include_pad=True, divisor_override=None):
@@ -431,30 +497,36 @@ def avg_divisor(g: PoolGeometry, count_include_pad=True, divisor_override=None):
     if divisor_override is not None:
         return np.full(g.output, float(divisor_override))
     h, w = g.input_shape[2:]
-    rows = _avg_divisor_1d(g.output[0], h, g.kernel[0], g.stride[0], g.padding[0], count_include_pad)
-    cols = _avg_divisor_1d(g.output[1], w, g.kernel[1], g.stride[1], g.padding[1], count_include_pad)
+    after = g.padding_after
+    rows = _avg_divisor_1d(g.output[0], h, g.kernel[0], g.stride[0], g.padding[0], count_include_pad, after[0],
+                           g.dilation[0])
+    cols = _avg_divisor_1d(g.output[1], w, g.kernel[1], g.stride[1], g.padding[1], count_include_pad, after[1],
+                           g.dilation[1])
     return np.outer(rows, cols)
 
 
 def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-                       divisor_override=None, *, check_geometry=False, layer="avg_pool2d"):
+                       divisor_override=None, *, check_geometry=False, layer="avg_pool2d", dilation=1,
+                       padding_rule="pytorch"):
     """Average pooling: the window sum divided by PyTorch's divisor; return ``(y, cache)``.
 
     Divisor (per axis, then multiplied): ``start = o*S - P``, ``end = min(start + K, size + P)``;
     ``end - start`` with ``count_include_pad``, else ``min(end, size) - max(start, 0)``; or
-    ``divisor_override`` when given.
+    ``divisor_override`` when given. With a ``dilation`` (ONNX) or different pads on the two
+    sides (``padding_rule="onnx"``) the divisor counts the window's taps inside the padded (or
+    the real) input the same way.
 
     The readable loop over the definition, which tests hold this kernel equal to:
     :func:`cnnkit.testing.reference.pool.avg_pool2d`.
 
     Shape:
-        x: (N, C, H, W) -> y: (N, C, OH, OW), OH = floor_or_ceil((H + 2*PH - KH) / SH) + 1
+        x: (N, C, H, W) -> y: (N, C, OH, OW), OH = floor_or_ceil((H + 2*PH - DH*(KH-1) - 1) / SH) + 1
     """
     xp = array_module(x)
     if divisor_override is not None and (isinstance(divisor_override, bool) or divisor_override == 0):
         raise ValueError(f"{layer}: divisor_override must be a non-zero number or None, got {divisor_override!r}")
-    g = pool_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode,
-                      check_geometry=check_geometry, layer=layer)
+    g = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode,
+                      check_geometry=check_geometry, layer=layer, padding_rule=padding_rule)
     x_padded = _pad(x, g, 0)
     total = None
     for _, rows, cols in g.offsets():
@@ -491,41 +563,65 @@ def avg_pool2d_backward(dy, cache):
 # -- LP (power-average) pooling -----------------------------------------------------------------
 
 def lp_pool2d_forward(x, norm_type, kernel_size, stride=None, ceil_mode=False, *, check_geometry=False,
-                      layer="lp_pool2d"):
-    """LP pooling ``(sum over window of x^p)^(1/p)``, computed exactly as PyTorch does.
+                      layer="lp_pool2d", definition="pytorch", padding=0, dilation=1):
+    """LP pooling ``(sum over window of x^p)^(1/p)``; return ``(y, cache)``.
 
-    PyTorch: ``u = avg_pool2d(x^p, K, S, 0, ceil_mode) * KH*KW`` then ``u^(1/p)``. That is the
-    window sum, except for ceil-mode windows cut by the input edge, where it is the sum rescaled
-    by ``KH*KW / (clipped area)``; kept here for exact agreement. ``u = 0`` gets gradient 0.
-    ``norm_type = inf`` is max pooling of ``|x|``; ``-inf`` the minimum of ``|x|`` (as PyTorch).
-    Negative sums with non-integer ``1/p`` give NaN, as in PyTorch.
+    ``definition="pytorch"`` (``nn.LPPool2d``) computes it exactly as PyTorch does:
+    ``u = avg_pool2d(x^p, K, S, 0, ceil_mode) * KH*KW`` then ``u^(1/p)``. That is the window sum,
+    except for ceil-mode windows cut by the input edge, where it is the sum rescaled by
+    ``KH*KW / (clipped area)``; kept for exact agreement. ``x`` itself is raised to the power, so
+    a negative sum with non-integer ``1/p`` gives NaN, as in PyTorch. ``norm_type = inf`` is max
+    pooling of ``|x|``; ``-inf`` the minimum of ``|x|`` (as PyTorch). No padding or dilation.
+
+    ``definition="onnx"`` (ONNX ``LpPool``) is ``(sum over window of |x|^p)^(1/p)``: the plain
+    sum (ceil-mode windows are not rescaled), zero ``padding`` in ONNX's form (four pads may
+    differ, see ``padding_rule="onnx"``) and a ``dilation``.
+
+    ``u = 0`` gets gradient 0 in both.
 
     The readable loop over the definition, which tests hold this kernel equal to:
     :func:`cnnkit.testing.reference.pool.lp_pool2d`.
 
     Shape:
-        x: (N, C, H, W) -> y: (N, C, OH, OW), OH = floor_or_ceil((H - KH) / SH) + 1
+        x: (N, C, H, W) -> y: (N, C, OH, OW), OH = floor_or_ceil((H + PTOP + PBOTTOM - DH*(KH-1) - 1) / SH) + 1
     """
     xp = array_module(x)
     p = float(norm_type)
-    if math.isinf(p):
-        sign = 1.0 if p > 0 else -1.0
-        y, max_cache = max_pool2d_forward(sign * xp.abs(x), kernel_size, stride, 0, 1, ceil_mode,
-                                          check_geometry=check_geometry, layer=layer)
-        return sign * y, LPPoolCache(p, x, max_cache)
+    if definition not in ("pytorch", "onnx"):
+        raise ValueError(f"{layer}: definition must be 'pytorch' or 'onnx', got {definition!r}")
     if p == 0 or math.isnan(p):
         raise ValueError(f"{layer}: norm_type must be non-zero, got {norm_type!r}")
-    mean_power, avg_cache = avg_pool2d_forward(x ** p, kernel_size, stride, 0, ceil_mode, True,
-                                               check_geometry=check_geometry, layer=layer)
-    window_taps = avg_cache.geometry.kernel[0] * avg_cache.geometry.kernel[1]
-    u = mean_power * window_taps
+    onnx = definition == "onnx"
+    if not onnx and (padding != 0 or dilation != 1):
+        raise ValueError(f"{layer}: padding and dilation need definition='onnx' (PyTorch's LPPool2d has neither)")
+    rule = "onnx" if onnx else "pytorch"
+    if math.isinf(p):
+        sign = 1.0 if p > 0 else -1.0
+        y, max_cache = max_pool2d_forward(sign * xp.abs(x), kernel_size, stride, padding, dilation, ceil_mode,
+                                          check_geometry=check_geometry, layer=layer, padding_rule=rule)
+        return sign * y, LPPoolCache(p, x, definition, max_cache)
+    if onnx:  # the window sum of |x|^p: an average with divisor 1 over zero padding
+        power, avg_cache = avg_pool2d_forward(xp.abs(x) ** p, kernel_size, stride, padding, ceil_mode, True, 1,
+                                              check_geometry=check_geometry, layer=layer, dilation=dilation,
+                                              padding_rule="onnx")
+        u, scale = power, 1
+    else:
+        power, avg_cache = avg_pool2d_forward(x ** p, kernel_size, stride, 0, ceil_mode, True,
+                                              check_geometry=check_geometry, layer=layer)
+        scale = avg_cache.geometry.kernel[0] * avg_cache.geometry.kernel[1]
+        u = power * scale
     with np.errstate(invalid="ignore"):  # a negative sum to a fractional power is NaN, as in PyTorch
         y = u ** (1.0 / p)
-    return y, LPPoolCache(p, x, LPPowerCache(avg_cache, u, y, window_taps))
+    return y, LPPoolCache(p, x, definition, LPPowerCache(avg_cache, u, scale))
 
 
 def lp_pool2d_backward(dy, cache):
-    """``dx = p x^(p-1) * avgpool_backward(where(u != 0, KH*KW * y / (p u), 0))``; return ``dx``.
+    """``dx = p x^(p-1) * window_backward(where(u != 0, u^(1/p - 1) / p, 0))``; return ``dx``
+    (``|x|^(p-1) sign(x)`` instead of ``x^(p-1)`` for ``definition="onnx"``).
+
+    ``d(u^(1/p))/du`` is computed as ``u^(1/p - 1) / p``, as PyTorch's autograd does, not as
+    ``y / (p u)``: where a window sums to ``inf`` the latter is ``inf/inf = NaN``, the former
+    ``0`` (or ``1`` for ``p = 1``).
 
     The readable loop over the definition, which tests hold this kernel equal to:
     :func:`cnnkit.testing.reference.pool.lp_pool2d_backward`.
@@ -533,18 +629,19 @@ def lp_pool2d_backward(dy, cache):
     Shape:
         dy: (N, C, OH, OW) -> dx: (N, C, H, W)
     """
-    p, x, rest = cache
+    p, x, definition, rest = cache
     xp = array_module(dy)
     if math.isinf(p):
         # d|x|/dx = sign(x); the -inf case negates twice (y = -max(-|x|)), so the rule is the same.
         return max_pool2d_backward(dy, rest) * xp.sign(x)
-    avg_cache, u, y, window_taps = rest
+    avg_cache, u, scale = rest
     nonzero = u != 0
-    # d(u^(1/p))/du = u^(1/p - 1) / p, written as y / (p u) where u != 0 (PyTorch zeroes u == 0).
-    safe_u = xp.where(nonzero, u, 1)
-    du = xp.where(nonzero, dy * y / (p * safe_u), 0)
-    d_power = avg_pool2d_backward(du * window_taps, avg_cache)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        du = xp.where(nonzero, dy * xp.where(nonzero, u, 1) ** (1.0 / p - 1) / p, 0)
+    d_power = avg_pool2d_backward(du * scale, avg_cache)
     with np.errstate(invalid="ignore", divide="ignore"):  # 0^(p-1) with p < 1 is inf, as in PyTorch
+        if definition == "onnx":  # d|x|^p/dx = p |x|^(p-1) sign(x); 0 at x = 0
+            return xp.where(x != 0, d_power * (p * xp.abs(x) ** (p - 1)) * xp.sign(x), 0)
         return d_power * (p * x ** (p - 1))
 
 

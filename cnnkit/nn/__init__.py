@@ -18,7 +18,9 @@ from .loss import *  # noqa: F401,F403
 from .module import *  # noqa: F401,F403
 from .normalization import *  # noqa: F401,F403
 from .pooling import *  # noqa: F401,F403
+from .sync_batchnorm import *  # noqa: F401,F403
+from . import parallel  # cnnkit.nn.parallel.DistributedDataParallel
 
 _MODULES = ("module", "containers", "graph", "fuse", "conv", "linear", "flatten", "dropout", "activation", "loss",
-            "normalization", "pooling")
-__all__ = ["init"] + [name for m in _MODULES for name in _sys.modules[f"{__name__}.{m}"].__all__]
+            "normalization", "pooling", "sync_batchnorm")
+__all__ = ["init", "parallel"] + [name for m in _MODULES for name in _sys.modules[f"{__name__}.{m}"].__all__]

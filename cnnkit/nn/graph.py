@@ -1,6 +1,7 @@
 """``Graph``: a general DAG of modules (what ONNX import builds), and the merge layers it needs.
 
-A graph has one input tensor, named nodes in topological order and one or more output tensors::
+A graph has one or more named input tensors, named nodes in topological order and one or more
+output tensors::
 
     g = Graph(input="x")
     g.add_node("conv1", Conv2d(16, 16, 3, padding=1), "x")      # output tensor "conv1"
@@ -16,7 +17,14 @@ network costs no backward work at all.
 
 A node's module takes one input (every ordinary layer) or several (``Add``, ``Mul``, ``Cat``,
 the subclasses of :class:`MultiInputModule`, whose ``forward(*xs)`` returns one array and whose
-``backward(dy, input_grad)`` returns a tuple with one gradient per input).
+``backward(dy, input_grad)`` returns a tuple with one gradient per input). A node may also
+produce several tensors (``output=["y", "indices"]``): its module's ``forward`` then returns a
+tuple, and its ``backward`` receives a tuple of gradients with ``None`` for the outputs nothing
+flowed back to (an index output, an unused mask).
+
+A graph with several inputs (``Graph(input=["a", "b"])``) is called as ``g(a, b)``; its
+``backward`` returns one input gradient per input and ``output_shape`` takes one sample shape
+per input.
 """
 from __future__ import annotations
 
@@ -34,7 +42,12 @@ __all__ = ["Graph", "MultiInputModule", "Add", "Mul", "Cat"]  # what cnnkit.nn e
 class Node(NamedTuple):
     name: str                 # attribute name of the module on the graph (its state-dict prefix)
     inputs: tuple[str, ...]   # tensor names consumed
-    output: str               # tensor name produced
+    output: str               # tensor name produced (the first, when there are several)
+    outputs: tuple[str, ...] = ()  # every tensor produced, when the module returns several
+
+    @property
+    def produced(self) -> tuple[str, ...]:
+        return self.outputs or (self.output,)
 
 
 class MultiInputModule(Module):
@@ -55,24 +68,43 @@ def _is_trainable(module: Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
 
+def _names(value, what: str) -> list[str]:
+    names = [value] if isinstance(value, str) else list(value)
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"Graph: {what} must be non-empty tensor names, got {value!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"Graph: {what} {names} repeat a name")
+    return names
+
+
 class Graph(Module):
     """Modules wired as a directed acyclic graph over named tensors.
 
     Args:
         nodes: optional iterable of ``(name, module, inputs)`` or ``(name, module, inputs, output)``;
-            ``inputs`` is a tensor name or a list of names; ``output`` defaults to ``name``.
-        input: the name of the graph's input tensor.
+            ``inputs`` is a tensor name or a list of names; ``output`` defaults to ``name`` (a list
+            of names for a module that returns several tensors).
+        input: the name of the graph's input tensor, or a list of names for several inputs.
         outputs: the name (or names) of the output tensors; default: the last node's output.
 
     Shape:
         whatever the nodes make of it: ``output_shape`` propagates one sample's shape through them.
+
+    ``batch_size`` is ``None`` (any batch size) unless the graph only works at one (an imported
+    graph that moves or merges its batch axis sets it); forward then refuses other batch sizes
+    with ``batch_note`` saying why.
     """
 
-    def __init__(self, nodes: Sequence = (), input: str = "input", outputs: str | Sequence[str] | None = None):
+    batch_size: int | None = None
+    batch_note: str = ""
+
+    def __init__(self, nodes: Sequence = (), input: str | Sequence[str] = "input",
+                 outputs: str | Sequence[str] | None = None):
         super().__init__()
-        if not isinstance(input, str) or not input:
-            raise ValueError(f"Graph: input must be a non-empty tensor name, got {input!r}")
-        self.input_name = input
+        if not isinstance(input, (str, list, tuple)) or not input:
+            raise ValueError(f"Graph: input must be a non-empty tensor name (or a list of names), got {input!r}")
+        self.input_names: list[str] = _names(input, "input")
         self.nodes: list[Node] = []
         self.output_names: list[str] = []
         self._producers: dict[str, int] = {}
@@ -83,9 +115,18 @@ class Graph(Module):
         if outputs is not None:
             self.set_outputs(outputs)
 
+    @property
+    def input_name(self) -> str:
+        """The first (usually the only) input tensor."""
+        return self.input_names[0]
+
+    def _known(self, tensor: str) -> bool:
+        return tensor in self.input_names or tensor in self._producers
+
     # -- building -----------------------------------------------------------------------------
-    def add_node(self, name: str, module: Module, inputs: str | Sequence[str], output: str | None = None) -> str:
-        """Append a node; returns the name of its output tensor (``output`` or ``name``)."""
+    def add_node(self, name: str, module: Module, inputs: str | Sequence[str],
+                 output: str | Sequence[str] | None = None) -> str:
+        """Append a node; returns the name of its (first) output tensor (``output`` or ``name``)."""
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(f"Graph.add_node: node name must be a Python identifier (no dots), got {name!r}")
         if not isinstance(module, Module):
@@ -96,39 +137,58 @@ class Graph(Module):
         if not inputs:
             raise ValueError(f"Graph.add_node: node {name!r} needs at least one input tensor")
         for tensor in inputs:
-            if tensor != self.input_name and tensor not in self._producers:
+            if not self._known(tensor):
                 raise ValueError(
                     f"Graph.add_node: node {name!r} reads tensor {tensor!r}, which no earlier node produces "
                     f"(nodes must be added in topological order; known tensors: "
-                    f"{[self.input_name] + list(self._producers)})"
+                    f"{self.input_names + list(self._producers)})"
                 )
-        if len(inputs) > 1 and not isinstance(module, MultiInputModule):
+        if len(inputs) > 1 and not isinstance(module, (MultiInputModule, Graph)):
             raise ValueError(
                 f"Graph.add_node: node {name!r} has {len(inputs)} inputs but {type(module).__name__} takes one; "
                 "merge tensors with a MultiInputModule such as Add, Mul or Cat"
             )
-        output = name if output is None else output
-        if output == self.input_name or output in self._producers:
-            raise ValueError(f"Graph.add_node: tensor {output!r} (output of node {name!r}) is already defined")
+        outputs = _names(name if output is None else output, f"outputs of node {name!r}")
+        for tensor in outputs:
+            if self._known(tensor):
+                raise ValueError(f"Graph.add_node: tensor {tensor!r} (output of node {name!r}) is already defined")
         setattr(self, name, module)
-        self._producers[output] = len(self.nodes)
-        self.nodes.append(Node(name, inputs, output))
-        return output
+        for tensor in outputs:
+            self._producers[tensor] = len(self.nodes)
+        self.nodes.append(Node(name, inputs, outputs[0], tuple(outputs) if len(outputs) > 1 else ()))
+        return outputs[0]
 
     def set_outputs(self, outputs: str | Sequence[str]) -> None:
         outputs = [outputs] if isinstance(outputs, str) else list(outputs)
         for tensor in outputs:
-            if tensor != self.input_name and tensor not in self._producers:
+            if not self._known(tensor):
                 raise ValueError(f"Graph: output tensor {tensor!r} is not produced by any node")
         if not outputs:
             raise ValueError("Graph: at least one output tensor is needed")
         self.output_names = outputs
 
+    def remove_unused_nodes(self) -> list[str]:
+        """Drop the nodes none of the outputs depends on (e.g. a softmax cut off by
+        ``set_outputs``); returns their names."""
+        needed = set(self._outputs())
+        keep = [False] * len(self.nodes)
+        for i in range(len(self.nodes) - 1, -1, -1):
+            node = self.nodes[i]
+            if needed.intersection(node.produced):
+                keep[i] = True
+                needed.update(node.inputs)
+        removed = [node.name for node, kept in zip(self.nodes, keep) if not kept]
+        for name in removed:
+            delattr(self, name)
+        self.nodes = [node for node, kept in zip(self.nodes, keep) if kept]
+        self._producers = {t: i for i, node in enumerate(self.nodes) for t in node.produced}
+        return removed
+
     def _outputs(self) -> list[str]:
         if self.output_names:
             return self.output_names
         if not self.nodes:
-            return [self.input_name]
+            return [self.input_names[0]]
         return [self.nodes[-1].output]
 
     def _last_uses(self, live) -> dict[str, int]:
@@ -148,38 +208,55 @@ class Graph(Module):
         wanted = set(self._outputs())
         live = []
         for node in reversed(self.nodes):
-            if node.output in wanted:
+            if wanted.intersection(node.produced):
                 live.append(node)
                 wanted.update(node.inputs)
         return live[::-1]
 
     # -- forward / backward -------------------------------------------------------------------
-    def forward(self, x):
+    def __call__(self, *xs):
+        return self.forward(*xs)
+
+    def forward(self, *xs):
+        if len(xs) != len(self.input_names):
+            raise ValueError(f"Graph: expects {len(self.input_names)} input(s) {self.input_names}, got {len(xs)}")
+        if self.batch_size is not None and xs and np.ndim(xs[0]) and np.shape(xs[0])[0] != self.batch_size:
+            raise ValueError(f"Graph: this graph runs only at batch size {self.batch_size}"
+                             f"{f' ({self.batch_note})' if self.batch_note else ''}; got a batch of {np.shape(xs[0])[0]}")
         live = set(self._live_nodes())
-        values = {self.input_name: x}
+        values = dict(zip(self.input_names, xs))
         last_use = self._last_uses(live)
         for i, node in enumerate(self.nodes):
             if node not in live:
                 continue
             module = getattr(self, node.name)
             args = [values[t] for t in node.inputs]
-            values[node.output] = module(*args) if len(args) > 1 else module(args[0])
+            result = module(*args) if len(args) > 1 else module(args[0])
+            if node.outputs:
+                if not isinstance(result, tuple) or len(result) != len(node.outputs):
+                    raise ValueError(f"Graph node {node.name!r}: {type(module).__name__} must return "
+                                     f"{len(node.outputs)} arrays for outputs {list(node.outputs)}")
+                values.update(zip(node.outputs, result))
+            else:
+                values[node.output] = result
             for tensor in node.inputs:  # free what no later node reads
                 if last_use.get(tensor) == i:
                     values.pop(tensor, None)
-        self._save((x.shape, x.dtype))
+        self._save([(x.shape, x.dtype) for x in xs])
         outputs = self._outputs()
         return values[outputs[0]] if len(outputs) == 1 else tuple(values[t] for t in outputs)
 
     def _needs_grad(self, input_grad: bool) -> dict[str, bool]:
-        """Whether each tensor's gradient is needed: something trainable (or the input) lies behind it."""
-        needs = {self.input_name: bool(input_grad)}
+        """Whether each tensor's gradient is needed: something trainable (or an input) lies behind it."""
+        needs = {name: bool(input_grad) for name in self.input_names}
         for node in self.nodes:
-            needs[node.output] = _is_trainable(getattr(self, node.name)) or any(needs[t] for t in node.inputs)
+            wanted = _is_trainable(getattr(self, node.name)) or any(needs[t] for t in node.inputs)
+            for tensor in node.produced:
+                needs[tensor] = wanted
         return needs
 
     def backward(self, dy, input_grad: bool = True):
-        input_shape, input_dtype = self._restore()
+        inputs = self._restore()
         outputs = self._outputs()
         if len(outputs) == 1:
             dys = (dy,)
@@ -196,8 +273,13 @@ class Graph(Module):
         needs = self._needs_grad(input_grad)
         for node in reversed(self._live_nodes()):
             module = getattr(self, node.name)
-            g = grads.pop(node.output, None)
-            if g is None or not needs[node.output]:
+            if node.outputs:
+                g = tuple(grads.pop(t, None) for t in node.outputs)
+                flowing = any(part is not None for part in g)
+            else:
+                g = grads.pop(node.output, None)
+                flowing = g is not None
+            if not flowing or not needs[node.output]:
                 continue  # nothing flows here, or nothing behind this node wants a gradient
             want_inputs = any(needs[t] for t in node.inputs)
             result = module.backward(g, input_grad=want_inputs)
@@ -209,22 +291,31 @@ class Graph(Module):
                     _accumulate(grads, tensor, part)
         if not input_grad:
             return None
-        dx = grads.get(self.input_name)
-        if dx is None:  # the outputs do not depend on the input
-            dx = array_module(dys[0]).zeros(input_shape, dtype=input_dtype)
-        return dx
+        xp = array_module(next((g for g in dys if g is not None), np.empty(0)))
+        dxs = []
+        for name, (shape, dtype) in zip(self.input_names, inputs):
+            dx = grads.get(name)
+            dxs.append(xp.zeros(shape, dtype=dtype) if dx is None else dx)  # None: no output depends on it
+        return dxs[0] if len(dxs) == 1 else tuple(dxs)
 
-    def output_shape(self, input_shape):
+    def output_shape(self, *input_shapes):
+        if len(input_shapes) != len(self.input_names):
+            raise ValueError(f"Graph.output_shape: expects {len(self.input_names)} input shape(s) "
+                             f"{self.input_names}, got {len(input_shapes)}")
         # Shapes are passed on as the children return them (cnnkit.summary tags each with the
         # array it stands for); every node is checked, also heads the current outputs skip.
-        shapes = {self.input_name: input_shape}
+        shapes = dict(zip(self.input_names, input_shapes))
         for node in self.nodes:
             module = getattr(self, node.name)
             args = [shapes[t] for t in node.inputs]
             try:
-                shapes[node.output] = module.output_shape(*args)
+                result = module.output_shape(*args)
             except ValueError as exc:
                 raise ValueError(f"Graph node {node.name!r} ({type(module).__name__}): {exc}") from exc
+            if node.outputs:
+                shapes.update(zip(node.outputs, result))
+            else:
+                shapes[node.output] = result
         outputs = self._outputs()
         return shapes[outputs[0]] if len(outputs) == 1 else tuple(shapes[t] for t in outputs)
 
@@ -232,25 +323,30 @@ class Graph(Module):
         outputs = self._outputs()
         if len(outputs) != 1:
             raise NotImplementedError(f"ONNX export: a Graph with several outputs {outputs} is not supported")
+        if len(self.input_names) != 1 or any(node.outputs for node in self._live_nodes()):
+            raise NotImplementedError(f"ONNX export: a Graph with several inputs or multi-output nodes "
+                                      f"({prefix or 'the model'!r}) is not supported")
         names = {self.input_name: x}
         for node in self._live_nodes():
             child = getattr(self, node.name)
             args = [names[t] for t in node.inputs]
             child_prefix = ctx.join(prefix, node.name)
-            if isinstance(child, MultiInputModule):
+            if len(args) > 1:
                 names[node.output] = ctx.export_multi(child, args, child_prefix)
             else:
                 names[node.output] = ctx.export(child, args[0], child_prefix)
         return names[outputs[0]]
 
     def extra_repr(self) -> str:
-        return f"input={self.input_name!r}, outputs={self._outputs()}"
+        inputs = repr(self.input_name) if len(self.input_names) == 1 else repr(self.input_names)
+        return f"input={inputs}, outputs={self._outputs()}"
 
     def __repr__(self) -> str:
         lines = [f"Graph({self.extra_repr()}"]
         for node in self.nodes:
             body = repr(getattr(self, node.name)).replace("\n", "\n  ")
-            lines.append(f"  ({node.name}): {body}  <- {', '.join(node.inputs)}")
+            produced = f" -> {', '.join(node.produced)}" if node.outputs else ""
+            lines.append(f"  ({node.name}): {body}  <- {', '.join(node.inputs)}{produced}")
         return "\n".join(lines) + "\n)"
 
 

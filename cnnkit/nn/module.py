@@ -73,12 +73,17 @@ class Parameter:
     layers skip its gradient and optimizers skip its update.
     """
 
-    __slots__ = ("data", "grad", "requires_grad")
+    __slots__ = ("data", "grad", "requires_grad", "on_grad")
 
     def __init__(self, data, requires_grad: bool = True):
         self.data = data
         self.grad = None
         self.requires_grad = bool(requires_grad)
+        # Called as on_grad(self) after each accumulate_grad. DistributedDataParallel sets it for
+        # the length of one backward: since every layer writes its parameter gradients here,
+        # this is where it learns that a gradient is complete and can start averaging it over
+        # the ranks while the layers below are still running their backward.
+        self.on_grad = None
 
     def accumulate_grad(self, grad) -> None:
         """Add ``grad`` to ``self.grad`` (the only way layers write parameter gradients)."""
@@ -88,6 +93,8 @@ class Parameter:
             self.grad = grad.astype(self.data.dtype, copy=True)
         else:
             self.grad += grad
+        if self.on_grad is not None:
+            self.on_grad(self)
 
     @property
     def shape(self):

@@ -1,10 +1,16 @@
 """Small layers that ONNX graphs need and the classic layer set lacks: reshape, constant-pad, clip,
 element-wise arithmetic with a constant operand, matrix product with a constant, global max pooling,
-subtraction of two tensors.
+subtraction of two tensors, slicing.
 
 They follow the layer contract (forward caches, backward returns the input gradient and accumulates
 parameter gradients), so imported models train. A constant operand that came from an ONNX
 initializer is a trainable ``Parameter``; one from a ``Constant`` node is a buffer.
+
+ONNX operators work on whole tensors, batch axis included (a ``Reshape`` target names it, a
+``Transpose`` may move it). Layers written that way derive from :class:`FullShapeLayer`: they
+answer ``full_output_shape(*full_shapes)``, and their per-sample ``output_shape`` (what
+``summary`` and ``Graph.output_shape`` use) works whenever the layer keeps the batch axis where
+it is.
 """
 from __future__ import annotations
 
@@ -13,31 +19,42 @@ import numpy as np
 from ..backend import array_module
 from ..nn.graph import MultiInputModule, unbroadcast
 from ..nn.module import Module, Parameter
-from ..nn.validation import check_input
+
+# A batch size that no real dimension is likely to equal: per-sample shapes are answered by
+# asking the full-shape rule about a batch of this many and checking the batch axis survives.
+PROBE_BATCH = 7919
 
 
-def _sample_broadcast(layer: str, sample_shape, constant_shape) -> tuple:
-    """One sample's shape after broadcasting with a constant (whose leading axis may be the batch)."""
-    full = (1,) + tuple(sample_shape)
+class FullShapeLayer:
+    """Mixin: ``output_shape`` (one sample) from ``full_output_shape`` (whole tensors)."""
+
+    def full_output_shape(self, *shapes):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def output_shape(self, *samples):
+        out = tuple(self.full_output_shape(*[(PROBE_BATCH,) + tuple(s) for s in samples]))
+        if not out or out[0] != PROBE_BATCH:
+            raise ValueError(f"{type(self).__name__} ({self.extra_repr()}) moves or merges the batch axis; it "
+                             "has no per-sample output shape and runs only at the batch size it was built for")
+        return out[1:]
+
+
+def broadcast_full(layer: str, *shapes) -> tuple:
     try:
-        out = np.broadcast_shapes(full, tuple(constant_shape))
+        return tuple(np.broadcast_shapes(*[tuple(s) for s in shapes]))
     except ValueError:
-        raise ValueError(f"{layer}: input shape (N, {', '.join(map(str, sample_shape))}) does not broadcast "
-                         f"with the constant of shape {tuple(constant_shape)}") from None
-    if len(out) != len(full) or out[0] != 1:
-        raise ValueError(f"{layer}: the constant of shape {tuple(constant_shape)} would change the batch axis")
-    return tuple(out[1:])
+        raise ValueError(f"{layer}: shapes {[tuple(s) for s in shapes]} do not broadcast together") from None
 
 
-class _WithConstant(Module):
+class _WithConstant(FullShapeLayer, Module):
     """Holds ``constant`` (a Parameter when trainable, else a buffer) under ``attr``."""
 
     attr = "constant"
 
     def __init__(self, value, trainable: bool = True):
         super().__init__()
-        value = np.asarray(value)
-        if trainable:
+        value = np.array(value, copy=True)  # our own, writable copy: an optimizer updates it in place
+        if trainable and np.issubdtype(value.dtype, np.floating):
             setattr(self, self.attr, Parameter(value))
         else:
             self.register_buffer(self.attr, value)
@@ -48,10 +65,14 @@ class _WithConstant(Module):
 
     def _param(self):
         value = getattr(self, self.attr)
-        return value if isinstance(value, Parameter) else None
+        return value if isinstance(value, Parameter) and value.requires_grad else None
 
-    def output_shape(self, input_shape):
-        return _sample_broadcast(type(self).__name__, input_shape, self._value().shape)
+    def _cast(self, x):
+        value = self._value()
+        return value.astype(x.dtype, copy=False) if np.issubdtype(x.dtype, np.floating) else value
+
+    def full_output_shape(self, shape):
+        return broadcast_full(type(self).__name__, shape, self._value().shape)
 
     def extra_repr(self) -> str:
         return f"shape={tuple(self._value().shape)}"
@@ -61,20 +82,19 @@ class AddConstant(_WithConstant):
     """``y = x + bias`` with a broadcast constant (ONNX ``Add``/``Sub`` with one constant operand).
 
     Shape:
-        input (N, *) -> output (N, *) broadcast with ``bias``
+        input (N, *) -> output: input broadcast with ``bias``
     """
 
     attr = "bias"
 
     def forward(self, x):
-        check_input(x, "AddConstant", x.ndim)
         self._save(x.shape)
-        return x + self._value().astype(x.dtype, copy=False)
+        return x + self._cast(x)
 
     def backward(self, dy, input_grad: bool = True):
         shape = self._restore()
         param = self._param()
-        if param is not None and param.requires_grad:
+        if param is not None:
             param.accumulate_grad(unbroadcast(dy, param.shape))
         return unbroadcast(dy, shape) if input_grad else None
 
@@ -83,22 +103,57 @@ class MulConstant(_WithConstant):
     """``y = x * weight`` with a broadcast constant (ONNX ``Mul``/``Div`` with one constant operand).
 
     Shape:
-        input (N, *) -> output (N, *) broadcast with ``weight``
+        input (N, *) -> output: input broadcast with ``weight``
     """
 
     attr = "weight"
 
     def forward(self, x):
-        check_input(x, "MulConstant", x.ndim)
         self._save(x)
-        return x * self._value().astype(x.dtype, copy=False)
+        return x * self._cast(x)
 
     def backward(self, dy, input_grad: bool = True):
         x = self._restore()
         param = self._param()
-        if param is not None and param.requires_grad:
+        if param is not None:
             param.accumulate_grad(unbroadcast(dy * x, param.shape))
-        return unbroadcast(dy * self._value().astype(dy.dtype, copy=False), x.shape) if input_grad else None
+        return unbroadcast(dy * self._cast(dy), x.shape) if input_grad else None
+
+
+def matmul_shape(layer: str, a, b) -> tuple:
+    """NumPy's ``matmul`` shape rule (1-D operands promoted, leading axes broadcast)."""
+    a, b = tuple(a), tuple(b)
+    if not a or not b:
+        raise ValueError(f"{layer}: matmul needs operands of rank >= 1, got {a} and {b}")
+    a2 = (1,) + a if len(a) == 1 else a
+    b2 = b + (1,) if len(b) == 1 else b
+    if a2[-1] != b2[-2]:
+        raise ValueError(f"{layer}: shapes {a} @ {b} do not match ({a2[-1]} != {b2[-2]})")
+    lead = broadcast_full(layer, a2[:-2], b2[:-2])
+    out = lead + (a2[-2], b2[-1])
+    if len(a) == 1:
+        out = out[:-2] + out[-1:]
+    if len(b) == 1:
+        out = out[:-1]
+    return out
+
+
+def matmul_grads(a, b, dy, need_a: bool, need_b: bool):
+    """Gradients of ``y = a @ b`` (NumPy semantics, any ranks) w.r.t. ``a`` and ``b``."""
+    xp = array_module(dy)
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    dy2 = dy
+    if a.ndim == 1:
+        dy2 = xp.expand_dims(dy2, -2)
+    if b.ndim == 1:
+        dy2 = xp.expand_dims(dy2, -1)
+    da = db = None
+    if need_a:
+        da = unbroadcast(xp.matmul(dy2, xp.swapaxes(b2, -1, -2)), a2.shape).reshape(a.shape)
+    if need_b:
+        db = unbroadcast(xp.matmul(xp.swapaxes(a2, -1, -2), dy2), b2.shape).reshape(b.shape)
+    return da, db
 
 
 class MatMulConstant(_WithConstant):
@@ -113,52 +168,36 @@ class MatMulConstant(_WithConstant):
 
     def __init__(self, value, trainable: bool = True, constant_on_left: bool = False):
         super().__init__(value, trainable)
-        if np.ndim(value) != 2:
-            raise ValueError(f"MatMulConstant: the constant must be 2-D, got shape {np.shape(value)}")
+        if np.ndim(value) < 1:
+            raise ValueError(f"MatMulConstant: the constant must have rank >= 1, got shape {np.shape(value)}")
         self.constant_on_left = bool(constant_on_left)
 
     def forward(self, x):
-        check_input(x, "MatMulConstant", x.ndim)
-        w = self._value().astype(x.dtype, copy=False)
+        w = self._cast(x)
         self._save(x)
-        return w @ x if self.constant_on_left else x @ w
+        return array_module(x).matmul(w, x) if self.constant_on_left else array_module(x).matmul(x, w)
 
     def backward(self, dy, input_grad: bool = True):
         x = self._restore()
-        w = self._value().astype(dy.dtype, copy=False)
+        w = self._cast(dy)
         param = self._param()
-        xp = array_module(dy)
-        if param is not None and param.requires_grad:
-            # dW = sum over every leading (batch) axis of x^T dy (or dy x^T on the left)
-            if self.constant_on_left:
-                g = xp.matmul(dy, xp.swapaxes(x, -1, -2))
-            else:
-                g = xp.matmul(xp.swapaxes(x, -1, -2), dy)
-            param.accumulate_grad(g.reshape(-1, *w.shape).sum(axis=0))
-        if not input_grad:
-            return None
-        return w.T @ dy if self.constant_on_left else dy @ w.T
-
-    def output_shape(self, input_shape):
-        shape = tuple(input_shape)
-        w = self._value().shape
-        if len(shape) == 1:  # (N, K): the sample is a row vector
-            if self.constant_on_left or shape[0] != w[0]:
-                raise ValueError(f"MatMulConstant: cannot multiply (N, {shape[0]}) by the constant {tuple(w)}")
-            return (w[1],)
         if self.constant_on_left:
-            if shape[-2] != w[1]:
-                raise ValueError(f"MatMulConstant: constant {tuple(w)} @ input (N, {shape}) do not match")
-            return shape[:-2] + (w[0], shape[-1])
-        if shape[-1] != w[0]:
-            raise ValueError(f"MatMulConstant: input (N, {shape}) @ constant {tuple(w)} do not match")
-        return shape[:-1] + (w[1],)
+            dw, dx = matmul_grads(w, x, dy, param is not None, input_grad)
+        else:
+            dx, dw = matmul_grads(x, w, dy, input_grad, param is not None)
+        if param is not None:
+            param.accumulate_grad(dw)
+        return dx if input_grad else None
+
+    def full_output_shape(self, shape):
+        w = self._value().shape
+        return matmul_shape("MatMulConstant", w, shape) if self.constant_on_left else matmul_shape("MatMulConstant", shape, w)
 
     def extra_repr(self) -> str:
         return f"shape={tuple(self._value().shape)}, constant_on_left={self.constant_on_left}"
 
 
-class Sub(MultiInputModule):
+class Sub(FullShapeLayer, MultiInputModule):
     """``y = a - b`` with broadcasting (ONNX ``Sub`` of two tensors).
 
     Shape:
@@ -173,13 +212,31 @@ class Sub(MultiInputModule):
         sa, sb = self._restore()
         return (unbroadcast(dy, sa), -unbroadcast(dy, sb)) if input_grad else None
 
-    def output_shape(self, a, b):
-        return tuple(np.broadcast_shapes(tuple(a), tuple(b)))
+    def full_output_shape(self, a, b):
+        return broadcast_full("Sub", a, b)
 
 
-class Reshape(Module):
-    """Reshape each batch to ``shape`` (ONNX ``Reshape``): ``0`` copies the input's size on that
-    axis (unless ``allowzero``), ``-1`` is inferred. ``shape`` includes the batch axis.
+def resolve_reshape(layer: str, input_shape, target, allowzero: bool) -> tuple:
+    """ONNX's ``Reshape`` target for ``input_shape``: ``0`` copies the input's size on that axis
+    (unless ``allowzero``), one ``-1`` is inferred."""
+    input_shape = tuple(int(s) for s in input_shape)
+    target = tuple(input_shape[i] if s == 0 and not allowzero and i < len(input_shape) else int(s)
+                   for i, s in enumerate(target))
+    size = int(np.prod(input_shape, dtype=np.int64))
+    if -1 in target:
+        known = int(np.prod([s for s in target if s != -1], dtype=np.int64))
+        if known == 0 or size % known:
+            raise ValueError(f"{layer}: cannot reshape {input_shape} ({size} values) to {target}")
+        target = tuple(size // known if s == -1 else s for s in target)
+    if int(np.prod(target, dtype=np.int64)) != size:
+        raise ValueError(f"{layer}: cannot reshape {input_shape} ({size} values) to {target}")
+    return target
+
+
+class Reshape(FullShapeLayer, Module):
+    """Reshape to ``shape`` (ONNX ``Reshape``): ``0`` copies the input's size on that axis (unless
+    ``allowzero``), ``-1`` is inferred. ``shape`` includes the batch axis; a leading ``0`` keeps
+    it, so ``Reshape((0, -1))`` flattens each sample at any batch size.
 
     Shape:
         input (N, *) -> output ``shape`` with 0 and -1 resolved
@@ -190,45 +247,28 @@ class Reshape(Module):
         shape = tuple(int(s) for s in np.asarray(shape).reshape(-1))
         if sum(s == -1 for s in shape) > 1 or any(s < -1 for s in shape):
             raise ValueError(f"Reshape: shape may hold at most one -1 and no other negative value, got {shape}")
+        if allowzero and 0 in shape and -1 in shape:
+            raise ValueError(f"Reshape: with allowzero, shape {shape} cannot hold both 0 and -1")
         self.shape = shape
         self.allowzero = bool(allowzero)
 
-    def _target(self, input_shape) -> tuple:
-        if self.allowzero:
-            return self.shape
-        return tuple(input_shape[i] if s == 0 and i < len(input_shape) else s for i, s in enumerate(self.shape))
-
     def forward(self, x):
-        target = self._target(x.shape)
-        try:
-            y = x.reshape(target)
-        except ValueError:
-            raise ValueError(f"Reshape: cannot reshape an input of shape {tuple(x.shape)} to {self.shape}") from None
+        target = resolve_reshape("Reshape", x.shape, self.shape, self.allowzero)
         self._save(x.shape)
-        return y
+        return x.reshape(target)
 
     def backward(self, dy, input_grad: bool = True):
         shape = self._restore()
         return dy.reshape(shape) if input_grad else None
 
-    def output_shape(self, input_shape):
-        full = (2,) + tuple(input_shape)  # a batch of 2 tells a real batch axis from a folded one
-        target = self._target(full)
-        size = int(np.prod(full))
-        known = int(np.prod([s for s in target if s != -1]))
-        if -1 in target:
-            if known == 0 or size % known:
-                raise ValueError(f"Reshape: cannot reshape (N, {tuple(input_shape)}) to {self.shape}")
-            target = tuple(size // known if s == -1 else s for s in target)
-        if int(np.prod(target)) != size or target[0] != 2:
-            raise ValueError(f"Reshape: {self.shape} does not keep the batch axis of (N, {tuple(input_shape)})")
-        return target[1:]
+    def full_output_shape(self, shape):
+        return resolve_reshape("Reshape", shape, self.shape, self.allowzero)
 
     def extra_repr(self) -> str:
-        return f"shape={self.shape}"
+        return f"shape={self.shape}" + (", allowzero=True" if self.allowzero else "")
 
 
-class ConstantPad(Module):
+class ConstantPad(FullShapeLayer, Module):
     """Pad with a constant (ONNX ``Pad``, mode ``constant``); ``pads`` as ONNX orders them:
     ``(x1_begin, x2_begin, ..., x1_end, x2_end, ...)`` over every axis including the batch.
 
@@ -253,7 +293,10 @@ class ConstantPad(Module):
     def forward(self, x):
         widths = self._widths(x.ndim)
         self._save(widths)
-        return array_module(x).pad(x, widths, mode="constant", constant_values=self.value)
+        value = self.value
+        if np.issubdtype(x.dtype, np.integer) and np.isinf(value):  # max pooling of integers pads with the minimum
+            value = np.iinfo(x.dtype).min if value < 0 else np.iinfo(x.dtype).max
+        return array_module(x).pad(x, widths, mode="constant", constant_values=value)
 
     def backward(self, dy, input_grad: bool = True):
         widths = self._restore()
@@ -261,11 +304,8 @@ class ConstantPad(Module):
             return None
         return dy[tuple(slice(b, dy.shape[i] - e) for i, (b, e) in enumerate(widths))]
 
-    def output_shape(self, input_shape):
-        widths = self._widths(len(input_shape) + 1)
-        if widths[0] != (0, 0):
-            raise ValueError(f"ConstantPad: pads {self.pads} pad the batch axis; no per-sample shape")
-        return tuple(s + b + e for s, (b, e) in zip(input_shape, widths[1:]))
+    def full_output_shape(self, shape):
+        return tuple(s + b + e for s, (b, e) in zip(shape, self._widths(len(shape))))
 
     def extra_repr(self) -> str:
         return f"pads={self.pads}, value={self.value}"
@@ -273,7 +313,7 @@ class ConstantPad(Module):
 
 class Clip(Module):
     """``y = min(max(x, min), max)`` (ONNX ``Clip``; ReLU6 is ``Clip(0, 6)``); the gradient passes
-    where ``min <= x <= max``, as in PyTorch's ``clamp``.
+    where ``min <= x <= max``, as in PyTorch's ``clamp``. Integer tensors are clipped too.
 
     Shape:
         input (N, *) -> output (N, *), same shape
@@ -285,11 +325,12 @@ class Clip(Module):
         self.max = None if max is None else float(max)
 
     def forward(self, x):
-        check_input(x, "Clip", x.ndim)
         xp = array_module(x)
         lo = -np.inf if self.min is None else self.min
         hi = np.inf if self.max is None else self.max
         self._save((x >= lo) & (x <= hi))
+        if not np.issubdtype(x.dtype, np.floating):
+            return xp.clip(x, max(lo, np.iinfo(x.dtype).min), min(hi, np.iinfo(x.dtype).max)).astype(x.dtype)
         return xp.clip(x, lo, hi).astype(x.dtype, copy=False)
 
     def backward(self, dy, input_grad: bool = True):
@@ -305,35 +346,36 @@ class GlobalMaxPool(Module):
     backward routes each gradient to the first maximum.
 
     Shape:
-        input (N, C, H, W) -> output (N, C, 1, 1)
+        input (N, C, *spatial) -> output (N, C, 1, ..., 1)
     """
 
     def forward(self, x):
-        check_input(x, "GlobalMaxPool", 4)
-        n, c, h, w = x.shape
-        flat = x.reshape(n, c, h * w)
+        if x.ndim < 3:
+            raise ValueError(f"GlobalMaxPool expects (N, C, *spatial), got shape {tuple(x.shape)}")
+        n, c = x.shape[:2]
+        flat = x.reshape(n, c, -1)
         index = flat.argmax(axis=2)
         self._save((x.shape, index))
-        return array_module(x).take_along_axis(flat, index[..., None], axis=2).reshape(n, c, 1, 1)
+        return array_module(x).take_along_axis(flat, index[..., None], axis=2).reshape((n, c) + (1,) * (x.ndim - 2))
 
     def backward(self, dy, input_grad: bool = True):
         shape, index = self._restore()
         if not input_grad:
             return None
-        n, c, h, w = shape
-        dx = array_module(dy).zeros((n, c, h * w), dtype=dy.dtype)
+        n, c = shape[:2]
+        dx = array_module(dy).zeros((n, c, int(np.prod(shape[2:]))), dtype=dy.dtype)
         array_module(dy).put_along_axis(dx, index[..., None], dy.reshape(n, c, 1), axis=2)
         return dx.reshape(shape)
 
     def output_shape(self, input_shape):
-        if len(input_shape) != 3:
-            raise ValueError(f"GlobalMaxPool expects one sample (C, H, W), got {tuple(input_shape)}")
-        return (input_shape[0], 1, 1)
+        if len(input_shape) < 2:
+            raise ValueError(f"GlobalMaxPool expects one sample (C, *spatial), got {tuple(input_shape)}")
+        return (input_shape[0],) + (1,) * (len(input_shape) - 1)
 
 
-class Slice(Module):
+class Slice(FullShapeLayer, Module):
     """``y = x[starts:ends:steps]`` along ``axes`` (ONNX ``Slice`` of a computed tensor; axes count
-    the batch axis, which must not be sliced); backward scatters ``dy`` into zeros.
+    the batch axis); backward scatters ``dy`` into zeros.
 
     Shape:
         along each axis a: len(range(starts, ends, steps)) clipped to the input size
@@ -343,15 +385,22 @@ class Slice(Module):
         super().__init__()
         self.starts, self.ends = [int(s) for s in starts], [int(e) for e in ends]
         self.axes, self.steps = [int(a) for a in axes], [int(s) for s in steps]
+        if not len(self.starts) == len(self.ends) == len(self.axes) == len(self.steps):
+            raise ValueError(f"Slice: starts, ends, axes and steps differ in length: {self.starts}, {self.ends}, "
+                             f"{self.axes}, {self.steps}")
         if any(s == 0 for s in self.steps):
             raise ValueError(f"Slice: steps must be non-zero, got {self.steps}")
 
     def _index(self, ndim: int):
         index = [slice(None)] * ndim
+        seen = set()
         for a, s, e, st in zip(self.axes, self.starts, self.ends, self.steps):
+            if not -ndim <= a < ndim:
+                raise ValueError(f"Slice: axis {a} is out of range for a {ndim}-D input")
             a = a + ndim if a < 0 else a
-            if a == 0:
-                raise ValueError("Slice: slicing the batch axis is not supported")
+            if a in seen:
+                raise ValueError(f"Slice: axis {a} is given twice in {self.axes}")
+            seen.add(a)
             index[a] = slice(s, e, st)
         return tuple(index)
 
@@ -368,8 +417,9 @@ class Slice(Module):
         dx[index] = dy
         return dx
 
-    def output_shape(self, input_shape):
-        return np.empty((1,) + tuple(input_shape), dtype=np.bool_)[self._index(len(input_shape) + 1)].shape[1:]
+    def full_output_shape(self, shape):
+        index = self._index(len(shape))
+        return tuple(len(range(*i.indices(s))) for i, s in zip(index, shape))
 
     def extra_repr(self) -> str:
         return f"starts={self.starts}, ends={self.ends}, axes={self.axes}, steps={self.steps}"

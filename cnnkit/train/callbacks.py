@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from .trainer import hold_interrupts
+from .interrupts import hold_interrupts
 
 # What interrupted writes leave: ``.NAME.<12 hex>.tmp`` (cnnkit.io's atomic writes of checkpoints)
 # and ``NAME.tmp`` (the history files below, diagnostics.json).
@@ -40,9 +40,19 @@ def remove_stale_temporaries(folder) -> list[Path]:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda f: f.write(text))
+
+
+def _atomic_write(path: Path, write) -> None:
+    """``write(file)`` into a temporary file moved onto ``path``; removed if interrupted (Ctrl-C)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class HistoryWriter:
@@ -83,12 +93,13 @@ class HistoryWriter:
             lines = [",".join(self.STEP_COLUMNS)] + ["%d,%d,%.6g,%.6g" % s for s in self.steps]
             _atomic_write_text(self.out_dir / "steps.csv", "\n".join(lines) + "\n")
         columns = list(dict.fromkeys(k for row in rows for k in row))
-        tmp = self.out_dir / "history.csv.tmp"
-        with open(tmp, "w", newline="") as f:
+
+        def write_csv(f):
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.out_dir / "history.csv")
+
+        _atomic_write(self.out_dir / "history.csv", write_csv)
 
 
 class Checkpoint:

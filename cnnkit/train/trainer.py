@@ -6,47 +6,27 @@ driven by validation accuracy), and hands each epoch's figures to the callbacks 
 best/last checkpoints, early stopping). ``Trainer.save`` writes everything a resumed run needs —
 weights, optimizer and scheduler state, epoch, history and every random-number generator — so
 ``resume`` continues bit for bit where an uninterrupted run would be.
+
+Under ``mpiexec -n N`` with a ``DistributedDataParallel`` model each rank trains on its shard
+(a ``DistributedSampler`` in the loader; the trainer sets its epoch), the epoch's loss and
+accuracy figures are summed over the ranks before anyone sees them (so every rank makes the same
+schedule, checkpoint and early-stopping decisions), and only rank 0 prints and writes files.
 """
 from __future__ import annotations
 
 import math
-import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from .. import distributed
 from ..nn.module import no_grad
+from ..nn.parallel import DistributedDataParallel
 from ..optim.lr_scheduler import ReduceLROnPlateau
+from .interrupts import hold_interrupts
 from .metrics import softmax, topk_correct
-
-
-@contextmanager
-def hold_interrupts():
-    """Hold Ctrl-C (SIGINT) until the block has finished, then deliver it.
-
-    A checkpoint write interrupted half-way would lose the checkpoint; under this, the write
-    completes and the ``KeyboardInterrupt`` comes right after. Blocks may nest (the outermost
-    delivers). Outside the main thread, where Python cannot install signal handlers, it does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-    try:
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    except (ValueError, OSError):  # no signals here (e.g. an embedded interpreter)
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received and callable(previous):
-        previous(signal.SIGINT, None)  # default_int_handler raises KeyboardInterrupt; an outer hold records it
 
 
 def _generator_modules(model):
@@ -91,7 +71,10 @@ class Trainer:
             rate stays where the schedule ended, so a run continued past its planned end neither
             sends a cosine back up nor steps ``OneCycleLR`` past its last step. None: no limit.
         out: where messages go (default: ``sys.stdout`` at the time of printing); ``None``
-            silences them.
+            silences them. Only rank 0 of a distributed run prints.
+
+    ``model`` may be a ``DistributedDataParallel``: training steps then run through it, while
+    ``trainer.model`` is the wrapped network (what evaluation, callbacks and checkpoints use).
     """
 
     def __init__(self, model, optimizer, loss=None, scheduler=None, callbacks=(), progress: bool = True,
@@ -99,7 +82,8 @@ class Trainer:
         from ..nn.loss import CrossEntropyLoss
         from ..optim.lr_scheduler import OneCycleLR
 
-        self.model = model
+        self.parallel_model = model if isinstance(model, DistributedDataParallel) else None
+        self.model = model.module if self.parallel_model is not None else model
         self.optimizer = optimizer
         self.loss = loss if loss is not None else CrossEntropyLoss()
         self.scheduler = scheduler
@@ -124,11 +108,21 @@ class Trainer:
 
     # -- messages -----------------------------------------------------------------------------
     def log(self, message: str) -> None:
-        if self.out is not None:
+        if self.out is not None and self.rank == 0:
             print(message, file=self._stream(), flush=True)
 
     def _stream(self):
         return sys.stdout if self.out == "stdout" else self.out
+
+    @property
+    def rank(self) -> int:
+        """This process's rank in a distributed run (0 otherwise): rank 0 prints and writes files."""
+        return distributed.rank_or_zero()
+
+    @property
+    def world_size(self) -> int:
+        """The number of ranks training together (1 without MPI)."""
+        return distributed.world_size_or_one()
 
     @property
     def lr(self) -> float:
@@ -144,16 +138,18 @@ class Trainer:
         """
         step = self.global_step + 1
         self._step_callbacks("on_step_begin", step)
-        logits = self.model(x)
+        net = self.parallel_model or self.model
+        logits = net(x)
         loss = float(self.loss(logits, y))
         if not math.isfinite(loss):
+            where = f" on rank {self.rank} of {self.world_size}" if self.world_size > 1 else ""
             raise FloatingPointError(
-                f"training stopped: the loss became {loss} at epoch {self.epoch + 1}, step "
+                f"training stopped: the loss became {loss}{where} at epoch {self.epoch + 1}, step "
                 f"{self.global_step + 1} with learning rate {self.lr:g}; lower the learning rate "
                 "or check the input normalisation"
             )
         self.optimizer.zero_grad()
-        self.model.backward(self.loss.backward(), input_grad=False)
+        net.backward(self.loss.backward(), input_grad=False)  # DDP: gradients averaged over ranks
         self.optimizer.step()
         self.global_step += 1
         self.step_loss = loss  # for on_step_end callbacks (HistoryWriter's per-step loss)
@@ -178,8 +174,16 @@ class Trainer:
             if method is not None:
                 method(self, step)
 
+    def _sum_over_ranks(self, *values) -> list[float]:
+        """``values`` summed over the ranks (as they are in a single process)."""
+        if self.world_size == 1:
+            return list(values)
+        total = np.array(values, dtype=np.float64)
+        distributed.all_reduce(total)
+        return total.tolist()
+
     def _progress_bar(self, total: int, description: str):
-        if not self.progress or self.out is None:
+        if not self.progress or self.out is None or self.rank != 0:
             return None
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -195,6 +199,9 @@ class Trainer:
 
     def train_epoch(self, loader) -> dict:
         self.model.train()
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):  # DistributedSampler: this epoch's shuffle
+            sampler.set_epoch(self.epoch)
         total_loss, correct, seen = 0.0, 0, 0
         start = time.perf_counter()
         bar = self._progress_bar(len(loader), f"epoch {self.epoch + 1}")
@@ -214,11 +221,15 @@ class Trainer:
             if bar:
                 bar.stop()
         elapsed = time.perf_counter() - start
+        total_loss, correct, seen = self._sum_over_ranks(total_loss, correct, seen)
         return {"train_loss": total_loss / max(seen, 1), "train_top1": correct / max(seen, 1),
                 "images_per_s": seen / max(elapsed, 1e-9), "epoch_time_s": elapsed}
 
     def evaluate(self, loader, topk: tuple[int, ...] = (1, 5)) -> dict:
-        """Loss and top-k accuracy on ``loader`` in eval mode, caching nothing."""
+        """Loss and top-k accuracy on ``loader`` in eval mode, caching nothing.
+
+        In a distributed run every rank calls it on its shard and gets the figures of the union.
+        """
         was_training = self.model.training
         self.model.eval()
         total_loss, seen = 0.0, 0
@@ -231,6 +242,8 @@ class Trainer:
                 for k in topk:
                     correct[k] += topk_correct(logits, y, k)
         self.model.train(was_training)
+        total_loss, seen, *counts = self._sum_over_ranks(total_loss, seen, *(correct[k] for k in topk))
+        correct = dict(zip(topk, counts))
         result = {"loss": total_loss / max(seen, 1)}
         result.update({f"top{k}": correct[k] / max(seen, 1) for k in topk})
         return result
@@ -282,8 +295,13 @@ class Trainer:
         return " | ".join(parts)
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def training_state(self) -> dict:
-        """Everything besides the weights that a resumed run needs to continue identically."""
+    def training_state(self, all_ranks: bool = True) -> dict:
+        """Everything besides the weights that a resumed run needs to continue identically.
+
+        In a distributed run the random generators differ per rank; with ``all_ranks`` (a
+        collective: every rank must call it) they are gathered under ``"rank_rngs"``, so a
+        resume on the same number of ranks continues each rank's streams.
+        """
         state = {
             "epoch": self.epoch,
             "global_step": self.global_step,
@@ -295,16 +313,29 @@ class Trainer:
             "module_rngs": {name: m.generator.bit_generator.state for name, m in _generator_modules(self.model)},
             "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks if hasattr(cb, "state_dict")},
         }
+        if self.world_size > 1 and all_ranks:
+            rngs = [None] * self.world_size
+            distributed.all_gather_object(rngs, self._rank_rngs())
+            state["rank_rngs"] = rngs
         return state
 
-    def save(self, path) -> Path:
-        """Write weights and the full training state atomically to ``path`` (a Ctrl-C during the
-        write takes effect once the file is complete)."""
+    def _rank_rngs(self) -> dict:
+        return {"train_loader": _rng_state(self.train_loader),
+                "modules": {name: m.generator.bit_generator.state for name, m in _generator_modules(self.model)}}
+
+    def save(self, path, all_ranks: bool = True) -> Path:
+        """Write weights and the full training state atomically to ``path``.
+
+        In a distributed run every rank calls it (``all_ranks``: the ranks' random states are
+        gathered) and rank 0 writes; with ``all_ranks=False`` rank 0 alone saves its own.
+        """
         from .. import io
 
         path = Path(path)
-        with hold_interrupts():  # Ctrl-C now would lose the file: finish it, then stop
-            io.save(self.model, path, training_state=self.training_state())
+        with hold_interrupts():  # Ctrl-C now would lose the file (or leave a collective): finish, then stop
+            state = self.training_state(all_ranks)
+            if self.rank == 0:
+                io.save(self.model, path, training_state=state)
         return path
 
     def resume(self, path, train_loader=None) -> "Trainer":
@@ -325,9 +356,15 @@ class Trainer:
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         loader = train_loader if train_loader is not None else self.train_loader
-        _set_rng_state(loader, state.get("train_loader_rng"))
+        loader_rng, module_rngs = state.get("train_loader_rng"), state.get("module_rngs")
+        per_rank = state.get("rank_rngs")
+        if per_rank and len(per_rank) == self.world_size:  # same number of ranks: each its own streams
+            loader_rng, module_rngs = per_rank[self.rank]["train_loader"], per_rank[self.rank]["modules"]
+        elif self.rank > 0:  # a different number of ranks: keep this rank's own seeded streams
+            loader_rng, module_rngs = None, None
+        _set_rng_state(loader, loader_rng)
         modules = dict(_generator_modules(self.model))
-        for name, rng_state in (state.get("module_rngs") or {}).items():
+        for name, rng_state in (module_rngs or {}).items():
             if name in modules:
                 modules[name].generator.bit_generator.state = rng_state
         for cb in self.callbacks:
