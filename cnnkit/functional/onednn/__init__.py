@@ -21,20 +21,7 @@ for float32 arrays).
 """
 from __future__ import annotations
 
-from .library import OnednnError, OnednnUnavailable, status
-
-
-def unavailable_reason() -> str | None:
-    """Why oneDNN cannot be used in this process (None when it can); loads it on first call."""
-    from . import library
-
-    if library.is_loaded():  # the common case, asked by every kernel's decline: no work
-        return None
-    ok, message = status()
-    return None if ok else message
-
-
-from . import kernels  # noqa: E402  (registers the kernels; needs unavailable_reason above)
+from .library import OnednnError, OnednnUnavailable, status, unavailable_reason
 
 
 def available() -> bool:

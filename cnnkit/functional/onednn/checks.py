@@ -14,7 +14,7 @@ from .layout import is_channels_last
 
 def unavailable() -> str | None:
     """Why the library cannot be used here (None when it can); loads it on the first call."""
-    from . import unavailable_reason
+    from .library import unavailable_reason
 
     return unavailable_reason()
 

@@ -20,7 +20,7 @@ NAME = "onednn"
 
 
 def _probe():
-    from . import unavailable_reason
+    from .library import unavailable_reason
 
     return unavailable_reason()
 

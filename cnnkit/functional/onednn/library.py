@@ -290,3 +290,11 @@ def status() -> tuple[bool, str]:
 def is_loaded() -> bool:
     """Whether the library has been loaded in this process (without loading it)."""
     return _library is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why oneDNN cannot be used in this process (None when it can); loads it on first call."""
+    if _library is not None:  # the common case, asked by every kernel's decline: no work
+        return None
+    ok, message = status()
+    return None if ok else message
