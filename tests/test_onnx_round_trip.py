@@ -111,20 +111,11 @@ def test_operator_case_exports_back(table, case, rng):
                         what=case)
 
 
-# Found by the test below, in exporters of cnnkit/nn layers (not the importer's): before opset 13
-# ONNX's (Log)Softmax flattens everything from `axis` on, so nn.Softmax(dim=1) of a 4-D tensor
-# exports wrong; before opset 11 Gemm needs its C input, which nn.Linear(bias=False) omits.
-NN_EXPORTER_BUGS = {(9, "log_softmax_opset13_and_11"), (9, "dropout_and_softmax_opset13"), (9, "gemm_transB_matmul"),
-                    (11, "log_softmax_opset13_and_11"), (11, "dropout_and_softmax_opset13")}
-
-
 @pytest.mark.parametrize("opset", [9, 11])
 @pytest.mark.parametrize("table, case", ALL_CASES)
-def test_operator_case_exports_back_at_older_opsets(opset, table, case, rng, request):
+def test_operator_case_exports_back_at_older_opsets(opset, table, case, rng):
     """The attribute forms of older opsets (Squeeze/Reduce axes, Clip bounds, Pad, Split, Slice),
     or a refusal that names the opset an operator needs."""
-    if (opset, case) in NN_EXPORTER_BUGS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="an nn layer's exporter, see NN_EXPORTER_BUGS"))
     model, feeds = _op_case(OP_CASES if table == "ops" else IMPORT_CASES, case, rng)
     g = conx.load(model).eval()
     try:
