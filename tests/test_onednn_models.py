@@ -152,11 +152,21 @@ def test_import_cnnkit_loads_no_library():
     assert out.stdout.strip() == "False"
 
 
+_RUN_LENET = ("import numpy as np, cnnkit; from cnnkit import backend, models; "
+              "m = models.create('lenet5', seed=0); m(np.zeros((2, 1, 28, 28), np.float32)); "
+              "print(backend.active_backend()[0], "
+              "{x.last_algorithm for x in m.modules() if getattr(x, 'last_algorithm', None)})")
+
+
+def test_import_cnnkit_alone_registers_the_backend():
+    """A fresh process that imports only cnnkit runs oneDNN (the other tests share a process
+    whose imports could hide a missing registration)."""
+    out = subprocess.run([sys.executable, "-c", _RUN_LENET], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("onednn") and "'onednn'" in out.stdout, out.stdout
+
+
 def test_missing_library_means_numpy_everywhere(tmp_path):
-    code = ("import numpy as np, cnnkit; from cnnkit import backend, models; "
-            "m = models.create('lenet5', seed=0); m(np.zeros((2, 1, 28, 28), np.float32)); "
-            "print(backend.active_backend()[0], "
-            "{x.last_algorithm for x in m.modules() if getattr(x, 'last_algorithm', None)})")
     env = {"CNNKIT_ONEDNN_LIBRARY": str(tmp_path / "libdnnl.so.3.2"), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    out = subprocess.run([sys.executable, "-c", _RUN_LENET], capture_output=True, text=True, check=True,
+                         env=env)
     assert out.stdout.startswith("numpy") and "onednn" not in out.stdout

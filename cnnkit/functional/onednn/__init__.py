@@ -22,6 +22,7 @@ for float32 arrays).
 from __future__ import annotations
 
 from .library import OnednnError, OnednnUnavailable, status, unavailable_reason
+from . import kernels  # noqa: F401  (registers the oneDNN kernels with the op registry)
 
 
 def available() -> bool:
