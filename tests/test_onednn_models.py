@@ -14,6 +14,7 @@ from cnnkit.functional.workspace import clear_scratch
 from cnnkit.nn.loss import CrossEntropyLoss
 from cnnkit.optim import SGD, Adam
 from cnnkit.summary import summary
+from memory_helpers import measured_step_peak
 from onednn_helpers import assert_close, requires_onednn
 
 pytestmark = requires_onednn
@@ -89,41 +90,21 @@ def test_fused_inference_matches_the_unfused_model(name):
     assert fused and all(m.last_algorithm == "onednn" for m in fused)  # the ReLU as a oneDNN post-op
 
 
-def _measured_peak(model, shape, batch, optimizer_cls, **opt_kwargs) -> int:
-    """tracemalloc's peak during the second training step (optimizer state exists by then)."""
-    opt = optimizer_cls(model.parameters(), **opt_kwargs)
-    lossf = CrossEntropyLoss()
-    rng = np.random.default_rng(0)
-
-    def step():
-        x = rng.standard_normal((batch,) + shape).astype(np.float32)
-        labels = rng.integers(0, 10, batch)
-        opt.zero_grad()
-        lossf(model(x), labels)
-        model.backward(lossf.backward(), input_grad=False)
-        opt.step()
-
-    step()
-    tracemalloc.reset_peak()
-    step()
-    return tracemalloc.get_traced_memory()[1]
-
-
 @pytest.mark.parametrize("name, batch, optimizer", [("lenet5", 32, "momentum"), ("lenet5", 16, "adam"),
                                                     ("resnet20", 16, "momentum"), ("resnet18", 2, "momentum")])
 def test_training_memory_estimate_within_10_percent(name, batch, optimizer):
     shape = SHAPES[name]
     # Untraced steps of the same shapes first: they load the library and the modules and ctypes
     # functions a first call creates, memory that is the process's, not the training step's.
-    _measured_peak(M.create(name, seed=0), shape, batch, SGD, lr=0.01)
+    measured_step_peak(M.create(name, seed=0), shape, batch, SGD, lr=0.01)
     clear_scratch()
     tracemalloc.start()  # before the model, so parameters and optimizer state are in the peak
     try:
         model = M.create(name, seed=0)
         if optimizer == "adam":
-            measured = _measured_peak(model, shape, batch, Adam, lr=1e-3)
+            measured = measured_step_peak(model, shape, batch, Adam, lr=1e-3)
         else:
-            measured = _measured_peak(model, shape, batch, SGD, lr=0.01, momentum=0.9)
+            measured = measured_step_peak(model, shape, batch, SGD, lr=0.01, momentum=0.9)
     finally:
         tracemalloc.stop()
     estimate = summary(model, shape, batch_size=batch, optimizer=optimizer).training["total"]

@@ -13,11 +13,11 @@ from cnnkit.nn.activation import ReLU
 from cnnkit.nn.containers import Concat, Residual, Sequential
 from cnnkit.nn.conv import Conv2d
 from cnnkit.nn.linear import Linear
-from cnnkit.nn.loss import CrossEntropyLoss
 from cnnkit.nn.module import Module, Parameter
 from cnnkit.optim import SGD, Adam
 from cnnkit.cli import main as cli_main
 from cnnkit.summary import ShapeError, register_layer, summary
+from memory_helpers import measured_step_peak
 
 
 def test_rows_cover_every_module_with_depth_and_totals_count_leaves_once(cheap_weights):
@@ -155,26 +155,6 @@ def test_optimizer_state_and_batch_scaling():
         summary(M.lenet5(), (1, 28, 28), optimizer="lbfgs")
 
 
-def _measured_peak(model, shape, batch, optimizer_cls, **opt_kwargs) -> int:
-    """tracemalloc's peak during one training step (the second: optimizer state exists)."""
-    opt = optimizer_cls(model.parameters(), **opt_kwargs)
-    lossf = CrossEntropyLoss()
-    rng = np.random.default_rng(0)
-
-    def step():
-        x = rng.standard_normal((batch,) + shape).astype(np.float32)
-        labels = rng.integers(0, 10, batch)
-        opt.zero_grad()
-        lossf(model(x), labels)
-        model.backward(lossf.backward(), input_grad=False)
-        opt.step()
-
-    step()
-    tracemalloc.reset_peak()
-    step()
-    return tracemalloc.get_traced_memory()[1]
-
-
 @pytest.mark.parametrize("name, shape, batch, optimizer", [
     ("lenet5", (1, 28, 28), 32, "momentum"), ("lenet5", (1, 28, 28), 16, "adam"),
     ("resnet20", (3, 32, 32), 16, "momentum"),
@@ -185,9 +165,9 @@ def test_training_memory_estimate_matches_tracemalloc(name, shape, batch, optimi
     try:
         model = M.create(name, seed=0)
         if optimizer == "adam":
-            measured = _measured_peak(model, shape, batch, Adam, lr=1e-3)
+            measured = measured_step_peak(model, shape, batch, Adam, lr=1e-3)
         else:
-            measured = _measured_peak(model, shape, batch, SGD, lr=0.01, momentum=0.9)
+            measured = measured_step_peak(model, shape, batch, SGD, lr=0.01, momentum=0.9)
     finally:
         tracemalloc.stop()
     estimate = summary(model, shape, batch_size=batch, optimizer=optimizer).training["total"]

@@ -13,9 +13,9 @@ from onnx import TensorProto, helper, numpy_helper, shape_inference  # noqa: E40
 import cnnkit  # noqa: E402
 import cnnkit.onnx as conx  # noqa: E402
 from cnnkit.functional.workspace import clear_scratch  # noqa: E402
-from cnnkit.nn.loss import CrossEntropyLoss  # noqa: E402
 from cnnkit.optim import SGD  # noqa: E402
 from cnnkit.profile import profile  # noqa: E402
+from memory_helpers import measured_step_peak  # noqa: E402
 from test_onnx_light_models import CONFIGS, prepare  # noqa: E402
 
 N = helper.make_node
@@ -152,25 +152,6 @@ def test_maxpool_indices_and_dropout_mask_outputs():
 
 # ---- training memory against tracemalloc --------------------------------------------------------------
 
-def _measured_peak(model, shape, batch) -> int:
-    """tracemalloc's peak during one training step (the second: the momentum buffers exist)."""
-    opt = SGD(model.parameters(), lr=0.01, momentum=0.9)
-    lossf = CrossEntropyLoss()
-    rng = np.random.default_rng(0)
-
-    def step():
-        x = rng.standard_normal((batch,) + shape).astype(np.float32)
-        opt.zero_grad()
-        lossf(model(x), rng.integers(0, 10, batch))
-        model.backward(lossf.backward(), input_grad=False)
-        opt.step()
-
-    step()
-    tracemalloc.reset_peak()
-    step()
-    return tracemalloc.get_traced_memory()[1]
-
-
 @pytest.mark.parametrize("build", [shuffle_block, arithmetic_block])
 def test_training_memory_estimate_of_an_imported_graph_matches_tracemalloc(build):
     shape, batch = (3, 32, 32), 16
@@ -178,7 +159,7 @@ def test_training_memory_estimate_of_an_imported_graph_matches_tracemalloc(build
     tracemalloc.start()  # before the model, so parameters and optimizer state are in the peak
     try:
         g = conx.load(build(np.random.default_rng(0)))
-        measured = _measured_peak(g, shape, batch)
+        measured = measured_step_peak(g, shape, batch, SGD, lr=0.01, momentum=0.9)
     finally:
         tracemalloc.stop()
     estimate = cnnkit.summary(g, shape, batch_size=batch, optimizer="momentum").training["total"]

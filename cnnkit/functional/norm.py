@@ -90,6 +90,19 @@ def _over_batch(work, x3) -> list:
     return results
 
 
+def update_running_stats(running_mean, running_var, mean, var, count, momentum) -> None:
+    """Move the running statistics (in place; ``None``: not tracked) toward a batch's: an
+    exponential average with weight ``momentum`` on the batch, whose biased variance over ``count``
+    values per channel is made unbiased first, as PyTorch does (the running variance estimates the
+    population's)."""
+    if running_mean is not None:
+        running_mean *= 1 - momentum
+        running_mean += (momentum * mean).astype(running_mean.dtype, copy=False)
+    if running_var is not None:
+        running_var *= 1 - momentum
+        running_var += (momentum * count / (count - 1) * var).astype(running_var.dtype, copy=False)
+
+
 def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5, relu=False):
     """Return ``(y, cache)``; in training mode update ``running_mean``/``running_var`` in place.
 
@@ -139,12 +152,7 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
             return _channel_dot(xp, centered[n0:n1], centered[n0:n1])
 
         var = sum(_over_batch(center, x3)) / max(m, 1)  # biased: it normalises this batch
-        if running_mean is not None:
-            running_mean *= 1 - momentum
-            running_mean += momentum * mean
-        if running_var is not None:
-            running_var *= 1 - momentum
-            running_var += (momentum * m / (m - 1)) * var  # unbiased, as PyTorch
+        update_running_stats(running_mean, running_var, mean, var, m, momentum)
         inv_std = 1 / xp.sqrt(var + eps)
         scale = inv_std if weight is None else weight * inv_std
         source, shift = centered, bias

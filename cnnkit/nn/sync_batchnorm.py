@@ -28,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import distributed as dist
+from ..functional.norm import update_running_stats
 from .normalization import BatchNorm2d, _BatchNorm
 
 __all__ = ["SyncBatchNorm"]  # what cnnkit.nn exports from here
@@ -70,12 +71,7 @@ def sync_batch_norm_forward(x, weight, bias, running_mean, running_var, momentum
     squares = np.einsum("ncl,ncl->c", centered, centered).astype(np.float64)
     all_reduce(squares)
     var = squares / count  # biased: it normalises this batch
-    if running_mean is not None:
-        running_mean *= 1 - momentum
-        running_mean += (momentum * mean).astype(running_mean.dtype)
-    if running_var is not None:
-        running_var *= 1 - momentum
-        running_var += (momentum * count / (count - 1) * var).astype(running_var.dtype)  # unbiased
+    update_running_stats(running_mean, running_var, mean, var, count, momentum)
     inv_std = (1 / np.sqrt(var + eps)).astype(x.dtype)
     scale = inv_std if weight is None else weight * inv_std
     y = centered * scale[:, None]

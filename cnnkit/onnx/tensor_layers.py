@@ -25,7 +25,16 @@ def _axis(axis: int, ndim: int, layer: str) -> int:
 
 
 class _View(_OnnxLayer):
-    """A layer whose output is a view of its input (a reshape): only shapes are cached."""
+    """A layer whose output is a view of its input, reshaped to ``full_output_shape``: only the
+    input's shape is cached, and backward reshapes the gradient back to it."""
+
+    def forward(self, x):
+        self._save(x.shape)
+        return x.reshape(self.full_output_shape(x.shape))
+
+    def backward(self, dy, input_grad: bool = True):
+        shape = self._restore()
+        return dy.reshape(shape) if input_grad else None
 
     def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
         return LayerMemory(aliases_input=True)
@@ -109,14 +118,6 @@ class FlattenAt(FullShapeLayer, _View):
             raise ValueError(f"Flatten: axis {self.axis} is out of range for a {len(shape)}-D tensor")
         return (int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis:], dtype=np.int64)))
 
-    def forward(self, x):
-        self._save(x.shape)
-        return x.reshape(self.full_output_shape(x.shape))
-
-    def backward(self, dy, input_grad: bool = True):
-        shape = self._restore()
-        return dy.reshape(shape) if input_grad else None
-
     def onnx_export(self, ctx, x, prefix):
         axis = self.axis + len(ctx.shape(x)) + 1 if self.axis < 0 else self.axis  # ONNX < 11 has no negative axis
         return ctx.node("Flatten", [x], ctx.join(prefix, "Flatten"), axis=axis)
@@ -145,14 +146,6 @@ class Squeeze(FullShapeLayer, _View):
                 raise ValueError(f"Squeeze: axis {a} of shape {tuple(shape)} has size {shape[a]}, not 1")
         return tuple(s for i, s in enumerate(shape) if i not in axes)
 
-    def forward(self, x):
-        self._save(x.shape)
-        return x.reshape(self.full_output_shape(x.shape))
-
-    def backward(self, dy, input_grad: bool = True):
-        shape = self._restore()
-        return dy.reshape(shape) if input_grad else None
-
     def onnx_export(self, ctx, x, prefix):
         return _axes_export(ctx, "Squeeze", x, self.axes, prefix)
 
@@ -180,14 +173,6 @@ class Unsqueeze(FullShapeLayer, _View):
         for a in axes:
             out.insert(a, 1)
         return tuple(out)
-
-    def forward(self, x):
-        self._save(x.shape)
-        return x.reshape(self.full_output_shape(x.shape))
-
-    def backward(self, dy, input_grad: bool = True):
-        shape = self._restore()
-        return dy.reshape(shape) if input_grad else None
 
     def onnx_export(self, ctx, x, prefix):
         return _axes_export(ctx, "Unsqueeze", x, self.axes, prefix)

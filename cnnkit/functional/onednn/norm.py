@@ -25,6 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..memory import LayerMemory
+from ..norm import update_running_stats
 from . import library as L
 from . import runtime as R
 from .checks import array_reason, first_reason, unavailable
@@ -206,12 +207,7 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
             np.maximum(y, 0, out=y)
             workspace, relu_y = None, y
     if training:
-        if running_mean is not None:
-            running_mean *= 1 - momentum
-            running_mean += momentum * mean
-        if running_var is not None:
-            running_var *= 1 - momentum
-            running_var += (momentum * m / (m - 1)) * var  # unbiased, as PyTorch
+        update_running_stats(running_mean, running_var, mean, var, m, momentum)
     return y, BatchNormOnednnCache(x, mean, var, scale, fwd, workspace, relu_y)
 
 
