@@ -215,8 +215,9 @@ class _Instrument:
             finally:
                 self.times[name][phase].append(time.perf_counter() - start)
                 recorder.stack.pop()
-            if phase == "forward":
-                self.shapes[name] = (tuple(x.shape), tuple(out.shape))
+            if phase == "forward":  # of the first input and the first output, for several (Split, MatMul)
+                first = out[0] if isinstance(out, tuple) else out
+                self.shapes[name] = (tuple(x.shape), tuple(first.shape))
             else:
                 self.input_grad[name] = kwargs.get("input_grad", args[0] if args else True)
             return out

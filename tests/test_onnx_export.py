@@ -139,3 +139,12 @@ def test_cli_export(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "onnx.checker: ok" in out and "max abs difference" in out
     onnx.checker.check_model(str(tmp_path / "lenet.onnx"))
+
+
+@pytest.mark.parametrize("opset", [9, 11, 13])
+def test_softmax_over_channels_and_linear_without_bias_at_older_opsets(opset, tmp_path, rng):
+    """Before opset 13 ONNX's Softmax normalises over every axis from `axis` on; before 11 Gemm
+    needs its C input: both layers export what they compute at every opset."""
+    check_export(Sequential(Conv2d(3, 4, 1, generator=rng), Softmax(1)), (3, 5, 6), tmp_path, rng, opset=opset)
+    check_export(Sequential(Flatten(), Linear(12, 3, bias=False, generator=rng), LogSoftmax(1)), (3, 2, 2),
+                 tmp_path, rng, opset=opset)

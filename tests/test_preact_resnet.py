@@ -176,27 +176,26 @@ def test_macs_by_stage_follow_the_paper_design(cheap_weights):
 def test_units_are_the_shared_containers_and_keys_follow_the_documented_scheme(cheap_weights):
     model = M.preact_resnet164()
     assert isinstance(model.layer1[0], PreActUnit) and isinstance(model.layer1[0], Residual)
-    assert isinstance(model.layer2[0], PreActProjectionUnit) and isinstance(model.layer2[0].residual, Residual)
+    assert isinstance(model.layer2[0], PreActProjectionUnit) and isinstance(model.layer2[0], Residual)
+    assert [name for name, _ in model.layer2[0].named_branch("before")] == ["bn1", "relu1"]  # shared by both paths
     assert isinstance(model.layer2[1], PreActUnit) and model.layer2[1].named_branch("shortcut") == []
     assert len(model.layer1) == len(model.layer2) == len(model.layer3) == 18
     keys = list(model.state_dict())
     for key in ["conv1.weight", "bn1.weight", "bn1.running_var", "bn1.num_batches_tracked",
                 "layer1.0.conv1.weight", "layer1.0.bn2.weight", "layer1.0.conv3.weight",
                 "layer1.0.downsample.weight", "layer1.1.bn1.weight", "layer1.1.conv1.weight",
-                "layer2.0.bn1.running_mean", "layer2.0.residual.conv1.weight",
-                "layer2.0.residual.bn3.bias", "layer2.0.residual.downsample.weight",
+                "layer2.0.bn1.running_mean", "layer2.0.conv1.weight",
+                "layer2.0.bn3.bias", "layer2.0.downsample.weight",
                 "layer3.17.conv3.weight", "bn_final.weight", "bn_final.running_var", "fc.weight", "fc.bias"]:
         assert key in keys, key
     assert "layer1.0.bn1.weight" not in keys  # the stem's bn1 pre-activates the first unit
-    assert model.layer2[0].residual.conv1.stride == (2, 2)  # the paper: stride in the first 1x1
-    assert M.preact_resnet164(stride_in_1x1=False).layer2[0].residual.conv2.stride == (2, 2)
+    assert model.layer2[0].conv1.stride == (2, 2)  # the paper: stride in the first 1x1
+    assert M.preact_resnet164(stride_in_1x1=False).layer2[0].conv2.stride == (2, 2)
     # every key is one of the documented shapes
     import re
     pattern = re.compile(r"^(conv1\.weight|bn1\.\w+|bn_final\.\w+|fc\.(weight|bias)|"
-                         r"layer\d\.\d+\.(bn1\.\w+|(residual\.)?((bn[123]|conv[123])\.\w+|downsample\.weight)))$")
-    assert [k for k in keys if not pattern.match(k)] == []
-    flat = [k.replace("residual.", "") for k in keys]  # as the docstring promises: no collision
-    assert len(set(flat)) == len(keys) and "layer2.0.conv1.weight" in flat and "layer2.0.bn1.weight" in flat
+                         r"layer\d\.\d+\.((bn[123]|conv[123])\.\w+|downsample\.weight))$")
+    assert [k for k in keys if not pattern.match(k)] == []  # flat names in every unit
 
 
 def test_resnet110_option_a_pads_the_raw_input(cheap_weights):
@@ -302,14 +301,9 @@ def torch_reference(layers, num_classes, bottleneck, imagenet=False, shortcut="B
             self.stride, self.pad = stride, out - inplanes
             self.kind = "identity" if not changes else ("pad" if shortcut == "A" else "project")
             self.shared = self.kind == "project" and not first
-            if self.shared:                       # bn1 before the split, the rest one level down
-                self.bn1 = nn.BatchNorm2d(inplanes)
-                self.residual = nn.Module()
-                unit = self.residual
-            else:
-                unit = self
-                if not first:
-                    unit.bn1 = nn.BatchNorm2d(inplanes)
+            unit = self
+            if not first:  # a projection unit's bn1 runs before the split, shared by both paths
+                unit.bn1 = nn.BatchNorm2d(inplanes)
             if bottleneck:
                 s1, s2 = (stride, 1) if stride_in_1x1 else (1, stride)
                 unit.conv1 = nn.Conv2d(inplanes, planes, 1, s1, bias=False)
@@ -332,7 +326,7 @@ def torch_reference(layers, num_classes, bottleneck, imagenet=False, shortcut="B
         def forward(self, x):
             if self.shared:
                 a = F.relu(self.bn1(x))                       # shared by both paths
-                return self.branch(self.residual, a) + self.residual.downsample(a)
+                return self.branch(self, a) + self.downsample(a)
             a = F.relu(self.bn1(x)) if hasattr(self, "bn1") else x
             if self.kind == "project":                        # first unit: x is already activated
                 skip = self.downsample(x)
@@ -455,7 +449,7 @@ def test_summary_rows_name_the_units(cheap_weights):
     row = {r["name"]: r for r in s.rows}
     assert len(s.rows) == len(list(model.named_modules()))
     assert row["layer1.0"]["type"] == "PreActUnit" and row["layer2.0"]["type"] == "PreActProjectionUnit"
-    assert row["layer2.0.residual.downsample"]["output_shape"] == (32, 16, 16)
+    assert row["layer2.0.downsample"]["output_shape"] == (32, 16, 16)
     assert row["layer2.0.bn1"]["output_shape"] == (16, 32, 32)
     assert row["layer3.17"]["output_shape"] == (64, 8, 8) and row["fc"]["output_shape"] == (10,)
     leaves = [r for r in s.rows if r["leaf"]]

@@ -776,35 +776,44 @@ def _scatter_bytes(g: PoolGeometry, itemsize: int) -> int:
     return padded if (sh, sw) != (1, 1) or (ph, pw) != (0, 0) else 0
 
 
-def max_pool2d_memory(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, **options):
+def max_pool2d_memory(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, padding_rule="pytorch",
+                      **options):
     """The switches (one byte per output up to 16x16 kernels), kept for backward; forward also
     makes the padded input, a window copy and two masks; backward scatters like average pooling."""
-    g = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    g = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode, padding_rule=padding_rule)
     out = g.input_shape[0] * g.input_shape[1] * g.output[0] * g.output[1]
     switch = 1 if g.kernel[0] * g.kernel[1] <= 256 else 4
     n, c, h, w = g.input_shape
-    ph, pw = g.padding
-    padded = n * c * (h + 2 * ph) * (w + 2 * pw) * x.itemsize if (ph or pw) else 0
+    (ph, pw), (ah, aw) = g.padding, g.padding_after
+    padded = n * c * (h + ph + ah) * (w + pw + aw) * x.itemsize if (ph or pw or ah or aw) else 0
     return LayerMemory(saved=out * switch, forward_temp=padded + out * (x.itemsize + 2),
                        backward_temp=_scatter_bytes(g, x.itemsize) + out * (x.itemsize + 1))
 
 
 def avg_pool2d_memory(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-                      divisor_override=None, **options):
-    """Only the divisor and the geometry are kept; backward scatters ``dy / divisor``."""
-    g = pool_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode)
+                      divisor_override=None, *, dilation=1, padding_rule="pytorch", **options):
+    """Only the divisor and the geometry are kept; forward sums the windows of the padded input
+    (a copy when there is padding or a ceil-mode overhang); backward scatters ``dy / divisor``."""
+    g = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode, padding_rule=padding_rule)
     out = g.input_shape[0] * g.input_shape[1] * g.output[0] * g.output[1]
-    return LayerMemory(backward_temp=_scatter_bytes(g, x.itemsize) + out * x.itemsize)
+    padded = int(math.prod(g.padded_shape)) * x.itemsize if g.padded_shape != tuple(g.input_shape) else 0
+    return LayerMemory(forward_temp=padded, backward_temp=_scatter_bytes(g, x.itemsize) + out * x.itemsize)
 
 
-def lp_pool2d_memory(x, norm_type, kernel_size, stride=None, ceil_mode=False, **options):
-    """The input (referenced), the power sums and the output (finite p), or the switches (p = inf)."""
+def lp_pool2d_memory(x, norm_type, kernel_size, stride=None, ceil_mode=False, *, definition="pytorch", padding=0,
+                     dilation=1, padding_rule="pytorch", **options):
+    """The input (referenced), the power sums and the output (finite p), or the switches (p = inf).
+    ``definition="onnx"`` (ONNX's ``LpPool``, with ``padding``, ``dilation`` and ``padding_rule``)
+    keeps the window sums themselves (not a rescaled copy), and its backward works on ``|x|``."""
     if math.isinf(float(norm_type)):
-        rule = max_pool2d_memory(x, kernel_size, stride, 0, 1, ceil_mode)
+        rule = max_pool2d_memory(x, kernel_size, stride, padding, dilation, ceil_mode, padding_rule=padding_rule)
         return LayerMemory(keeps_input=True, saved=rule.saved, forward_temp=rule.forward_temp + x.nbytes,
                            backward_temp=rule.backward_temp + x.nbytes)
-    g = pool_geometry(x.shape, kernel_size, stride, 0, 1, ceil_mode)
+    g = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode, padding_rule=padding_rule)
     out = g.input_shape[0] * g.input_shape[1] * g.output[0] * g.output[1] * x.itemsize
+    if definition == "onnx":
+        return LayerMemory(keeps_input=True, saved=out, forward_temp=x.nbytes + out,
+                           backward_temp=x.nbytes + 3 * out + _scatter_bytes(g, x.itemsize))
     return LayerMemory(keeps_input=True, saved=2 * out, forward_temp=x.nbytes + out,
                        backward_temp=2 * x.nbytes + 3 * out + _scatter_bytes(g, x.itemsize))
 

@@ -25,8 +25,8 @@ pre-activates the projection too (its appendix), with the *same* BN-ReLU as the 
 the authors' released code (github.com/KaimingHe/resnet-1k-layers) applies one "common BN, ReLU"
 before splitting into the two paths::
 
-    PreActProjectionUnit = Sequential(bn1, relu1, residual=Residual({conv1, bn2, relu2, conv2},
-                                                                    {downsample: conv1x1}))
+    PreActProjectionUnit = Residual({conv1, bn2, relu2, conv2}, {downsample: conv1x1},
+                                    before={bn1, relu1})
 
 The two ends of the network follow the appendix too: the first unit's activation sits right after
 the stem's conv1, before the split (the stem's ``bn1, relu``), so its branch starts with ``conv1``
@@ -54,17 +54,16 @@ shortcut is ``downsample`` (a bare 1x1 convolution: its BatchNorm is the shared 
     bn1.{weight,bias,running_mean,...}         stem BN: the first unit's pre-activation
     layer1.0.conv1.weight                      first unit: no BN of its own
     layer1.0.downsample.weight                 ... its projection, where it has one (bottleneck)
-    layer2.0.bn1.weight                        a projection unit's shared pre-activation
-    layer2.0.residual.conv1.weight             ... its residual branch (conv1, bn2, conv2, bn3, conv3)
-    layer2.0.residual.downsample.weight        ... its 1x1 projection
+    layer2.0.bn1.weight                        a projection unit's shared pre-activation (``before``)
+    layer2.0.conv1.weight                      ... its residual branch (conv1, bn2, conv2, bn3, conv3)
+    layer2.0.downsample.weight                 ... its 1x1 projection
     layer2.1.bn1.weight                        every other unit: bn1, conv1, bn2, conv2 [, bn3, conv3]
     bn_final.weight                            the activation after the last addition
     fc.weight, fc.bias
 
-Only a projection unit keeps one level more (``residual.``): the shared BN-ReLU runs before the
-split, and ``Residual`` has a place for layers after the sum (``after``) but none before it.
-Dropping ``residual.`` loses nothing (no two keys collide) and gives the flat names of the common
-PyTorch pre-activation ResNets (``layer2.0.conv1``, with ``shortcut`` for ``downsample``).
+The shared BN-ReLU of a projection unit is the ``Residual``'s ``before`` chain, so every unit has
+flat names, those of the common PyTorch pre-activation ResNets (which call ``downsample``
+``shortcut``).
 
 Initialisation as in the authors' code: convolutions ``N(0, 2 / (k*k*out_channels))`` (He et al.
 2015, fan-out), BatchNorm weight 1 and bias 0, the classifier's bias 0.
@@ -105,19 +104,17 @@ class PreActUnit(Residual):
         super().__init__(branch, None if downsample is None else {"downsample": downsample})
 
 
-class PreActProjectionUnit(Sequential):
-    """``bn1 -> relu1 -> residual``: one BN-ReLU shared by the residual branch and the 1x1 projection.
+class PreActProjectionUnit(Residual):
+    """``bn1 -> relu1``, then ``F + projection``: one BN-ReLU shared by the residual branch and the
+    1x1 projection (the ``Residual``'s ``before`` chain).
 
     Shape:
         (C_in, H, W) -> (C_out, ceil(H / stride), ceil(W / stride))
     """
 
     def __init__(self, in_channels: int, branch: OrderedDict, projection: Module):
-        super().__init__(OrderedDict(
-            bn1=BatchNorm2d(in_channels),
-            relu1=ReLU(),
-            residual=Residual(branch, {"downsample": projection}),
-        ))
+        super().__init__(branch, {"downsample": projection},
+                         before=OrderedDict(bn1=BatchNorm2d(in_channels), relu1=ReLU()))
 
 
 def residual_branch(inplanes: int, planes: int, stride: int = 1, *, bottleneck: bool, preactivate: bool,

@@ -203,6 +203,19 @@ class _AlongDim(_Elementwise):
     def _onnx_attrs(self) -> dict:
         return {"axis": self.dim}
 
+    def onnx_export(self, ctx, x, prefix):
+        rank = len(ctx.shape(x)) + 1
+        axis = self.dim % rank
+        if ctx.opset >= 13 or axis == rank - 1:
+            return ctx.node(self._onnx_op, [x], ctx.join(prefix, self._onnx_op), axis=axis)
+        # Before opset 13, ONNX's (Log)Softmax normalises over every axis from `axis` on: move
+        # this layer's axis last, normalise there, move it back (the swap is its own inverse).
+        perm = list(range(rank))
+        perm[axis], perm[-1] = perm[-1], perm[axis]
+        moved = ctx.node("Transpose", [x], ctx.join(prefix, "Transpose"), perm=perm)
+        y = ctx.node(self._onnx_op, [moved], ctx.join(prefix, self._onnx_op), axis=rank - 1)
+        return ctx.node("Transpose", [y], ctx.join(prefix, "Transpose_back"), perm=perm)
+
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
 

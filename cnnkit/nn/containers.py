@@ -117,22 +117,26 @@ class Sequential(Module):
 
 
 class Residual(Module):
-    """``y = after(body(x) + shortcut(x))``: a residual block; the shortcut is the identity when ``None``.
+    """``y = after(body(b) + shortcut(b))`` with ``b = before(x)``: a residual block; the shortcut
+    is the identity when ``None``, and so are ``before`` and ``after``.
 
     ``body`` and ``shortcut`` are each a module, or a dict of name -> module run as a chain. A
     dict's modules become this container's own children under those names, so a block keeps
     torchvision's state-dict keys (``conv1``, ``bn1``, ..., ``downsample.0``) instead of
     ``body.conv1``. ``after`` (e.g. ResNet's ``ReLU``) runs on the sum, as the child ``relu``
-    unless given as a dict too. Backward hands the sum's gradient to both branches and adds
-    their input gradients (the multivariate chain rule at the fan-out).
+    unless given as a dict too; ``before`` (a pre-activation ResNet's BN-ReLU shared by both
+    branches) runs first, as the child ``before`` unless given as a dict. Backward hands the
+    sum's gradient to both branches and adds their input gradients (the multivariate chain rule
+    at the fan-out).
 
     Shape:
         body and shortcut must give the same output shape; that is checked by ``output_shape``
         and at forward time.
     """
 
-    def __init__(self, body, shortcut=None, after=None):
+    def __init__(self, body, shortcut=None, after=None, before=None):
         super().__init__()
+        self._before = self._adopt(before, "before")
         self._body = self._adopt(body, "body")
         self._shortcut = self._adopt(shortcut, "shortcut")
         self._after = self._adopt(after, "relu")
@@ -152,11 +156,12 @@ class Residual(Module):
         return [getattr(self, name) for name in names]
 
     def named_branch(self, which: str) -> list:
-        """``[(name, module)]`` of the ``"body"``, the ``"shortcut"`` or ``"after"``, in order."""
-        names = {"body": self._body, "shortcut": self._shortcut, "after": self._after}[which]
+        """``[(name, module)]`` of ``"before"``, the ``"body"``, the ``"shortcut"`` or ``"after"``, in order."""
+        names = {"before": self._before, "body": self._body, "shortcut": self._shortcut, "after": self._after}[which]
         return [(name, getattr(self, name)) for name in names]
 
     def forward(self, x):
+        x = _chain_forward(self._chain(self._before), x)
         y = _chain_forward(self._chain(self._body), x)
         skip = _chain_forward(self._chain(self._shortcut), x)
         if y.shape != skip.shape:
@@ -171,13 +176,17 @@ class Residual(Module):
     def backward(self, dy, input_grad: bool = True):
         dsum = _chain_backward(self._chain(self._after), dy, True)
         dbody, dskip = ADD.backward(dsum, self._restore())
-        dx = _chain_backward(self._chain(self._body), dbody, input_grad)
-        if not self._shortcut:
-            return dx + dskip if input_grad else None
-        dshortcut = _chain_backward(self._chain(self._shortcut), dskip, input_grad)
-        return dx + dshortcut if input_grad else None
+        # Inside, the branches' input gradients are needed whenever a `before` layer waits for them.
+        inner = input_grad or bool(self._before)
+        dx = _chain_backward(self._chain(self._body), dbody, inner)
+        if inner:
+            dx = dx + (dskip if not self._shortcut else _chain_backward(self._chain(self._shortcut), dskip, True))
+        elif self._shortcut:
+            _chain_backward(self._chain(self._shortcut), dskip, False)
+        return _chain_backward(self._chain(self._before), dx, input_grad) if self._before else dx
 
     def output_shape(self, input_shape):
+        input_shape = _chain_shape(self._chain(self._before), input_shape)
         body = _chain_shape(self._chain(self._body), input_shape)
         skip = _chain_shape(self._chain(self._shortcut), input_shape)
         if tuple(body) != tuple(skip):
@@ -186,6 +195,7 @@ class Residual(Module):
         return _chain_shape(self._chain(self._after), body)
 
     def onnx_export(self, ctx, x, prefix):
+        x = _chain_export(ctx, self, self._before, x, prefix)
         y = _chain_export(ctx, self, self._body, x, prefix)
         skip = _chain_export(ctx, self, self._shortcut, x, prefix)
         total = ctx.node("Add", [y, skip], ctx.join(prefix, "add"), shape=ctx.shape(y))

@@ -54,7 +54,11 @@ class MultiInputModule(Module):
     """A module with several inputs: ``forward(*xs) -> y``, ``backward(dy) -> (dx0, dx1, ...)``.
 
     ``output_shape(*shapes)`` takes one sample's shape per input; ``onnx_export(ctx, inputs,
-    prefix)`` one tensor name per input.
+    prefix)`` one tensor name per input; the rules ``macs``, ``step_memory`` and
+    ``counts_activation`` get a tuple of the input shapes as ``input_shape`` (``cnnkit.summary``
+    calls them so). A module with several outputs returns a tuple of shapes from
+    ``output_shape``, gets that tuple as ``output_shape`` in its rules, and returns a tuple of
+    tensor names from ``onnx_export``.
     """
 
     def __call__(self, *xs):
@@ -320,11 +324,10 @@ class Graph(Module):
         return shapes[outputs[0]] if len(outputs) == 1 else tuple(shapes[t] for t in outputs)
 
     def onnx_export(self, ctx, x, prefix):
-        outputs = self._outputs()
-        if len(outputs) != 1:
-            raise NotImplementedError(f"ONNX export: a Graph with several outputs {outputs} is not supported")
-        if len(self.input_names) != 1 or any(node.outputs for node in self._live_nodes()):
-            raise NotImplementedError(f"ONNX export: a Graph with several inputs or multi-output nodes "
+        """The live nodes in order; a node with several outputs gets a tuple of names from its
+        module. Several graph outputs give a tuple of names."""
+        if len(self.input_names) != 1:
+            raise NotImplementedError(f"ONNX export: a Graph with several inputs {self.input_names} "
                                       f"({prefix or 'the model'!r}) is not supported")
         names = {self.input_name: x}
         for node in self._live_nodes():
@@ -332,10 +335,18 @@ class Graph(Module):
             args = [names[t] for t in node.inputs]
             child_prefix = ctx.join(prefix, node.name)
             if len(args) > 1:
-                names[node.output] = ctx.export_multi(child, args, child_prefix)
+                result = ctx.export_multi(child, args, child_prefix)
             else:
-                names[node.output] = ctx.export(child, args[0], child_prefix)
-        return names[outputs[0]]
+                result = ctx.export(child, args[0], child_prefix)
+            if node.outputs:
+                if not isinstance(result, tuple) or len(result) != len(node.outputs):
+                    raise NotImplementedError(f"ONNX export: node {child_prefix!r} ({type(child).__name__}) "
+                                              f"has outputs {list(node.outputs)}, but its exporter gave {result!r}")
+                names.update(zip(node.outputs, result))
+            else:
+                names[node.output] = result
+        outputs = self._outputs()
+        return names[outputs[0]] if len(outputs) == 1 else tuple(names[t] for t in outputs)
 
     def extra_repr(self) -> str:
         inputs = repr(self.input_name) if len(self.input_names) == 1 else repr(self.input_names)

@@ -69,6 +69,8 @@ class Linear(Module):
         inputs = [x, ctx.constant(ctx.join(prefix, "weight"), self.weight.data)]
         if self.bias is not None:
             inputs.append(ctx.constant(ctx.join(prefix, "bias"), self.bias.data))
+        elif ctx.opset < 11:  # Gemm's C became optional in opset 11
+            inputs.append(ctx.constant(ctx.join(prefix, "bias"), np.zeros(self.out_features, self.weight.dtype)))
         return ctx.node("Gemm", inputs, ctx.join(prefix, "Gemm"), transB=1)
 
     def extra_repr(self) -> str:

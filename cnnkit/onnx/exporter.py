@@ -4,7 +4,11 @@ Export walks the module tree. Every cnnkit module exports itself with its
 ``onnx_export(ctx, x, prefix)`` method: a leaf layer emits its ONNX node(s), a container
 (``Sequential``, ``Residual``, ``Concat``, ``Graph``) exports its children and the node that
 merges them (``Add``, ``Concat``). Initializers are named by state-dict key
-(``layer1.0.conv1.weight``), as PyTorch's exporter does.
+(``layer1.0.conv1.weight``), as PyTorch's exporter does. A module with several inputs (``Add``,
+``Cat``, ``MatMul``... in a ``Graph``) gets a list of tensor names as ``x``; one with several
+outputs (``Split``, a ``MaxPool`` with indices) returns a tuple of names. The layers ONNX import
+adds (:mod:`cnnkit.onnx.layers` and friends) export the operators they were read from, so an
+imported graph exports back.
 
 For a module type defined outside cnnkit, :func:`register_exporter` adds an exporter
 ``fn(ctx, module, x, prefix) -> y`` (it takes precedence over a method): ``x`` and ``y`` are
@@ -18,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from ..nn.module import Module
-from . import export_layers
 from ._deps import require
 from .export_registry import find_exporter
 
@@ -26,7 +29,8 @@ DEFAULT_OPSET = 13
 
 
 class ExportContext:
-    """Collects the ONNX nodes and initializers; tracks one sample's shape of every tensor."""
+    """Collects the ONNX nodes and initializers; tracks one sample's shape of every tensor, and
+    the element type of those that are not in the export dtype (after a ``Cast``, an index output)."""
 
     def __init__(self, opset: int, dtype):
         self.opset = int(opset)
@@ -34,6 +38,7 @@ class ExportContext:
         self.nodes: list = []
         self.initializers: list = []
         self.shapes: dict[str, tuple] = {}
+        self.dtypes: dict[str, np.dtype] = {}
         self._used: set[str] = set()
 
     def fresh(self, base: str) -> str:
@@ -48,6 +53,10 @@ class ExportContext:
     def shape(self, tensor: str) -> tuple:
         return self.shapes[tensor]
 
+    def dtype_of(self, tensor: str) -> np.dtype:
+        """The element type of ``tensor`` (the export dtype unless a ``Cast`` or index output made it other)."""
+        return self.dtypes.get(tensor, self.dtype)
+
     @staticmethod
     def join(prefix: str, name: str) -> str:
         """A child's name under ``prefix`` (the state-dict convention: ``layer1.0`` + ``conv1``)."""
@@ -58,28 +67,64 @@ class ExportContext:
         shape = self.constant(self.join(prefix, "shape"), np.array(target, np.int64))
         return self.node("Reshape", [x, shape], self.join(prefix, "Reshape"))
 
-    def constant(self, name: str, value, dtype=None) -> str:
-        """Add an initializer (floating arrays in the export dtype); returns its name."""
+    def constant(self, name: str, value, dtype=None, like: str | None = None) -> str:
+        """Add an initializer (floating arrays in the export dtype, or in the type of tensor
+        ``like``, the operand it meets: ONNX's arithmetic takes one type); returns its name."""
         from onnx import numpy_helper
 
         value = np.asarray(value)
+        if dtype is None and like is not None and (np.issubdtype(value.dtype, np.floating)
+                                                   or value.dtype.kind == self.dtype_of(like).kind):
+            dtype = self.dtype_of(like)
         if dtype is not None:
             value = value.astype(dtype)
         elif np.issubdtype(value.dtype, np.floating):
             value = value.astype(self.dtype)
         name = self.fresh(name)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        if not value.flags.c_contiguous:  # (np.ascontiguousarray would turn a scalar into shape (1,))
+            value = np.ascontiguousarray(value)
+        self.initializers.append(numpy_helper.from_array(value, name))
         return name
 
     def node(self, op_type: str, inputs, name: str, shape=None, **attrs) -> str:
         """Add one node; returns its output name (``shape``: one sample's output shape, if known)."""
+        return self.node_outputs(op_type, inputs, name, 1, None if shape is None else [shape], **attrs)[0]
+
+    def node_outputs(self, op_type: str, inputs, name: str, count: int, shapes=None, **attrs) -> tuple[str, ...]:
+        """Add one node with ``count`` outputs (``Split``, ``MaxPool`` with ``Indices``); returns
+        their names (``shapes``: one sample's shape of each output, if known)."""
         from onnx import helper
 
-        output = self.fresh(name)
-        self.nodes.append(helper.make_node(op_type, list(inputs), [output], name=output, **attrs))
-        if shape is not None:
+        outputs = [self.fresh(name)] + [self.fresh(f"{name}_{i}") for i in range(1, count)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outputs, name=outputs[0], **attrs))
+        for output, shape in zip(outputs, shapes or ()):
             self.shapes[output] = tuple(int(s) for s in shape)
-        return output
+        return tuple(outputs)
+
+    def require_opset(self, version: int, what: str) -> None:
+        """Refuse, naming ``what`` and the opset it needs, when exporting below ``version``."""
+        if self.opset < version:
+            raise NotImplementedError(f"ONNX export: {what} needs opset >= {version}; export with "
+                                      f"opset={version} or later (this export is at opset {self.opset})")
+
+    def _record(self, module: Module, y, inputs) -> None:
+        """One sample's shape and the type of each output tensor ``y`` (a name, or a tuple of
+        names) of ``module`` applied to tensors ``inputs``, as the importer tracks them: a cast
+        sets its type, an extra output (indices, a mask) has the module's ``extra_output_dtype``."""
+        names = y if isinstance(y, tuple) else (y,)
+        dtype = getattr(module, "to_dtype", None) or self.dtype_of(inputs[0])
+        leaf = next(module.children(), None) is None  # a container's outputs are its children's
+        for i, name in enumerate(names):
+            if not leaf or name in inputs or name in self.dtypes:
+                continue  # typed by a child, passed through (Identity, Dropout) or typed by the layer
+            out = (getattr(module, "extra_output_dtype", None) or dtype) if i else dtype
+            if np.dtype(out) != self.dtype:
+                self.dtypes[name] = np.dtype(out)
+        if all(n in self.shapes for n in names):
+            return
+        shapes = module.output_shape(*[self.shapes[a] for a in inputs])
+        for name, shape in zip(names, shapes if isinstance(y, tuple) else (shapes,)):
+            self.shapes.setdefault(name, tuple(int(s) for s in shape))
 
     def export(self, module: Module, x: str, prefix: str) -> str:
         """Export ``module`` applied to tensor ``x``; returns the output tensor name."""
@@ -91,8 +136,7 @@ class ExportContext:
                 "class an onnx_export(ctx, x, prefix) method"
             )
         y = exporter(self, module, x, prefix)
-        if y not in self.shapes:
-            self.shapes[y] = tuple(module.output_shape(self.shapes[x]))
+        self._record(module, y, [x])
         return y
 
     def export_multi(self, module: Module, inputs: list, prefix: str) -> str:
@@ -102,46 +146,56 @@ class ExportContext:
             raise NotImplementedError(f"ONNX export: no exporter for the multi-input {type(module).__name__} "
                                       f"({prefix!r})")
         y = exporter(self, module, list(inputs), prefix)
-        if y not in self.shapes:
-            self.shapes[y] = tuple(module.output_shape(*[self.shapes[a] for a in inputs]))
+        self._record(module, y, list(inputs))
         return y
 
 
-def export(model: Module, path, input_shape, *, opset: int = DEFAULT_OPSET, input_name: str = "input",
+def export(model: Module, path, input_shape, *, opset: int | None = None, input_name: str = "input",
            output_name: str = "output", dynamic_batch: bool = True, dtype=np.float32, check: bool = True):
     """Write ``model`` as an ONNX file for inputs of one-sample shape ``input_shape`` ``(C, H, W)``.
 
     The graph is the model's inference (eval-mode) computation: BatchNorm uses its running
     statistics, Dropout is the identity. The batch axis is symbolic (``N``) unless
-    ``dynamic_batch=False``. The file is checked with ``onnx.checker`` and the ``ModelProto`` returned.
+    ``dynamic_batch=False``. ``opset`` defaults to 13, or to the opset of an imported graph
+    (``cnnkit.onnx.load``) when that is later, so that it exports the operators it was read from.
+    A model with several outputs (a ``Graph``) gets outputs ``output``, ``output_1``, ...
+    The file is checked with ``onnx.checker`` and the ``ModelProto`` returned.
     """
     onnx = require("onnx")
-    from onnx import TensorProto, helper
+    from onnx import helper
 
-    export_layers.register_all()
+    if opset is None:
+        opset = max(DEFAULT_OPSET, int(getattr(model, "opset", 0) or 0))
+    batch_only = getattr(model, "batch_size", None)
+    if batch_only is not None:
+        raise NotImplementedError(
+            f"ONNX export: this graph runs only at batch size {batch_only} ({getattr(model, 'batch_note', '')}); "
+            "export works on one sample's shape, so graphs that move or merge the batch axis do not export")
     input_shape = tuple(int(s) for s in input_shape)
     model.output_shape(input_shape)  # clear shape errors before any ONNX work
     ctx = ExportContext(opset, dtype)
     x = ctx.fresh(input_name)
     ctx.shapes[x] = input_shape
     y = ctx.export(model, x, "")
-    if y == x:
-        y = ctx.node("Identity", [x], output_name, shape=input_shape)
-    # the last node's output takes the requested output name
-    last = ctx.nodes[-1]
-    if last.output[0] == y and output_name not in ctx._used:
-        last.output[0] = output_name
-        ctx.shapes[output_name] = ctx.shapes[y]
-        y = output_name
-    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype)) if hasattr(helper, "np_dtype_to_tensor_dtype") \
-        else TensorProto.FLOAT
+    ys = list(y) if isinstance(y, tuple) else [y]
+    names = [output_name] + [f"{output_name}_{i}" for i in range(1, len(ys))]
+    for i, (tensor, name) in enumerate(zip(ys, names)):
+        if tensor == x or tensor in ys[:i]:  # an output that is the input, or another output
+            ys[i] = ctx.node("Identity", [tensor], name, shape=ctx.shapes[tensor])
+            if tensor in ctx.dtypes:
+                ctx.dtypes[ys[i]] = ctx.dtypes[tensor]
+    for i, name in enumerate(names):  # the outputs take the requested names
+        if ys[i] != name and name not in ctx._used:
+            _rename(ctx, ys[i], name)
+            ys[i] = name
     batch = "N" if dynamic_batch else 1
-    graph = helper.make_graph(
-        ctx.nodes, type(model).__name__,
-        [helper.make_tensor_value_info(x, elem, (batch,) + input_shape)],
-        [helper.make_tensor_value_info(y, elem, (batch,) + tuple(ctx.shapes[y]))],
-        initializer=ctx.initializers,
-    )
+
+    def info(tensor, shape):
+        return helper.make_tensor_value_info(tensor, helper.np_dtype_to_tensor_dtype(ctx.dtype_of(tensor)),
+                                             (batch,) + tuple(shape))
+
+    graph = helper.make_graph(ctx.nodes, type(model).__name__, [info(x, input_shape)],
+                              [info(t, ctx.shapes[t]) for t in ys], initializer=ctx.initializers)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="cnnkit")
     proto.ir_version = min(proto.ir_version, _max_ir_version(opset))
     if check:
@@ -150,6 +204,19 @@ def export(model: Module, path, input_shape, *, opset: int = DEFAULT_OPSET, inpu
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         onnx.save(proto, str(path))
     return proto
+
+
+def _rename(ctx: ExportContext, old: str, new: str) -> None:
+    """Give tensor ``old`` the name ``new`` everywhere (its producer and its consumers)."""
+    for node in ctx.nodes:
+        for names in (node.output, node.input):
+            for i, name in enumerate(names):
+                if name == old:
+                    names[i] = new
+    ctx._used.add(new)
+    ctx.shapes[new] = ctx.shapes[old]
+    if old in ctx.dtypes:
+        ctx.dtypes[new] = ctx.dtypes[old]
 
 
 def _max_ir_version(opset: int) -> int:

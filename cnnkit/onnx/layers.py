@@ -6,6 +6,14 @@ They follow the layer contract (forward caches, backward returns the input gradi
 parameter gradients), so imported models train. A constant operand that came from an ONNX
 initializer is a trainable ``Parameter``; one from a ``Constant`` node is a buffer.
 
+Like every cnnkit layer they carry the rules the tools read (see :mod:`cnnkit.nn.module`):
+``macs`` (0 but for matrix products), ``step_memory`` (what forward keeps and allocates, read off
+the code below), ``counts_activation`` where the output is a view or an activation that runs in
+place in the notes' convention (ReLU6), and ``onnx_export``, which emits the operator the
+importer read, so an imported graph exports back. For a layer with several inputs the rules get
+a tuple of one sample's shapes (:func:`sample_shapes`), for one with several outputs a tuple of
+output shapes.
+
 ONNX operators work on whole tensors, batch axis included (a ``Reshape`` target names it, a
 ``Transpose`` may move it). Layers written that way derive from :class:`FullShapeLayer`: they
 answer ``full_output_shape(*full_shapes)``, and their per-sample ``output_shape`` (what
@@ -17,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import array_module
+from ..functional.memory import LayerMemory, numel
 from ..nn.graph import MultiInputModule, unbroadcast
 from ..nn.module import Module, Parameter
 
@@ -32,11 +41,37 @@ class FullShapeLayer:
         raise NotImplementedError
 
     def output_shape(self, *samples):
-        out = tuple(self.full_output_shape(*[(PROBE_BATCH,) + tuple(s) for s in samples]))
+        try:
+            out = tuple(self.full_output_shape(*[(PROBE_BATCH,) + tuple(s) for s in samples]))
+        except ValueError as exc:
+            self.full_output_shape(*[(1,) + tuple(s) for s in samples])  # a wrong sample shape: its own error
+            raise ValueError(f"{type(self).__name__} ({self.extra_repr()}) works only at the batch size it was built "
+                             f"for (a constant or a target shape holds it), so it has no per-sample output shape "
+                             f"(at a batch of {PROBE_BATCH}: {exc})") from None
         if not out or out[0] != PROBE_BATCH:
             raise ValueError(f"{type(self).__name__} ({self.extra_repr()}) moves or merges the batch axis; it "
                              "has no per-sample output shape and runs only at the batch size it was built for")
         return out[1:]
+
+
+class _OnnxLayer(Module):
+    """Base of the one-input layers ONNX import adds: none does the multiply-adds the papers count
+    (the matrix products override ``macs``)."""
+
+    def macs(self, input_shape, output_shape) -> int:
+        return 0
+
+
+def batch_bytes(shape, batch_size: int, dtype) -> int:
+    """Bytes of a batch of ``batch_size`` samples of one-sample ``shape`` in ``dtype``."""
+    return int(batch_size) * numel(shape) * np.dtype(dtype).itemsize
+
+
+def sample_shapes(input_shape) -> list[tuple]:
+    """The input shapes a rule was given: one shape, or a tuple of shapes for several inputs."""
+    if input_shape and all(isinstance(s, (tuple, list)) for s in input_shape):
+        return [tuple(s) for s in input_shape]
+    return [tuple(input_shape)]
 
 
 def broadcast_full(layer: str, *shapes) -> tuple:
@@ -46,7 +81,7 @@ def broadcast_full(layer: str, *shapes) -> tuple:
         raise ValueError(f"{layer}: shapes {[tuple(s) for s in shapes]} do not broadcast together") from None
 
 
-class _WithConstant(FullShapeLayer, Module):
+class _WithConstant(FullShapeLayer, _OnnxLayer):
     """Holds ``constant`` (a Parameter when trainable, else a buffer) under ``attr``."""
 
     attr = "constant"
@@ -70,6 +105,11 @@ class _WithConstant(FullShapeLayer, Module):
     def _cast(self, x):
         value = self._value()
         return value.astype(x.dtype, copy=False) if np.issubdtype(x.dtype, np.floating) else value
+
+    def _binary_export(self, ctx, x, prefix, op: str, constant_first: bool = False):
+        """``op(x, constant)`` (or ``op(constant, x)``), the constant under its state-dict name."""
+        c = ctx.constant(ctx.join(prefix, self.attr), self._value(), like=x)
+        return ctx.node(op, [c, x] if constant_first else [x, c], ctx.join(prefix, op))
 
     def full_output_shape(self, shape):
         return broadcast_full(type(self).__name__, shape, self._value().shape)
@@ -98,6 +138,12 @@ class AddConstant(_WithConstant):
             param.accumulate_grad(unbroadcast(dy, param.shape))
         return unbroadcast(dy, shape) if input_grad else None
 
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return LayerMemory()  # only the input shape is cached; the bias gradient is a sum of dy
+
+    def onnx_export(self, ctx, x, prefix):
+        return self._binary_export(ctx, x, prefix, "Add")
+
 
 class MulConstant(_WithConstant):
     """``y = x * weight`` with a broadcast constant (ONNX ``Mul``/``Div`` with one constant operand).
@@ -118,6 +164,14 @@ class MulConstant(_WithConstant):
         if param is not None:
             param.accumulate_grad(unbroadcast(dy * x, param.shape))
         return unbroadcast(dy * self._cast(dy), x.shape) if input_grad else None
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        # x is cached (the weight's gradient); backward makes dy * x before summing it
+        product = batch_bytes(output_shape, batch_size, dtype) if self._param() is not None else 0
+        return LayerMemory(keeps_input=True, backward_temp=product)
+
+    def onnx_export(self, ctx, x, prefix):
+        return self._binary_export(ctx, x, prefix, "Mul")
 
 
 def matmul_shape(layer: str, a, b) -> tuple:
@@ -193,6 +247,26 @@ class MatMulConstant(_WithConstant):
         w = self._value().shape
         return matmul_shape("MatMulConstant", w, shape) if self.constant_on_left else matmul_shape("MatMulConstant", shape, w)
 
+    def _contracted(self) -> int:
+        w = self._value().shape
+        return w[-1] if self.constant_on_left else (w[0] if len(w) == 1 else w[-2])
+
+    def macs(self, input_shape, output_shape) -> int:
+        return numel(output_shape) * self._contracted()  # each output is a dot product of that length
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        # x is cached; the weight's gradient is one product per matrix of the batch, (..., K, P),
+        # summed over the batched axes afterwards
+        temp = 0
+        if self._param() is not None:
+            w = self._value().shape
+            matrices = numel(output_shape[:-2]) if len(output_shape) >= 2 else 1
+            temp = batch_size * matrices * numel(w[-2:]) * np.dtype(dtype).itemsize
+        return LayerMemory(keeps_input=True, backward_temp=temp)
+
+    def onnx_export(self, ctx, x, prefix):
+        return self._binary_export(ctx, x, prefix, "MatMul", constant_first=self.constant_on_left)
+
     def extra_repr(self) -> str:
         return f"shape={tuple(self._value().shape)}, constant_on_left={self.constant_on_left}"
 
@@ -215,6 +289,12 @@ class Sub(FullShapeLayer, MultiInputModule):
     def full_output_shape(self, a, b):
         return broadcast_full("Sub", a, b)
 
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return LayerMemory()  # only the input shapes are cached
+
+    def onnx_export(self, ctx, inputs, prefix):
+        return ctx.node("Sub", inputs, prefix or "Sub")
+
 
 def resolve_reshape(layer: str, input_shape, target, allowzero: bool) -> tuple:
     """ONNX's ``Reshape`` target for ``input_shape``: ``0`` copies the input's size on that axis
@@ -233,7 +313,7 @@ def resolve_reshape(layer: str, input_shape, target, allowzero: bool) -> tuple:
     return target
 
 
-class Reshape(FullShapeLayer, Module):
+class Reshape(FullShapeLayer, _OnnxLayer):
     """Reshape to ``shape`` (ONNX ``Reshape``): ``0`` copies the input's size on that axis (unless
     ``allowzero``), ``-1`` is inferred. ``shape`` includes the batch axis; a leading ``0`` keeps
     it, so ``Reshape((0, -1))`` flattens each sample at any batch size.
@@ -264,11 +344,24 @@ class Reshape(FullShapeLayer, Module):
     def full_output_shape(self, shape):
         return resolve_reshape("Reshape", shape, self.shape, self.allowzero)
 
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return LayerMemory(aliases_input=True)  # a view of the input; only its shape is cached
+
+    def counts_activation(self, input_shape, output_shape) -> bool:
+        return False  # a view, as Flatten
+
+    def onnx_export(self, ctx, x, prefix):
+        if not self.allowzero:
+            return ctx.reshape(x, self.shape, prefix)
+        ctx.require_opset(14, f"Reshape {prefix!r} with allowzero=1")
+        shape = ctx.constant(ctx.join(prefix, "shape"), np.array(self.shape, np.int64))
+        return ctx.node("Reshape", [x, shape], ctx.join(prefix, "Reshape"), allowzero=1)
+
     def extra_repr(self) -> str:
         return f"shape={self.shape}" + (", allowzero=True" if self.allowzero else "")
 
 
-class ConstantPad(FullShapeLayer, Module):
+class ConstantPad(FullShapeLayer, _OnnxLayer):
     """Pad with a constant (ONNX ``Pad``, mode ``constant``); ``pads`` as ONNX orders them:
     ``(x1_begin, x2_begin, ..., x1_end, x2_end, ...)`` over every axis including the batch.
 
@@ -307,11 +400,31 @@ class ConstantPad(FullShapeLayer, Module):
     def full_output_shape(self, shape):
         return tuple(s + b + e for s, (b, e) in zip(shape, self._widths(len(shape))))
 
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return LayerMemory()  # the widths are cached; dx is a view of dy
+
+    def onnx_export(self, ctx, x, prefix):
+        return pad_export(ctx, x, prefix, self.pads, "constant", self.value)
+
     def extra_repr(self) -> str:
         return f"pads={self.pads}, value={self.value}"
 
 
-class Clip(Module):
+def pad_export(ctx, x, prefix: str, pads, mode: str, value: float) -> str:
+    """ONNX ``Pad``: pads (and the constant) as inputs from opset 11, attributes before."""
+    if mode == "wrap":
+        ctx.require_opset(19, f"Pad {prefix!r} in mode 'wrap'")
+    if ctx.opset < 11:
+        if any(p < 0 for p in pads):
+            raise NotImplementedError(f"ONNX export: Pad {prefix!r} with negative pads needs opset >= 11")
+        return ctx.node("Pad", [x], ctx.join(prefix, "Pad"), mode=mode, pads=list(pads), value=float(value))
+    inputs = [x, ctx.constant(ctx.join(prefix, "pads"), np.array(pads, np.int64))]
+    if mode == "constant":
+        inputs.append(ctx.constant(ctx.join(prefix, "value"), np.array(value), like=x))
+    return ctx.node("Pad", inputs, ctx.join(prefix, "Pad"), mode=mode)
+
+
+class Clip(_OnnxLayer):
     """``y = min(max(x, min), max)`` (ONNX ``Clip``; ReLU6 is ``Clip(0, 6)``); the gradient passes
     where ``min <= x <= max``, as in PyTorch's ``clamp``. Integer tensors are clipped too.
 
@@ -337,11 +450,31 @@ class Clip(Module):
         inside = self._restore()
         return dy * inside if input_grad else None
 
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        # the mask (x >= min) & (x <= max) is kept; its two halves are gone before the output is made
+        return LayerMemory(saved=batch_bytes(input_shape, batch_size, np.bool_))
+
+    def counts_activation(self, input_shape, output_shape) -> bool:
+        return False  # ReLU6 & co. run in place in the notes' convention, as ReLU
+
+    def onnx_export(self, ctx, x, prefix):
+        if ctx.opset < 11:
+            bounds = {k: v for k, v in (("min", self.min), ("max", self.max)) if v is not None}
+            return ctx.node("Clip", [x], ctx.join(prefix, "Clip"), **bounds)
+        inputs = [x, "", ""]
+        if self.min is not None:
+            inputs[1] = ctx.constant(ctx.join(prefix, "min"), np.array(self.min), like=x)
+        if self.max is not None:
+            inputs[2] = ctx.constant(ctx.join(prefix, "max"), np.array(self.max), like=x)
+        while inputs[-1] == "":
+            inputs.pop()
+        return ctx.node("Clip", inputs, ctx.join(prefix, "Clip"))
+
     def extra_repr(self) -> str:
         return f"min={self.min}, max={self.max}"
 
 
-class GlobalMaxPool(Module):
+class GlobalMaxPool(_OnnxLayer):
     """Maximum over all spatial positions, keeping them as size-1 axes (ONNX ``GlobalMaxPool``);
     backward routes each gradient to the first maximum.
 
@@ -372,8 +505,14 @@ class GlobalMaxPool(Module):
             raise ValueError(f"GlobalMaxPool expects one sample (C, *spatial), got {tuple(input_shape)}")
         return (input_shape[0],) + (1,) * (len(input_shape) - 1)
 
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return LayerMemory(saved=batch_size * input_shape[0] * 8)  # the int64 argmax of each (n, c)
 
-class Slice(FullShapeLayer, Module):
+    def onnx_export(self, ctx, x, prefix):
+        return ctx.node("GlobalMaxPool", [x], ctx.join(prefix, "GlobalMaxPool"))
+
+
+class Slice(FullShapeLayer, _OnnxLayer):
     """``y = x[starts:ends:steps]`` along ``axes`` (ONNX ``Slice`` of a computed tensor; axes count
     the batch axis); backward scatters ``dy`` into zeros.
 
@@ -420,6 +559,22 @@ class Slice(FullShapeLayer, Module):
     def full_output_shape(self, shape):
         index = self._index(len(shape))
         return tuple(len(range(*i.indices(s))) for i, s in zip(index, shape))
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return LayerMemory(aliases_input=True)  # basic slicing: a view that holds the input
+
+    def counts_activation(self, input_shape, output_shape) -> bool:
+        return False  # a view
+
+    def onnx_export(self, ctx, x, prefix):
+        if ctx.opset < 10:
+            if any(s != 1 for s in self.steps):
+                raise NotImplementedError(f"ONNX export: Slice {prefix!r} with steps {self.steps} needs opset >= 10")
+            return ctx.node("Slice", [x], ctx.join(prefix, "Slice"), starts=self.starts, ends=self.ends,
+                            axes=self.axes)
+        inputs = [x] + [ctx.constant(ctx.join(prefix, n), np.array(v, np.int64)) for n, v in
+                        (("starts", self.starts), ("ends", self.ends), ("axes", self.axes), ("steps", self.steps))]
+        return ctx.node("Slice", inputs, ctx.join(prefix, "Slice"))
 
     def extra_repr(self) -> str:
         return f"starts={self.starts}, ends={self.ends}, axes={self.axes}, steps={self.steps}"

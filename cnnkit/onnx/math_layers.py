@@ -3,7 +3,7 @@ lacks: PReLU, hard sigmoid, hard swish, a table of unary functions, division and
 of two computed tensors, element-wise max/min/mean, and ``Reduce*``.
 
 Every layer has its explicit backward, checked against finite differences in the tests, so
-imported graphs train.
+imported graphs train, and the rules summary, profile and export read (see :mod:`.layers`).
 """
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import math
 import numpy as np
 
 from ..backend import array_module
+from ..functional.memory import LayerMemory, numel
 from ..nn.graph import MultiInputModule, unbroadcast
-from ..nn.module import Module, Parameter
-from .layers import FullShapeLayer, broadcast_full, matmul_grads, matmul_shape
+from ..nn.module import Parameter
+from .layers import FullShapeLayer, _OnnxLayer, batch_bytes, broadcast_full, matmul_grads, matmul_shape, sample_shapes
 
 
-class PRelu(FullShapeLayer, Module):
+class PRelu(FullShapeLayer, _OnnxLayer):
     """``y = x`` where ``x >= 0``, ``slope * x`` elsewhere (ONNX ``PRelu``, PyTorch ``PReLU``); the
     slope broadcasts against the input (one per channel, or one for all) and is trainable.
 
@@ -47,11 +48,22 @@ class PRelu(FullShapeLayer, Module):
     def full_output_shape(self, shape):
         return broadcast_full("PRelu", shape, self.weight.shape)
 
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        # x and the mask x < 0 are cached; forward makes x * slope, backward dy * x and its
+        # masked copy (the slope's gradient) before dy * slope
+        n = batch_bytes(output_shape, batch_size, dtype)
+        return LayerMemory(keeps_input=True, saved=batch_bytes(output_shape, batch_size, np.bool_), forward_temp=n,
+                           backward_temp=2 * n if self.weight.requires_grad else n)
+
+    def onnx_export(self, ctx, x, prefix):
+        slope = ctx.constant(ctx.join(prefix, "weight"), self.weight.data, like=x)
+        return ctx.node("PRelu", [x, slope], ctx.join(prefix, "PRelu"))
+
     def extra_repr(self) -> str:
         return f"slope_shape={tuple(self.weight.shape)}"
 
 
-class HardSigmoid(Module):
+class HardSigmoid(_OnnxLayer):
     """``y = max(0, min(1, alpha * x + beta))`` (ONNX ``HardSigmoid``; PyTorch's ``Hardsigmoid`` is
     ``alpha = 1/6, beta = 1/2``); the gradient is ``alpha`` strictly inside ``(0, 1)``.
 
@@ -73,11 +85,19 @@ class HardSigmoid(Module):
         inside = self._restore()
         return dy * inside * self.alpha if input_grad else None
 
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        # the mask 0 < z < 1 is cached; z = alpha x + beta lives beside the output, backward makes dy * mask
+        n, mask = batch_bytes(input_shape, batch_size, dtype), batch_bytes(input_shape, batch_size, np.bool_)
+        return LayerMemory(saved=mask, forward_temp=n, backward_temp=n)
+
+    def onnx_export(self, ctx, x, prefix):
+        return ctx.node("HardSigmoid", [x], ctx.join(prefix, "HardSigmoid"), alpha=self.alpha, beta=self.beta)
+
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, beta={self.beta}"
 
 
-class HardSwish(Module):
+class HardSwish(_OnnxLayer):
     """``y = x * max(0, min(1, x/6 + 1/2))`` (ONNX ``HardSwish``, PyTorch ``Hardswish``, MobileNetV3).
 
     ``dy/dx = 0`` below -3, ``x/3 + 1/2`` on ``[-3, 3]`` and ``1`` above, PyTorch's convention at
@@ -99,6 +119,18 @@ class HardSwish(Module):
         xp = array_module(dy)
         slope = xp.where(x < -3, 0, xp.where(x <= 3, x / 3 + 0.5, 1))
         return (dy * slope).astype(dy.dtype, copy=False)
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        # x is cached; the clipped gate x/6 + 1/2 lives beside the output; backward makes two
+        # masks and the slope x/3 + 1/2 (numpy reuses the temporaries of chained arithmetic)
+        n, mask = batch_bytes(input_shape, batch_size, dtype), batch_bytes(input_shape, batch_size, np.bool_)
+        return LayerMemory(keeps_input=True, forward_temp=n, backward_temp=n + 2 * mask)
+
+    def onnx_export(self, ctx, x, prefix):
+        if ctx.opset >= 14:
+            return ctx.node("HardSwish", [x], ctx.join(prefix, "HardSwish"))
+        gate = ctx.node("HardSigmoid", [x], ctx.join(prefix, "HardSigmoid"), alpha=1 / 6, beta=0.5)
+        return ctx.node("Mul", [x, gate], ctx.join(prefix, "Mul"))
 
 
 # name -> (forward f(x, attrs), derivative f'(x, y, attrs)), for element-wise functions of one tensor
@@ -134,13 +166,17 @@ UNARY = {
 }
 
 
+# the ONNX attributes of each function (besides the op name) and the opset that introduced it
+UNARY_OPSET = {"Celu": 12, "ThresholdedRelu": 10, "Erf": 9}
+
+
 def _erf(x):
     from math import erf
 
     return np.vectorize(erf, otypes=[x.dtype])(x) if x.size else x.copy()
 
 
-class Elementwise(Module):
+class Elementwise(_OnnxLayer):
     """One element-wise function of :data:`UNARY` (``Exp``, ``Log``, ``Elu``, ``Softplus``...) with
     its derivative: ``dx = dy * f'(x)``.
 
@@ -169,11 +205,20 @@ class Elementwise(Module):
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             return (dy * derivative(x, y, self.attrs)).astype(dy.dtype, copy=False)
 
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        # x and y are cached; f and f' make about one input-sized intermediate each
+        n = batch_bytes(input_shape, batch_size, dtype)
+        return LayerMemory(keeps_input=True, keeps_output=True, forward_temp=n, backward_temp=n)
+
+    def onnx_export(self, ctx, x, prefix):
+        ctx.require_opset(UNARY_OPSET.get(self.op, 1), f"{self.op} ({prefix!r})")
+        return ctx.node(self.op, [x], ctx.join(prefix, self.op), **self.attrs)
+
     def extra_repr(self) -> str:
         return self.op + "".join(f", {k}={v}" for k, v in self.attrs.items())
 
 
-class Pow(FullShapeLayer, Module):
+class Pow(FullShapeLayer, _OnnxLayer):
     """``y = x ** exponent`` with a constant exponent (ONNX ``Pow``); ``dx = exponent * x**(exponent-1)``.
 
     Shape:
@@ -201,6 +246,14 @@ class Pow(FullShapeLayer, Module):
 
     def full_output_shape(self, shape):
         return broadcast_full("Pow", shape, self.exponent.shape)
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        # x is cached; backward makes dy * e and x ** (e - 1) before their product
+        return LayerMemory(keeps_input=True, backward_temp=2 * batch_bytes(output_shape, batch_size, dtype))
+
+    def onnx_export(self, ctx, x, prefix):
+        exponent = ctx.constant(ctx.join(prefix, "exponent"), self.exponent, like=x)
+        return ctx.node("Pow", [x, exponent], ctx.join(prefix, "Pow"))
 
 
 def divide(a, b):
@@ -237,6 +290,13 @@ class Div(FullShapeLayer, MultiInputModule):
     def full_output_shape(self, a, b):
         return broadcast_full("Div", a, b)
 
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        # both inputs are cached; backward makes dy / b, then -dy, -dy * a and b * b for b's gradient
+        return LayerMemory(keeps_input=True, backward_temp=3 * batch_bytes(output_shape, batch_size, dtype))
+
+    def onnx_export(self, ctx, inputs, prefix):
+        return ctx.node("Div", inputs, prefix or "Div")
+
 
 class MatMul(FullShapeLayer, MultiInputModule):
     """``y = a @ b`` of two computed tensors with NumPy's matmul rules (ONNX ``MatMul``):
@@ -258,6 +318,17 @@ class MatMul(FullShapeLayer, MultiInputModule):
 
     def full_output_shape(self, a, b):
         return matmul_shape("MatMul", a, b)
+
+    def macs(self, input_shape, output_shape) -> int:
+        # each output is a dot product along a's last axis (the first input's shape is enough,
+        # which is what profile passes)
+        return numel(output_shape) * sample_shapes(input_shape)[0][-1]
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return LayerMemory(keeps_input=True)  # both inputs are cached; the gradients are dy @ b^T and a^T @ dy
+
+    def onnx_export(self, ctx, inputs, prefix):
+        return ctx.node("MatMul", inputs, prefix or "MatMul")
 
 
 class Extremum(FullShapeLayer, MultiInputModule):
@@ -296,11 +367,24 @@ class Extremum(FullShapeLayer, MultiInputModule):
     def full_output_shape(self, *shapes):
         return broadcast_full(f"Extremum({self.kind})", *shapes)
 
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        # forward stacks the inputs broadcast to the output; max/min keep the int64 winner
+        out = batch_bytes(output_shape, batch_size, dtype)
+        stacked = len(sample_shapes(input_shape)) * out
+        if self.kind == "mean":
+            return LayerMemory(forward_temp=stacked)
+        winner, mask = batch_bytes(output_shape, batch_size, np.int64), batch_bytes(output_shape, batch_size, np.bool_)
+        return LayerMemory(saved=winner, forward_temp=stacked, backward_temp=mask)
+
+    def onnx_export(self, ctx, inputs, prefix):
+        op = self.kind.capitalize()
+        return ctx.node(op, inputs, prefix or op)
+
     def extra_repr(self) -> str:
         return self.kind
 
 
-class ExtremumConstant(FullShapeLayer, Module):
+class ExtremumConstant(FullShapeLayer, _OnnxLayer):
     """``y = max(x, c)`` or ``min(x, c)`` with a constant ``c`` (ONNX ``Max``/``Min`` with constant
     operands, e.g. TF's ReLU6 as ``Min(Max(x, 0), 6)``); the gradient goes to ``x`` where ``x``
     is the result (ties included).
@@ -330,6 +414,18 @@ class ExtremumConstant(FullShapeLayer, Module):
     def full_output_shape(self, shape):
         return broadcast_full(f"ExtremumConstant({self.kind})", shape, self.value.shape)
 
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        # the mask is kept (isnan(x), a temporary, is gone before the output is made)
+        return LayerMemory(saved=batch_bytes(input_shape, batch_size, np.bool_))
+
+    def counts_activation(self, input_shape, output_shape) -> bool:
+        return False  # max(x, 0) is TF's ReLU (min(max(x, 0), 6) its ReLU6): in place, as ReLU
+
+    def onnx_export(self, ctx, x, prefix):
+        op = self.kind.capitalize()
+        value = ctx.constant(ctx.join(prefix, "value"), self.value, like=x)
+        return ctx.node(op, [x, value], ctx.join(prefix, op))
+
     def extra_repr(self) -> str:
         return f"{self.kind}, shape={tuple(self.value.shape)}"
 
@@ -346,9 +442,15 @@ def reduction_identity(dtype, largest: bool):
 
 
 REDUCTIONS = ("mean", "sum", "max", "min", "sum_square", "l1", "l2", "log_sum", "log_sum_exp")
+REDUCE_OPS = {"mean": "ReduceMean", "sum": "ReduceSum", "max": "ReduceMax", "min": "ReduceMin",
+              "sum_square": "ReduceSumSquare", "l1": "ReduceL1", "l2": "ReduceL2", "log_sum": "ReduceLogSum",
+              "log_sum_exp": "ReduceLogSumExp"}
+# input-sized temporaries of forward and backward (beyond dx), per kind, read off Reduce's code
+_REDUCE_TEMPS = {"mean": (0, 0), "sum": (0, 0), "max": (0, 2), "min": (0, 2), "sum_square": (1, 1), "l1": (1, 1),
+                 "l2": (1, 2), "log_sum": (0, 0), "log_sum_exp": (2, 1)}
 
 
-class Reduce(FullShapeLayer, Module):
+class Reduce(FullShapeLayer, _OnnxLayer):
     """ONNX ``ReduceMean``/``ReduceSum``/``ReduceMax``/``ReduceMin``/``ReduceSumSquare``/
     ``ReduceL1``/``ReduceL2``/``ReduceLogSum``/``ReduceLogSumExp`` over ``axes`` (``None``: every axis), keeping
     the reduced axes as size 1 when ``keepdims``. A global-average-pooling head (Keras, PyTorch's
@@ -450,6 +552,25 @@ class Reduce(FullShapeLayer, Module):
     def full_output_shape(self, shape):
         axes = self._axes(len(shape))
         return self._kept(shape, axes) if self.keepdims else self._dropped(shape, axes)
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        # x and the (kept-axes) result are cached; max/min compare x with it in backward
+        n = batch_bytes(input_shape, batch_size, dtype)
+        forward, backward = _REDUCE_TEMPS[self.kind]
+        mask = batch_bytes(input_shape, batch_size, np.bool_) if self.kind in ("max", "min") else 0
+        return LayerMemory(keeps_input=True, keeps_output=True, forward_temp=forward * n,
+                           backward_temp=backward * n + mask)
+
+    def onnx_export(self, ctx, x, prefix):
+        op = REDUCE_OPS[self.kind]
+        attrs = {"keepdims": int(self.keepdims)}
+        inputs = [x]
+        if self.axes is not None:
+            if ctx.opset >= (13 if op == "ReduceSum" else 18):
+                inputs.append(ctx.constant(ctx.join(prefix, "axes"), np.array(self.axes, np.int64)))
+            else:
+                attrs["axes"] = list(self.axes)
+        return ctx.node(op, inputs, ctx.join(prefix, op), **attrs)
 
     def extra_repr(self) -> str:
         return f"{self.kind}, axes={self.axes}, keepdims={self.keepdims}"

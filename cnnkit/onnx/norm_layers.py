@@ -11,10 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import array_module
-from ..nn.module import Module, Parameter
+from ..functional.memory import LayerMemory
+from ..nn.module import Parameter
+from .layers import _OnnxLayer, batch_bytes
 
 
-class InstanceNorm(Module):
+class InstanceNorm(_OnnxLayer):
     """Normalise every ``(sample, channel)`` over its spatial positions, then scale and shift.
 
     Backward (per sample and channel, ``m`` spatial positions)::
@@ -65,6 +67,19 @@ class InstanceNorm(Module):
         mean_dxhat = dxhat.mean(axis=axes, keepdims=True)
         mean_dxhat_xhat = (dxhat * xhat).mean(axis=axes, keepdims=True)
         return inv_std * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat)
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        # xhat and 1/std per (sample, channel) are cached; forward holds x - mean beside a square
+        # or the scaled xhat, backward dxhat beside one product or difference at a time
+        n = batch_bytes(input_shape, batch_size, dtype)
+        inv_std = batch_bytes(input_shape[:1], batch_size, dtype)
+        return LayerMemory(saved=n + inv_std, forward_temp=2 * n, backward_temp=2 * n)
+
+    def onnx_export(self, ctx, x, prefix):
+        scale = ctx.constant(ctx.join(prefix, "weight"), self.weight.data, like=x)
+        bias = ctx.constant(ctx.join(prefix, "bias"), self.bias.data, like=x)
+        return ctx.node("InstanceNormalization", [x, scale, bias], ctx.join(prefix, "InstanceNormalization"),
+                        epsilon=self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"

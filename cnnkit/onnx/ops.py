@@ -295,6 +295,13 @@ class DropoutWithMask(Dropout):
     def output_shape(self, input_shape):
         return (tuple(input_shape), tuple(input_shape))
 
+    def onnx_export(self, ctx, x, prefix):
+        # The inference graph: from opset 12 ONNX's Dropout outside training is the identity with an
+        # all-true mask (before, that mask is not defined: onnxruntime's is all false).
+        ctx.require_opset(12, f"Dropout {prefix!r} with its mask output")
+        ratio = ctx.constant(ctx.join(prefix, "ratio"), np.array(self.p), like=x)
+        return ctx.node_outputs("Dropout", [x, ratio], ctx.join(prefix, "Dropout"), 2)
+
 
 @register_op("Dropout")
 def dropout(ctx, node, attrs):

@@ -11,27 +11,33 @@ PyTorch's ``padding <= kernel // 2``, a float input, no indices output) and thes
 * ``AveragePool`` with dilations; ``LpPool`` as ONNX defines it, ``(sum |x|^p)^(1/p)``;
 * 1-D pooling of ``(N, C, L)`` inputs (run as ``(N, C, 1, L)``).
 
-The kernels are the ones in :mod:`cnnkit.functional.pool`, called with ``padding_rule="onnx"``.
+The kernels are the ones in :mod:`cnnkit.functional.pool`, called with ``padding_rule="onnx"``,
+and so are their memory rules; each layer exports as the ONNX operator it was read from.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..backend import array_module
+from ..functional.memory import ArraySpec, LayerMemory
 from ..functional.pool import (
     avg_pool2d_backward,
     avg_pool2d_forward,
+    avg_pool2d_memory,
     lp_pool2d_backward,
     lp_pool2d_forward,
+    lp_pool2d_memory,
     max_pool2d_backward,
     max_pool2d_forward,
     max_pool2d_indices,
+    max_pool2d_memory,
     pool_geometry,
 )
-from ..nn.module import Module, is_grad_enabled
+from ..nn.module import is_grad_enabled
+from .layers import _OnnxLayer
 
 
-class _OnnxPool(Module):
+class _OnnxPool(_OnnxLayer):
     """Window, strides, ONNX pads and dilations of a 1-D or 2-D pooling; 1-D runs as 2-D."""
 
     def __init__(self, kernel, strides=None, pads=None, dilations=None, ceil_mode=False):
@@ -75,6 +81,27 @@ class _OnnxPool(Module):
         g = pool_geometry((1, shape[0]) + spatial, self._kernel, self._stride, self._pads, self._dilation,
                           self.ceil_mode, padding_rule="onnx", layer=type(self).__name__)
         return (shape[0],) + (g.output[1:] if rank == 1 else g.output)
+
+    def _batch_spec(self, input_shape, batch_size: int, dtype) -> ArraySpec:
+        """The 2-D input the kernel sees for a batch of one-sample ``input_shape``."""
+        shape = tuple(input_shape)
+        spatial = ((1,) + shape[1:]) if len(self.kernel_shape) == 1 else shape[1:]
+        return ArraySpec((batch_size, shape[0]) + spatial, dtype)
+
+    def _geometry_kwargs(self) -> dict:
+        return dict(kernel_size=self._kernel, stride=self._stride, padding=self._pads, dilation=self._dilation,
+                    ceil_mode=self.ceil_mode, padding_rule="onnx")
+
+    def _onnx_attrs(self, ctx, op: str, prefix: str, dilations_opset: int, ceil_opset: int) -> dict:
+        """The window attributes as the node had them (1-D stays 1-D), refusing what ``ctx.opset`` lacks."""
+        attrs = dict(kernel_shape=list(self.kernel_shape), strides=list(self.strides), pads=list(self.pads))
+        if any(d != 1 for d in self.dilations):
+            ctx.require_opset(dilations_opset, f"{op} {prefix!r} with dilations {self.dilations}")
+            attrs["dilations"] = list(self.dilations)
+        if self.ceil_mode:
+            ctx.require_opset(ceil_opset, f"{op} {prefix!r} with ceil_mode=1")
+            attrs["ceil_mode"] = 1
+        return attrs
 
     def extra_repr(self) -> str:
         return (f"kernel_shape={self.kernel_shape}, strides={self.strides}, pads={self.pads}, "
@@ -135,6 +162,23 @@ class OnnxMaxPool(_OnnxPool):
         shape = super().output_shape(input_shape)
         return (shape, shape) if self.return_indices else shape
 
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        x = self._batch_spec(input_shape, batch_size, dtype)
+        rule = max_pool2d_memory(x, **self._geometry_kwargs())
+        if self.return_indices:  # the int64 indices are an output; their planes' offsets a temporary
+            out = output_shape[0] if isinstance(output_shape[0], (tuple, list)) else output_shape
+            rule.forward_temp += 2 * batch_size * 8 * int(np.prod(out))
+        return rule
+
+    def onnx_export(self, ctx, x, prefix):
+        attrs = self._onnx_attrs(ctx, "MaxPool", prefix, dilations_opset=10, ceil_opset=10)
+        if self.storage_order:
+            attrs["storage_order"] = self.storage_order
+        name = ctx.join(prefix, "MaxPool")
+        if self.return_indices:
+            return ctx.node_outputs("MaxPool", [x], name, 2, **attrs)
+        return ctx.node("MaxPool", [x], name, **attrs)
+
     def extra_repr(self) -> str:
         extra = f", return_indices=True, storage_order={self.storage_order}" if self.return_indices else ""
         return super().extra_repr() + extra
@@ -163,6 +207,15 @@ class OnnxAveragePool(_OnnxPool):
     def backward(self, dy, input_grad: bool = True):
         cache = self._restore()
         return self._from_2d(avg_pool2d_backward(self._as_2d(dy), cache)) if input_grad else None
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return avg_pool2d_memory(self._batch_spec(input_shape, batch_size, dtype),
+                                 count_include_pad=self.count_include_pad, **self._geometry_kwargs())
+
+    def onnx_export(self, ctx, x, prefix):
+        attrs = self._onnx_attrs(ctx, "AveragePool", prefix, dilations_opset=19, ceil_opset=10)
+        attrs["count_include_pad"] = int(self.count_include_pad)
+        return ctx.node("AveragePool", [x], ctx.join(prefix, "AveragePool"), **attrs)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", count_include_pad={self.count_include_pad}"
@@ -193,6 +246,16 @@ class OnnxLpPool(_OnnxPool):
     def backward(self, dy, input_grad: bool = True):
         cache = self._restore()
         return self._from_2d(lp_pool2d_backward(self._as_2d(dy), cache)) if input_grad else None
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return lp_pool2d_memory(self._batch_spec(input_shape, batch_size, dtype), self.p, definition="onnx",
+                                **self._geometry_kwargs())
+
+    def onnx_export(self, ctx, x, prefix):
+        if self.p != int(self.p):
+            raise NotImplementedError(f"ONNX export: LpPool {prefix!r} has p={self.p}; ONNX's p is an integer")
+        attrs = self._onnx_attrs(ctx, "LpPool", prefix, dilations_opset=18, ceil_opset=18)
+        return ctx.node("LpPool", [x], ctx.join(prefix, "LpPool"), p=int(self.p), **attrs)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, " + super().extra_repr()

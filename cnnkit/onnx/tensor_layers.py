@@ -4,16 +4,18 @@ any axis, squeeze/unsqueeze, concatenation along any axis, split, expand, tile, 
 constant indices, pad by reflection/edge/wrap, cast.
 
 Each backward is the adjoint of its forward: a permutation is undone, a broadcast is summed
-back, gathered or padded positions scatter-add into the input's gradient.
+back, gathered or padded positions scatter-add into the input's gradient. Each layer exports as
+the operator it was imported from (see :mod:`.layers` for the rules).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..backend import array_module
+from ..functional.memory import LayerMemory
 from ..nn.graph import Cat, MultiInputModule, unbroadcast
-from ..nn.module import Module
-from .layers import FullShapeLayer, broadcast_full
+from ..nn.module import Parameter
+from .layers import FullShapeLayer, _OnnxLayer, batch_bytes, broadcast_full, pad_export
 
 
 def _axis(axis: int, ndim: int, layer: str) -> int:
@@ -22,7 +24,30 @@ def _axis(axis: int, ndim: int, layer: str) -> int:
     return axis + ndim if axis < 0 else axis
 
 
-class Transpose(FullShapeLayer, Module):
+class _View(_OnnxLayer):
+    """A layer whose output is a view of its input (a reshape): only shapes are cached."""
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return LayerMemory(aliases_input=True)
+
+    def counts_activation(self, input_shape, output_shape) -> bool:
+        return False  # a view, as Flatten
+
+
+def _axes_export(ctx, op: str, x: str, axes, prefix: str) -> str:
+    """``Squeeze``/``Unsqueeze``: the axes as an input from opset 13, an attribute before (and
+    non-negative before opset 11)."""
+    if axes is None:
+        return ctx.node(op, [x], ctx.join(prefix, op))
+    if ctx.opset >= 13:
+        return ctx.node(op, [x, ctx.constant(ctx.join(prefix, "axes"), np.array(axes, np.int64))], ctx.join(prefix, op))
+    if ctx.opset < 11:  # count negative axes from the end of the input (Squeeze) or output (Unsqueeze)
+        rank = len(ctx.shape(x)) + 1 + (len(axes) if op == "Unsqueeze" else 0)
+        axes = [a + rank if a < 0 else a for a in axes]
+    return ctx.node(op, [x], ctx.join(prefix, op), axes=list(axes))
+
+
+class Transpose(FullShapeLayer, _OnnxLayer):
     """Permute the axes (ONNX ``Transpose``; ``perm=None`` reverses them); backward applies the
     inverse permutation.
 
@@ -53,11 +78,20 @@ class Transpose(FullShapeLayer, Module):
     def full_output_shape(self, shape):
         return tuple(shape[p] for p in self._perm(len(shape)))
 
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        # The transpose itself is a view, but the permuted layout is materialised by whatever
+        # reads it (a Reshape copies it, a kernel makes it contiguous): counted as a new array.
+        return LayerMemory()
+
+    def onnx_export(self, ctx, x, prefix):
+        attrs = {} if self.perm is None else {"perm": list(self.perm)}
+        return ctx.node("Transpose", [x], ctx.join(prefix, "Transpose"), **attrs)
+
     def extra_repr(self) -> str:
         return f"perm={self.perm}"
 
 
-class FlattenAt(FullShapeLayer, Module):
+class FlattenAt(FullShapeLayer, _View):
     """ONNX ``Flatten``: a 2-D output ``(d0*...*d_{axis-1}, d_axis*...*d_last)``; ``axis=1`` is
     ``nn.Flatten``, other axes merge the batch axis with others (or make it 1 with ``axis=0``).
 
@@ -83,11 +117,15 @@ class FlattenAt(FullShapeLayer, Module):
         shape = self._restore()
         return dy.reshape(shape) if input_grad else None
 
+    def onnx_export(self, ctx, x, prefix):
+        axis = self.axis + len(ctx.shape(x)) + 1 if self.axis < 0 else self.axis  # ONNX < 11 has no negative axis
+        return ctx.node("Flatten", [x], ctx.join(prefix, "Flatten"), axis=axis)
+
     def extra_repr(self) -> str:
         return f"axis={self.axis}"
 
 
-class Squeeze(FullShapeLayer, Module):
+class Squeeze(FullShapeLayer, _View):
     """Drop size-1 axes (ONNX ``Squeeze``; ``axes=None``: every size-1 axis).
 
     Shape:
@@ -115,11 +153,14 @@ class Squeeze(FullShapeLayer, Module):
         shape = self._restore()
         return dy.reshape(shape) if input_grad else None
 
+    def onnx_export(self, ctx, x, prefix):
+        return _axes_export(ctx, "Squeeze", x, self.axes, prefix)
+
     def extra_repr(self) -> str:
         return f"axes={self.axes}"
 
 
-class Unsqueeze(FullShapeLayer, Module):
+class Unsqueeze(FullShapeLayer, _View):
     """Insert size-1 axes at ``axes`` (positions in the output, ONNX ``Unsqueeze``).
 
     Shape:
@@ -148,6 +189,9 @@ class Unsqueeze(FullShapeLayer, Module):
         shape = self._restore()
         return dy.reshape(shape) if input_grad else None
 
+    def onnx_export(self, ctx, x, prefix):
+        return _axes_export(ctx, "Unsqueeze", x, self.axes, prefix)
+
     def extra_repr(self) -> str:
         return f"axes={self.axes}"
 
@@ -170,8 +214,14 @@ class AxisCat(FullShapeLayer, Cat):
 
     output_shape = FullShapeLayer.output_shape
 
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return LayerMemory()  # only the widths are cached
 
-class Split(FullShapeLayer, Module):
+    def onnx_export(self, ctx, inputs, prefix):
+        return ctx.node("Concat", inputs, prefix or "Concat", axis=self.dim)
+
+
+class Split(FullShapeLayer, _OnnxLayer):
     """Split along ``axis`` into pieces of the given ``sizes`` (ONNX ``Split``); forward returns
     a tuple, backward concatenates the pieces' gradients (zeros for unused pieces).
 
@@ -217,11 +267,24 @@ class Split(FullShapeLayer, Module):
             parts.append(dy)
         return xp.concatenate(parts, axis=axis)
 
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return LayerMemory(aliases_input=True)  # the pieces are views of the input
+
+    def counts_activation(self, input_shape, output_shape) -> bool:
+        return False  # views
+
+    def onnx_export(self, ctx, x, prefix):
+        name = ctx.join(prefix, "Split")
+        if ctx.opset >= 13:
+            sizes = ctx.constant(ctx.join(prefix, "split"), np.array(self.sizes, np.int64))
+            return ctx.node_outputs("Split", [x, sizes], name, len(self.sizes), axis=self.axis)
+        return ctx.node_outputs("Split", [x], name, len(self.sizes), axis=self.axis, split=list(self.sizes))
+
     def extra_repr(self) -> str:
         return f"axis={self.axis}, sizes={self.sizes}"
 
 
-class Expand(FullShapeLayer, Module):
+class Expand(FullShapeLayer, _OnnxLayer):
     """Broadcast to ``shape`` (ONNX ``Expand``: NumPy broadcasting of the input with ``shape``, so
     a 1 in ``shape`` keeps the input's size); backward sums over the broadcast axes.
 
@@ -245,11 +308,18 @@ class Expand(FullShapeLayer, Module):
         shape = self._restore()
         return unbroadcast(dy, shape) if input_grad else None
 
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return LayerMemory()  # the input shape is cached; backward sums dy into dx
+
+    def onnx_export(self, ctx, x, prefix):
+        shape = ctx.constant(ctx.join(prefix, "shape"), np.array(self.shape, np.int64))
+        return ctx.node("Expand", [x, shape], ctx.join(prefix, "Expand"))
+
     def extra_repr(self) -> str:
         return f"shape={self.shape}"
 
 
-class Tile(FullShapeLayer, Module):
+class Tile(FullShapeLayer, _OnnxLayer):
     """Repeat the tensor ``repeats[i]`` times along each axis (ONNX ``Tile``); backward sums the
     copies.
 
@@ -283,11 +353,18 @@ class Tile(FullShapeLayer, Module):
         return dy.reshape(split).sum(axis=tuple(range(0, 2 * len(shape), 2))) if dy.size else \
             array_module(dy).zeros(shape, dtype=dy.dtype)
 
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return LayerMemory()  # the input shape is cached; backward sums the copies of dy
+
+    def onnx_export(self, ctx, x, prefix):
+        repeats = ctx.constant(ctx.join(prefix, "repeats"), np.array(self.repeats, np.int64))
+        return ctx.node("Tile", [x, repeats], ctx.join(prefix, "Tile"))
+
     def extra_repr(self) -> str:
         return f"repeats={self.repeats}"
 
 
-class Gather(FullShapeLayer, Module):
+class Gather(FullShapeLayer, _OnnxLayer):
     """``y = take(x, indices, axis)`` with constant indices (ONNX ``Gather``; negative indices
     count from the end); backward scatter-adds ``dy`` into the gathered positions.
 
@@ -329,11 +406,18 @@ class Gather(FullShapeLayer, Module):
         np.add.at(moved, indices.reshape(-1), grads)
         return dx
 
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return LayerMemory(saved=self.indices.nbytes)  # the indices, made non-negative
+
+    def onnx_export(self, ctx, x, prefix):
+        indices = ctx.constant(ctx.join(prefix, "indices"), self.indices)
+        return ctx.node("Gather", [x, indices], ctx.join(prefix, "Gather"), axis=self.axis)
+
     def extra_repr(self) -> str:
         return f"axis={self.axis}, indices_shape={tuple(self.indices.shape)}"
 
 
-class GatherConstant(FullShapeLayer, Module):
+class GatherConstant(FullShapeLayer, _OnnxLayer):
     """``y = take(weight, indices, axis)``: a constant (trainable) table indexed by computed integer
     indices (ONNX ``Gather`` with constant data: an embedding lookup). Backward scatter-adds
     ``dy`` into the rows of ``weight`` that were read; the indices have no gradient.
@@ -344,8 +428,6 @@ class GatherConstant(FullShapeLayer, Module):
 
     def __init__(self, weight, axis: int = 0, trainable: bool = True):
         super().__init__()
-        from ..nn.module import Parameter
-
         weight = np.array(weight, copy=True)
         self.axis = _axis(int(axis), weight.ndim, "Gather")
         if trainable and np.issubdtype(weight.dtype, np.floating):
@@ -354,9 +436,12 @@ class GatherConstant(FullShapeLayer, Module):
             self.register_buffer("weight", weight)
 
     def _table(self):
-        from ..nn.module import Parameter
-
         return self.weight.data if isinstance(self.weight, Parameter) else self.weight
+
+    @property
+    def to_dtype(self):
+        """The type of the output: the table's, not the (integer) input's."""
+        return self._table().dtype
 
     def forward(self, indices):
         table = self._table()
@@ -369,8 +454,6 @@ class GatherConstant(FullShapeLayer, Module):
         return array_module(table).take(table, indices, axis=self.axis)
 
     def backward(self, dy, input_grad: bool = True):
-        from ..nn.module import Parameter
-
         indices = self._restore()
         if isinstance(self.weight, Parameter) and self.weight.requires_grad:
             table = self.weight.data
@@ -385,11 +468,21 @@ class GatherConstant(FullShapeLayer, Module):
         table = self._table().shape
         return table[:self.axis] + tuple(shape) + table[self.axis + 1:]
 
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        # the (non-negative) int64 indices are cached; backward scatters into a table of zeros
+        trainable = isinstance(self.weight, Parameter) and self.weight.requires_grad
+        return LayerMemory(saved=batch_bytes(input_shape, batch_size, np.int64),
+                           backward_temp=self._table().size * np.dtype(dtype).itemsize if trainable else 0)
+
+    def onnx_export(self, ctx, x, prefix):
+        table = ctx.constant(ctx.join(prefix, "weight"), self._table())
+        return ctx.node("Gather", [table, x], ctx.join(prefix, "Gather"), axis=self.axis)
+
     def extra_repr(self) -> str:
         return f"table={tuple(self._table().shape)}, axis={self.axis}"
 
 
-class Pad(FullShapeLayer, Module):
+class Pad(FullShapeLayer, _OnnxLayer):
     """ONNX ``Pad`` in modes ``reflect``, ``edge`` and ``wrap`` (and ``constant`` with negative pads,
     which crop); ``pads`` in ONNX's order ``(x1_begin, x2_begin, ..., x1_end, x2_end, ...)``.
 
@@ -468,11 +561,20 @@ class Pad(FullShapeLayer, Module):
             g = out
         return g
 
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        # forward takes the padded positions axis by axis (one intermediate alive beside the
+        # output); backward scatter-adds axis by axis from a gathered copy of the gradient
+        n = batch_bytes(output_shape, batch_size, dtype)
+        return LayerMemory(forward_temp=n, backward_temp=2 * n)
+
+    def onnx_export(self, ctx, x, prefix):
+        return pad_export(ctx, x, prefix, self.pads, self.mode, self.value)
+
     def extra_repr(self) -> str:
         return f"pads={self.pads}, mode={self.mode!r}" + (f", value={self.value}" if self.mode == "constant" else "")
 
 
-class Cast(Module):
+class Cast(_OnnxLayer):
     """Convert to ``dtype`` (ONNX ``Cast`` of a computed tensor); the gradient of a float-to-float
     cast passes through, casts to integers or booleans pass none.
 
@@ -495,6 +597,14 @@ class Cast(Module):
         if not np.issubdtype(self.to_dtype, np.floating) or not np.issubdtype(dtype, np.floating):
             return array_module(dy).zeros(dy.shape, dtype=dtype if np.issubdtype(dtype, np.floating) else dy.dtype)
         return dy.astype(dtype, copy=False)
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return LayerMemory()  # only the input's dtype is cached
+
+    def onnx_export(self, ctx, x, prefix):
+        from onnx import helper
+
+        return ctx.node("Cast", [x], ctx.join(prefix, "Cast"), to=helper.np_dtype_to_tensor_dtype(self.to_dtype))
 
     def extra_repr(self) -> str:
         return f"to={self.to_dtype}"
@@ -546,3 +656,14 @@ class Where(FullShapeLayer, MultiInputModule):
     def full_output_shape(self, *shapes):
         branch = () if self.constant_branch is None else (self.branch_value.shape,)
         return broadcast_full("Where", self.condition.shape, *shapes, *branch)
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return LayerMemory()  # only the input shapes are cached
+
+    def onnx_export(self, ctx, x, prefix):
+        xs = list(x) if isinstance(x, (list, tuple)) else [x]
+        condition = ctx.constant(ctx.join(prefix, "condition"), self.condition)
+        if self.constant_branch is not None:
+            value = ctx.constant(ctx.join(prefix, "branch_value"), self.branch_value, like=xs[0])
+            xs = [value, xs[0]] if self.constant_branch == "a" else [xs[0], value]
+        return ctx.node("Where", [condition] + xs, ctx.join(prefix, "Where"))

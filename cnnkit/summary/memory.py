@@ -43,10 +43,12 @@ def training_memory(ctx: Context, batch: int, optimizer: str, dtype) -> dict:
     persistent = params + state + input_bytes + scratch_bytes
 
     # Which arrays the caches keep, each attributed to the earliest leaf holding it (freed last).
+    # A layer with several inputs (outputs) keeps all of them when its rule says it keeps its input (output).
     holder: dict[int, int] = {}
     for call, mem in zip(calls, memories):
-        for tensor, keep in ((call.in_tensor, mem.keeps_input), (call.out_tensor, mem.keeps_output)):
-            if keep and tensor != 0:  # the input batch is counted once, as persistent
+        kept = (call.in_tensors if mem.keeps_input else ()) + (call.out_tensors if mem.keeps_output else ())
+        for tensor in kept:
+            if tensor != 0:  # the input batch is counted once, as persistent
                 holder[tensor] = min(holder.get(tensor, call.order), call.order)
     kept_by = [0] * len(calls)
     for tensor, order in holder.items():
@@ -68,7 +70,7 @@ def training_memory(ctx: Context, batch: int, optimizer: str, dtype) -> dict:
     kept = 0
     kept_tensors: set[int] = set()
     for i, (call, mem) in enumerate(zip(calls, memories)):
-        live_io = sum(tensor_bytes[t] for t in {call.in_tensor, call.out_tensor} - kept_tensors - {0})
+        live_io = sum(tensor_bytes[t] for t in set(call.in_tensors + call.out_tensors) - kept_tensors - {0})
         consider(kept, 0, live_io + mem.forward_temp, f"forward of {call.name}")
         kept += kept_by[i]
         kept_tensors |= {t for t, order in holder.items() if order == i}
@@ -77,8 +79,8 @@ def training_memory(ctx: Context, batch: int, optimizer: str, dtype) -> dict:
     for i in range(len(calls) - 1, -1, -1):
         call, mem = calls[i], memories[i]
         grads += own_grads[i]
-        dy = tensor_bytes[call.out_tensor]
-        dx = tensor_bytes[call.in_tensor] if i > 0 else 0
+        dy = sum(tensor_bytes[t] for t in set(call.out_tensors))
+        dx = sum(tensor_bytes[t] for t in call.in_tensors) if i > 0 else 0
         consider(kept, grads, dy + dx + mem.backward_temp, f"backward of {call.name}")
         kept -= kept_by[i]
     # The optimizer step: every gradient, the state, and a parameter-sized temporary.

@@ -12,7 +12,7 @@ from ..models.registry import default_input_shape as registered_input_shape
 from ..nn.module import Module
 from .memory import OPTIMIZER_STATE, Context, training_memory
 from .rules import counts_activation_of, macs_of
-from .trace import is_leaf, trace
+from .trace import is_leaf, is_multi, shape_list, trace
 
 
 @dataclass
@@ -153,8 +153,8 @@ def summary(model: Module, input_shape, batch_size: int = 1, optimizer: str = "m
             "params": params,
             "trainable_params": trainable,
             "macs": 0,
-            "activations": numel(out_shape) if out_shape else 0,
-            "activation_bytes": numel(out_shape) * itemsize if out_shape else 0,
+            "activations": _values(out_shape),
+            "activation_bytes": _values(out_shape) * itemsize,
             "calls": len(own_calls),
             "leaf": leaf,
         })
@@ -166,7 +166,7 @@ def summary(model: Module, input_shape, batch_size: int = 1, optimizer: str = "m
         macs = macs_of(call.module, call.input_shape, call.output_shape)
         total_macs += macs
         if counts_activation_of(call.module, call.input_shape, call.output_shape):
-            total_activations += numel(call.output_shape)
+            total_activations += _values(call.output_shape)
         for ancestor in _ancestors(call.name):
             row_of[ancestor]["macs"] += macs
 
@@ -186,6 +186,11 @@ def summary(model: Module, input_shape, batch_size: int = 1, optimizer: str = "m
     )
     result.training = result.training_memory()
     return result
+
+
+def _values(shape) -> int:
+    """Values per sample of an output shape (of all outputs, for a module with several)."""
+    return 0 if shape is None else sum(numel(s) for s in shape_list(shape))
 
 
 def _ancestors(name: str) -> list[str]:
@@ -210,6 +215,8 @@ def _bytes(n: int) -> str:
 
 
 def _fmt_shape(shape) -> str:
+    if is_multi(shape):
+        return ", ".join(_fmt_shape(s) for s in shape)
     return "-" if shape is None else "x".join(str(s) for s in shape)
 
 
