@@ -1,7 +1,10 @@
 """Named training recipes (`cnnkit train --recipe NAME`): the help lists each with its measured
 time and accuracy, a run records its recipe and every setting, a resumed run keeps them (and its
 EMA) bit for bit, and the new flags refuse values no run can use."""
+import importlib.util
+import json
 import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,9 +34,26 @@ def test_help_lists_every_recipe_with_what_it_was_measured_to_give(capsys):
     for r in all_recipes():
         assert f"{r.dataset} {r.name}: {r.about}" in " ".join(r.describe().split()) and r.about
         assert " ".join(r.describe().split()) in text
+        assert "% test accuracy" in r.expected and " min on " in r.expected, (r.dataset, r.name)
     fast = get_recipe("cifar10", "fast")
-    assert "min" in fast.expected and "%" in fast.expected and "full CIFAR-10" in fast.expected
-    assert "full CIFAR-10" in get_recipe("cifar10").expected
+    assert "over 3 seeds" in fast.expected and "full CIFAR-10 (50,000 images)" in fast.expected
+    assert "full CIFAR-10 (50,000 images)" in get_recipe("cifar10").expected
+
+
+def _accuracy_benchmark():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
+    spec = importlib.util.spec_from_file_location("_accuracy_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_recipe_figures_are_the_measured_ones():
+    """The help quotes what benchmarks/accuracy.py measured (its results file), not a guess."""
+    bench = _accuracy_benchmark()
+    rows = json.loads(bench.RESULTS.read_text())
+    for r in all_recipes():
+        assert bench.recipe_expectation(rows, r.dataset, r.name) == r.expected, (r.dataset, r.name)
 
 
 def test_recipes_are_complete_and_lookups_explain_themselves():
