@@ -5,9 +5,10 @@
                                      # the current folder (relative paths are yours; runs/ goes here)
     python3 dev.py test  [ARGS...]   # the test suite, run in the repository (pytest arguments pass through)
 
-Needs nothing but Python >= 3.10. Re-installs only when pyproject.toml changes. Under an MPI
-launcher (`.venv/bin/mpiexec -n 2 python3 dev.py train`) every rank runs this script; the install
-is done by whichever gets the lock first.
+Needs nothing but Python >= 3.10. Re-installs only when pyproject.toml changes. Both install the
+oneDNN kernels (``cnnkit[onednn]``) where a wheel exists; ``CNNKIT_BACKEND=numpy`` runs without them.
+Under an MPI launcher (`.venv/bin/mpiexec -n 2 python3 dev.py train`) every rank runs this script;
+the install is done by whichever gets the lock first.
 """
 import hashlib
 import os
@@ -56,7 +57,7 @@ def main(argv: list[str]) -> int:
         return 2
     command, rest = argv[0], argv[1:]
     if command == "train":
-        ensure_env("")
+        ensure_env("onednn")  # the oneDNN kernels where a wheel exists (x86-64 Linux); NumPy elsewhere
         # From the folder the user is in, so that paths they type (--data-dir, --out, --resume)
         # and the runs/ folder are where they expect.
         # close_fds=False: an MPI launcher's PMI_FD connection must reach the cnnkit process.

@@ -83,6 +83,21 @@ def _sgemm_candidate():
     return (lambda s: np.matmul(a, a, out=out)), 2.0 * SGEMM_N**3
 
 
+def in_network_layout(x):
+    """``x`` as cnnkit's layers receive it inside a network: channels-last 4-D arrays when the
+    oneDNN kernels are active (each oneDNN op hands on that layout), C order otherwise. PyTorch
+    gets its own default, C-ordered (contiguous) tensors."""
+    from cnnkit import backend
+
+    if x.ndim != 4 or backend.active_backend()[0] != "onednn":
+        return x
+    from cnnkit.functional.onednn.layout import empty_channels_last
+
+    out = empty_channels_last(x.shape, x.dtype)
+    out[...] = x
+    return out
+
+
 def bench_forward_backward(torch, layer, torch_fn, torch_params, x, repeat, extra=None):
     """Median forward and backward seconds of a cnnkit layer and a torch function, interleaved.
 
@@ -91,9 +106,11 @@ def bench_forward_backward(torch, layer, torch_fn, torch_params, x, repeat, extr
     candidates (e.g. the sgemm reference) to both rounds.
     """
     xt = _torch_tensor(torch, x, requires_grad=True)
+    x = in_network_layout(x)
     y = layer(x)
-    dy = np.random.default_rng(2).standard_normal(y.shape).astype(x.dtype)
-    dyt = torch.from_numpy(dy)
+    dy = np.empty_like(y)  # the memory order of y: what the next layer hands back
+    dy[...] = np.random.default_rng(2).standard_normal(y.shape).astype(x.dtype)
+    dyt = torch.from_numpy(np.ascontiguousarray(dy))
 
     def ck_forward(_):
         layer(x)
@@ -155,6 +172,8 @@ def run_conv(torch, quick: bool, repeat: int, log=print) -> list[dict]:
         flops = conv_flops(case, out)
         sgemm_rate = sgemm_flops / min(fwd["sgemm"], bwd["sgemm"]) / 1e9
         row = dict(
+            cnnkit_fwd_gflops=flops / fwd["cnnkit"] / 1e9, cnnkit_bwd_gflops=2 * flops / bwd["cnnkit"] / 1e9,
+            torch_fwd_gflops=flops / fwd["torch"] / 1e9, torch_bwd_gflops=2 * flops / bwd["torch"] / 1e9,
             group=case.group, name=case.name, batch=case.batch, algorithm=algorithm_of(layer),
             shape=f"{case.batch}x{case.in_channels}x{case.size}x{case.size} -> {case.out_channels}",
             forward_flops=flops, max_abs_diff=float(check),
@@ -215,6 +234,20 @@ def op_cases(torch) -> list[OpCase]:
             return layer, (lambda xt: F.batch_norm(xt, rm, rv, w, b, training=True)), [w, b]
         return make
 
+    def relu():
+        def make(rng):
+            from cnnkit.nn.activation import ReLU
+
+            return ReLU(), F.relu, []
+        return make
+
+    def lrn(size):
+        def make(rng):
+            from cnnkit.nn.normalization import LocalResponseNorm
+
+            return LocalResponseNorm(size, 1e-4, 0.75, 2.0), (lambda xt: F.local_response_norm(xt, size, 1e-4, 0.75, 2.0)), []
+        return make
+
     def linear(i, o):
         def make(rng):
             layer = Linear(i, o, generator=rng)
@@ -233,6 +266,8 @@ def op_cases(torch) -> list[OpCase]:
         OpCase("BatchNorm2d", "16 @32 (ResNet-20)", (128, 16, 32, 32), batchnorm(16)),
         OpCase("BatchNorm2d", "64 @8 (ResNet-20)", (128, 64, 8, 8), batchnorm(64), quick=False),
         OpCase("BatchNorm2d", "64 @112 (ResNet-18)", (16, 64, 112, 112), batchnorm(64)),
+        OpCase("ReLU", "16 @32 (ResNet-20)", (128, 16, 32, 32), relu()),
+        OpCase("LocalResponseNorm", "size 5 (AlexNet)", (16, 64, 27, 27), lrn(5), quick=False),
         OpCase("Linear", "400->120 (LeNet-5)", (128, 400), linear(400, 120)),
         OpCase("Linear", "512->1000 (ResNet-18)", (16, 512), linear(512, 1000)),
         OpCase("Linear", "4096->4096 (AlexNet/VGG)", (64, 4096), linear(4096, 4096), quick=False),
@@ -258,4 +293,69 @@ def run_ops(torch, quick: bool, repeat: int, log=print) -> list[dict]:
         rows.append(row)
         log(f"  {case.kind:17s} {case.name:28s} fwd {row['cnnkit_fwd'] / row['torch_fwd']:.2f}x "
             f"bwd {row['cnnkit_bwd'] / row['torch_bwd']:.2f}x")
+    return rows
+
+
+# -- activation layouts ----------------------------------------------------------------------------
+LAYOUT_MODES = {
+    # name: (CNNKIT_ONEDNN_LAYOUT, CNNKIT_ONEDNN_COMPUTE)
+    "channels-last": ("channels_last", "nhwc"),
+    "NCHW, reorders to nhwc": ("nchw", "nhwc"),
+    "NCHW, reorders to blocked": ("nchw", "any"),
+}
+
+
+def run_layouts(torch, quick: bool, repeat: int, log=print) -> list[dict]:
+    """Whole training steps with oneDNN under each activation layout, interleaved with PyTorch.
+
+    ``channels-last``: every oneDNN op hands on an (N, C, H, W) array in NHWC memory (no copies
+    between layers). ``NCHW, reorders to ...``: every op hands on C-ordered arrays and each
+    convolution reorders its input, output and gradients to the layout its kernel wants (nhwc for
+    brgconv, or oneDNN's choice ``any``: blocked nChw16c for the jit kernels), as PyTorch does for
+    contiguous tensors. For each mode the oneDNN time per primitive kind is recorded too: the
+    step minus its reorders is what keeping activations *blocked* between layers could save at
+    best (a blocked array is not an ndarray of shape (N, C, H, W), so users could not hold it).
+    """
+    import os
+
+    from cnnkit.functional.onednn import runtime
+    from end_to_end import ModelCase, build_pair, inputs, training_step_fns
+
+    cases = [ModelCase("lenet5", 128, (1, 28, 28), {}), ModelCase("resnet20", 128, (3, 32, 32), {})]
+    rows = []
+    saved = {k: os.environ.get(k) for k in ("CNNKIT_ONEDNN_LAYOUT", "CNNKIT_ONEDNN_COMPUTE")}
+    try:
+        for case in cases:
+            model, twin = build_pair(torch, case)
+            x, labels = inputs(case)
+            step, tstep = training_step_fns(torch, model, twin, x, labels)
+            kinds = {}
+
+            def mode_step(layout, compute, name):
+                def run(_=None):
+                    os.environ["CNNKIT_ONEDNN_LAYOUT"], os.environ["CNNKIT_ONEDNN_COMPUTE"] = layout, compute
+                    before = runtime.stats()["seconds_by_kind"]
+                    step()
+                    after = runtime.stats()["seconds_by_kind"]
+                    spent = kinds.setdefault(name, [])
+                    spent.append({k: after[k] - before.get(k, 0.0) for k in after})
+                return run
+
+            candidates = {name: mode_step(*mode, name) for name, mode in LAYOUT_MODES.items()}
+            candidates["torch"] = tstep
+            times = interleaved(candidates, repeat=max(3, repeat // 2), warmup=1, min_seconds=2.0)
+            for name in LAYOUT_MODES:
+                per_kind = {k: float(np.median([d.get(k, 0.0) for d in kinds[name]])) for k in kinds[name][-1]}
+                reorders = per_kind.get("reorder", 0.0)
+                rows.append(dict(model=case.model, batch=case.batch, mode=name, cnnkit=times[name],
+                                 torch=times["torch"], reorder_seconds=reorders,
+                                 conv_seconds=sum(v for k, v in per_kind.items() if k.startswith("conv"))))
+                log(f"  {case.model:9s} {name:26s} {times[name] * 1e3:8.1f} ms (reorders {reorders * 1e3:6.1f} ms)  "
+                    f"torch {times['torch'] * 1e3:8.1f} ms  ratio {times[name] / times['torch']:.2f}")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return rows

@@ -35,11 +35,14 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a subset of the layers and models, fewer repetitions")
     p.add_argument("--only", default="layers,ops,models,memory",
-                   help="comma-separated sections to run: layers, ops, models, memory (default: all)")
+                   help="comma-separated sections to run: layers, ops, models, memory, layouts "
+                        "(default: all but layouts)")
     p.add_argument("--repeat", type=int, help="interleaved rounds per measurement (default 7, --quick 3)")
     p.add_argument("--output", default=os.path.join(ROOT, "BENCHMARKS.md"), help="the Markdown file to update")
     p.add_argument("--no-write", action="store_true", help="print the tables, do not touch BENCHMARKS.md")
     p.add_argument("--render", metavar="JSON", help="only rewrite BENCHMARKS.md from a saved results file")
+    p.add_argument("--backend", choices=("auto", "numpy", "onednn"),
+                   help="cnnkit's kernel backend (default: CNNKIT_BACKEND, else auto: oneDNN where installed)")
     return p.parse_args(argv)
 
 
@@ -51,6 +54,11 @@ def main(argv=None) -> int:
         return 0
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
     repeat = args.repeat or (3 if args.quick else 7)
+    if args.backend:
+        os.environ["CNNKIT_BACKEND"] = args.backend  # also for the memory runs' child processes
+        from cnnkit import backend
+
+        backend.set_backend(args.backend)
     torch = common.setup_threads()
     started = time.time()
     info = common.machine_info(torch)
@@ -58,6 +66,11 @@ def main(argv=None) -> int:
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     log(f"machine: {info}")
     results = {"info": info, "quick": args.quick, "repeat": repeat}
+    if "layouts" in sections:
+        import layers
+
+        log("activation layouts (oneDNN), whole training steps:")
+        results["layouts"] = layers.run_layouts(torch, args.quick, repeat, log)
     if "layers" in sections:
         import layers
 
@@ -80,7 +93,8 @@ def main(argv=None) -> int:
         results["memory"] = memory.run(args.quick, log)
     results["seconds"] = time.time() - started
     results["command"] = "python benchmarks/speed.py" + (" --quick" if args.quick else "") + (
-        f" --only {args.only}" if sections != {"layers", "ops", "models", "memory"} else "")
+        f" --only {args.only}" if sections != {"layers", "ops", "models", "memory"} else "") + (
+        f" --backend {args.backend}" if args.backend else "")
     results["date"] = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
 
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
@@ -95,7 +109,58 @@ def main(argv=None) -> int:
     return 0
 
 
-NOTES = """### How cnnkit's convolution gets its speed, and what was measured
+NOTES = """### Where the speed comes from: the oneDNN backend
+
+* **What runs** (`cnnkit/functional/onednn/`, `cnnkit info`): with `cnnkit[onednn]` installed, every
+  float32 convolution, max/average pooling, batch norm, ReLU, LRN, linear layer and residual sum is one
+  oneDNN primitive (oneDNN 3.2, JIT AVX-512 kernels, the library PyTorch calls), reached through ctypes.
+  The NumPy kernels stay the reference and the fallback: float64, NaN inputs, oneDNN's few differences
+  from PyTorch (max pooling of NaN or all `-inf` windows, ceil-mode average windows past the padding,
+  even LRN sizes) and tiny element-wise calls run on them, decided per call by the kernel registry.
+* **Layout**: between oneDNN layers activations are `(N, C, H, W)` NumPy arrays with channels-last
+  (NHWC) memory: the brgconv kernels read and write it directly, so no layer copies its input or output.
+  NCHW arrays with a reorder into and out of every convolution cost 1.1-1.8x more per training step (the
+  table "Activation layouts" above: ResNet-20 b128 245 ms channels-last, 421 ms NCHW with nhwc
+  reorders, 439 ms NCHW with blocked reorders, of which 53-58 ms are the reorders themselves; the rest
+  is oneDNN's slower NCHW kernels for batch norm, pooling and element-wise ops). Blocked `nChw16c`
+  activations kept between layers could save at most those reorders, their convolutions measured no
+  faster than brgconv on nhwc, and they are not an array a user can hold. Only the network's input (NCHW
+  from the user) is reordered once, and the weights, which are small, on each call.
+* **Threads**: oneDNN's OpenMP threads (`CNNKIT_NUM_THREADS`, else every core) run the primitives one at a
+  time; cnnkit's own pool and OpenBLAS are idle meanwhile. Calls under 8M multiply-adds (convolutions) or
+  1 MB (everything else) run on one thread, cnnkit's rule for its own threads; batch norm always does,
+  because its statistics meet at spin barriers that stalled for a whole time slice whenever another
+  process held a core (0.5-0.9 ms on one thread, 24-84 ms on two, on this shared machine). Idle OpenMP
+  workers sleep at once (`OMP_WAIT_POLICY=PASSIVE` unless the user set a policy), so they take no core
+  from the NumPy work that follows or from other processes.
+* **Fewer passes over memory**: in training, a BatchNorm2d followed by a ReLU in a chain runs as one
+  oneDNN op (normalisation + ReLU, the ReLU's mask kept as one bit per value), and a residual block's
+  `relu(body + shortcut)` is one binary add with a ReLU post-op; its two input gradients are summed by the
+  same add op on every core. Inference-fused models (`cnnkit.nn.fuse`) run the ReLU as a convolution
+  post-op. Linear layers use oneDNN's matmul on the weight's transpose as a strided view (no copy), and
+  NumPy's one BLAS call below 16M multiply-adds, where it was faster.
+* **NaN stays NaN**: oneDNN's ReLU (and every ReLU post-op) turns NaN into 0, PyTorch keeps it; so a ReLU
+  or fused ReLU whose inputs hold NaN runs on NumPy instead, found by a `min` (and, before a convolution
+  post-op, a `max`) over the input, or for free from batch statistics. Those checks cost a few percent of
+  an inference step (about 3 ms of a fused ResNet-20's 65-80 ms).
+* **Primitives are cached** per shape, layout and option: a new shape costs a JIT compile (0.3-3 ms;
+  `cnnkit profile` reports them), later calls only point the memory objects at the arrays (a few
+  microseconds through ctypes). Scratchpads are user-managed NumPy buffers (one shared arena), so
+  `tracemalloc` and `cnnkit summary` see every byte: the summary's estimate is within 10% of the measured
+  peak on the oneDNN path (tests/test_onednn_models.py).
+* **Exactness**: every oneDNN kernel is tested against the float64 NumPy reference and PyTorch, forward
+  and every gradient, on the odd geometries of the NumPy tests, in both layouts. A whole ResNet-20
+  training step in float32 agrees with the float64 reference to ~1e-6 relative, as PyTorch does.
+* **Fair timing**: same threads for both frameworks; `OMP_WAIT_POLICY=PASSIVE` (PyTorch's best case on a
+  shared machine, and the same libgomp serves both). Each timed call is the second of two back to back
+  (steady state, as in a training loop: on this virtual machine an idle core took milliseconds to wake,
+  which added ~10 ms to every call of both frameworks after the settle pause), and is followed by an
+  untimed pause. glibc keeps freed memory for the next step once oneDNN is in use (`keep_freed_memory`),
+  in the same process, so for both frameworks. The machine is shared with other engineers' jobs: these
+  tables come from a quiet moment (load average below 1), but the lead re-runs them on a quiet machine.
+
+### The NumPy kernels (`CNNKIT_BACKEND=numpy`), as measured before the oneDNN backend
+
 
 * **Algorithms** (`Conv2d(..., algorithm="auto" | "im2col" | "flat")`, `last_algorithm` says which ran;
   `cnnkit.functional.conv.set_benchmark(True)` times both once per shape, like cuDNN's benchmark mode).
@@ -173,6 +238,9 @@ def render(results: dict) -> str:
         f"cnnkit {info['cnnkit']}. Square float32 sgemm through NumPy: {info['sgemm_gflops']:.0f} GFLOP/s "
         "at the start of the run.",
         "",
+        f"cnnkit's kernels: **{info.get('kernels', 'NumPy')}** (backend `{info.get('backend', 'numpy')}`; "
+        "`cnnkit info` says which is active and why).",
+        "",
         "Ratio = cnnkit time / PyTorch time (below 1: cnnkit is faster). The machine is shared, so "
         "absolute times vary from run to run; the ratios come from interleaved runs in one process.",
     ]
@@ -183,6 +251,17 @@ def render(results: dict) -> str:
         rows = [[r["model"], r["batch"], r["input"], r["mode"], fmt_ms(r["cnnkit"]), fmt_ms(r["torch"]),
                  f"**{fmt_ratio(r['cnnkit'], r['torch'])}**"] for r in results["models"]]
         out.append(markdown_table(["model", "batch", "input", "", "cnnkit ms", "PyTorch ms", "ratio"], rows))
+    if results.get("layouts"):
+        out += ["", "### Activation layouts (oneDNN), whole training steps", "",
+                "The same training step with oneDNN handing on channels-last arrays, or C-ordered (NCHW) "
+                "arrays that each convolution reorders to and from its kernel's layout (nhwc, or oneDNN's "
+                "blocked choice). *Reorders* is the time oneDNN spent in them; a step minus its reorders "
+                "bounds what blocked activations kept between layers could reach.", ""]
+        rows = [[r["model"], r["batch"], r["mode"], fmt_ms(r["cnnkit"]), fmt_ms(r["reorder_seconds"]),
+                 fmt_ms(r["cnnkit"] - r["reorder_seconds"]), fmt_ms(r["torch"]), f"**{fmt_ratio(r['cnnkit'], r['torch'])}**"]
+                for r in results["layouts"]]
+        out.append(markdown_table(["model", "batch", "activations", "step ms", "reorders ms", "step - reorders ms",
+                                   "PyTorch ms", "ratio"], rows))
     if results.get("memory"):
         out += ["", "### Peak memory of a training step", "",
                 "Each framework in its own process: resident-set high-water mark during three training "
@@ -198,19 +277,26 @@ def render(results: dict) -> str:
     if results.get("conv"):
         out += ["", "### Convolution layers", "",
                 "Forward in training mode; backward computes the input, weight (and bias) gradients. "
-                "GFLOP/s over forward + backward (3x the forward's 2·N·F·C·kh·kw·out_h·out_w); "
+                "GFLOP/s: forward 2·N·F·C·kh·kw·out_h·out_w, backward twice that; "
                 "% sgemm: that rate over a 1024x1024 sgemm timed in the same interleaved rounds.", ""]
         rows = []
         for r in results["conv"]:
+            def rate(fwd_key, bwd_key):
+                if fwd_key not in r:  # results saved before the split into forward and backward
+                    return "", ""
+                return tuple(f"{r[k]:.0f} ({100 * r[k] / r['sgemm_gflops']:.0f}%)" for k in (fwd_key, bwd_key))
+
+            ck_fwd, ck_bwd = rate("cnnkit_fwd_gflops", "cnnkit_bwd_gflops")
+            pt_fwd, pt_bwd = rate("torch_fwd_gflops", "torch_bwd_gflops")
             rows.append([r["group"], r["name"], r["shape"], r["algorithm"],
                          fmt_ms(r["cnnkit_fwd"]), fmt_ms(r["torch_fwd"]), f"**{fmt_ratio(r['cnnkit_fwd'], r['torch_fwd'])}**",
                          fmt_ms(r["cnnkit_bwd"]), fmt_ms(r["torch_bwd"]), f"**{fmt_ratio(r['cnnkit_bwd'], r['torch_bwd'])}**",
-                         f"{r['cnnkit_gflops']:.0f} ({100 * r['cnnkit_gflops'] / r['sgemm_gflops']:.0f}%)",
-                         f"{r['torch_gflops']:.0f} ({100 * r['torch_gflops'] / r['sgemm_gflops']:.0f}%)"])
+                         ck_fwd, ck_bwd, pt_fwd, pt_bwd])
         out.append(markdown_table(["net", "layer", "input -> filters", "cnnkit algorithm",
                                    "fwd cnnkit ms", "fwd PyTorch ms", "fwd ratio",
                                    "bwd cnnkit ms", "bwd PyTorch ms", "bwd ratio",
-                                   "cnnkit GFLOP/s (% sgemm)", "PyTorch GFLOP/s (% sgemm)"], rows))
+                                   "cnnkit fwd GFLOP/s (% sgemm)", "cnnkit bwd GFLOP/s (% sgemm)",
+                                   "PyTorch fwd GFLOP/s (% sgemm)", "PyTorch bwd GFLOP/s (% sgemm)"], rows))
     if results.get("ops"):
         out += ["", "### Pooling, batch normalisation, linear", "",
                 "Training-mode forward; backward with the input and parameter gradients.", ""]

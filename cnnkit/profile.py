@@ -25,7 +25,8 @@ import numpy as np
 
 from .functional.instrument import enabled, recording, section  # noqa: F401  (for kernels outside cnnkit)
 
-COMPUTE_SECTIONS = frozenset({"gemm"})
+COMPUTE_SECTIONS = frozenset({"gemm", "onednn"})  # "onednn": a oneDNN primitive (not its reorders)
+JIT_SECTION = "onednn compile"  # building a oneDNN primitive for a new shape (a JIT compile)
 
 
 class _Recorder:
@@ -119,6 +120,7 @@ class Profile:
     step_ms: float
     sgemm_gflops: float
     backward: bool
+    jit_ms: tuple = (0.0, 0.0)  # oneDNN JIT compiles for new shapes: (warm-up steps, timed steps)
 
     @property
     def forward_ms(self) -> float:
@@ -138,6 +140,7 @@ class Profile:
                              data_movement_ms=movement, gemm_ms=compute, other_ms=other, sections_ms=r.sections_ms))
         return dict(batch_size=self.batch_size, input_shape=list(self.input_shape), step_ms=self.step_ms,
                     forward_ms=self.forward_ms, backward_ms=self.backward_ms, sgemm_gflops=self.sgemm_gflops,
+                    jit_compile_ms={"warmup": self.jit_ms[0], "timed": self.jit_ms[1]},
                     layers=rows)
 
     def to_json(self, **kw) -> str:
@@ -171,6 +174,11 @@ class Profile:
             f"GEMM {compute:.1f} ms = {100 * compute / max(total, 1e-9):.0f}%); "
             f"sgemm rate {self.sgemm_gflops:.0f} GFLOP/s"
         )
+        warmup_jit, timed_jit = self.jit_ms
+        if warmup_jit or timed_jit:
+            lines.append(f"oneDNN JIT compiles for new shapes: {warmup_jit:.1f} ms in the warm-up (not timed)"
+                         + (f", {timed_jit:.1f} ms in the timed steps (a shape changed between steps)"
+                            if timed_jit else ", none in the timed steps"))
         return "\n".join(lines)
 
 
@@ -261,8 +269,10 @@ def profile(model, input_shape, batch_size: int = 32, *, repeat: int = 5, warmup
 
     try:
         with _Instrument(model, recorder) as inst, recording(recorder):
+            warmup_jit = 0.0
             for i in range(warmup + repeat):
                 if i == warmup:
+                    warmup_jit = _jit_seconds(recorder)
                     recorder.sections.clear()
                     for t in inst.times.values():
                         t["forward"].clear()
@@ -276,10 +286,20 @@ def profile(model, input_shape, batch_size: int = 32, *, repeat: int = 5, warmup
 
     rate = sgemm_gflops if sgemm_gflops is not None else sgemm_rate()
     layers = []
+    previous = None
     for name, module in inst.leaves:
         times = inst.times[name]
         if not times["forward"]:
+            if previous is not None and getattr(previous[1], "relu_fused", False) and previous[0] in inst.shapes:
+                # A ReLU that the BatchNorm before it ran (nn.containers.fuse_norm_relu): its time
+                # is in that layer's row.
+                layers.append(LayerProfile(name=name, type=type(module).__name__,
+                                           output_shape=inst.shapes[previous[0]][1],
+                                           algorithm=f"fused into {previous[0]}", forward_ms=0.0, backward_ms=0.0,
+                                           forward_flops=0.0, backward_flops=0.0))
+            previous = (name, module)
             continue
+        previous = (name, module)
         in_shape, out_shape = inst.shapes[name]
         fwd_flops = forward_flops(module, in_shape, out_shape)
         # Backward: the weight gradient costs one forward's FLOPs, the input gradient another.
@@ -292,4 +312,9 @@ def profile(model, input_shape, batch_size: int = 32, *, repeat: int = 5, warmup
             backward_ms=1e3 * statistics.median(times["backward"]) if times["backward"] else 0.0,
             forward_flops=fwd_flops, backward_flops=bwd_flops, sections_ms=sections,
         ))
-    return Profile(layers, batch_size, tuple(input_shape), 1e3 * statistics.median(steps), rate, backward)
+    return Profile(layers, batch_size, tuple(input_shape), 1e3 * statistics.median(steps), rate, backward,
+                   jit_ms=(1e3 * warmup_jit, 1e3 * _jit_seconds(recorder)))
+
+
+def _jit_seconds(recorder) -> float:
+    return sum(sections.get(JIT_SECTION, 0.0) for sections in recorder.sections.values())

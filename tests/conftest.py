@@ -45,3 +45,12 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared datasets not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def numpy_backend():
+    """Run a test on the NumPy kernels only (tests of which NumPy kernel `auto` picks)."""
+    from cnnkit.backend import use_backend
+
+    with use_backend("numpy"):
+        yield

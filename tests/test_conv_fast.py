@@ -14,6 +14,9 @@ from cnnkit.nn.conv import Conv2d
 from cnnkit.testing import gradcheck
 from cnnkit.testing.reference.conv import conv2d_naive, conv2d_naive_backward
 
+# These tests are about which NumPy kernel `auto` picks: run them without oneDNN.
+pytestmark = pytest.mark.usefixtures("numpy_backend")
+
 # (in, out, input (H, W), kernel, stride, padding, dilation): every geometry the flat kernel takes
 CASES = {
     "3x3 s1 p1": (3, 4, (6, 6), 3, 1, 1, 1),

@@ -14,6 +14,9 @@ from cnnkit.nn.conv import Conv2d
 from cnnkit.nn.flatten import Flatten
 from cnnkit.profile import forward_flops, profile, section
 
+# These tests are about which NumPy kernel `auto` picks: run them without oneDNN.
+pytestmark = pytest.mark.usefixtures("numpy_backend")
+
 
 def small_net(rng):
     return Sequential(

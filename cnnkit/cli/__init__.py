@@ -19,6 +19,7 @@ COMMANDS = {
     "export": ("cnnkit.cli.export", "write a checkpoint or zoo model as an ONNX file (checked against onnxruntime)"),
     "viz": ("cnnkit.cli.viz", "pictures: filters, activation maps, patches, saliency, conv demo, curves, report"),
     "report": ("cnnkit.cli.report", "(re)build RUN_DIR/report.html: test results, settings, curves, confusion matrix"),
+    "info": ("cnnkit.cli.info", "version, active kernel backend (NumPy or oneDNN) and why, threads, layout"),
 }
 
 EPILOG = """examples:

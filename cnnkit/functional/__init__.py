@@ -11,3 +11,5 @@ the BLAS thread limits (:mod:`.parallel`), the scratch arena of reusable work bu
 (:mod:`.workspace`), the benchmark-mode choices (:mod:`.registry`) and the profiling marks
 (:mod:`.instrument`). The backend setting lives in :mod:`cnnkit.backend`.
 """
+
+from . import onednn  # noqa: E402,F401  (registers the oneDNN kernels; the library loads at first use)

@@ -66,12 +66,15 @@ class Conv2dCache(NamedTuple):
     pointwise: bool  # 1x1 kernel, no padding: cols are the input, no im2col
 
 
-def conv2d_im2col_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None):
+def conv2d_im2col_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None,
+                          relu=False):
     """The reference kernel: im2col, then one (grouped) GEMM; return ``(y, cache)``.
 
     ``stride``, ``padding`` and ``dilation`` are ints or ``(h, w)`` pairs; padding is zeros on both
     sides. No geometry check happens here (the layer runs it); windows that do not fit are dropped
     as in PyTorch. ``workspace`` is accepted for the common kernel signature and not used.
+    ``relu`` applies ``max(y, 0)`` in place on the new output (inference fusion; a backend may
+    fuse it into its kernel); the caller masks ``dy`` with ``y > 0`` before backward.
 
     The readable loop over the definition, which tests hold this kernel equal to:
     :func:`cnnkit.testing.reference.conv.conv2d_naive`.
@@ -99,6 +102,8 @@ def conv2d_im2col_forward(x, weight, bias=None, stride=1, padding=0, dilation=1,
     y = y.reshape(n, f, out_h, out_w)
     if bias is not None:
         y += bias.reshape(1, f, 1, 1)
+    if relu:
+        xp.maximum(y, 0, out=y)  # y is new: nobody else holds it yet
     return y, Conv2dCache(cols, weight, (n, c, h, w), stride, padding, dilation, groups, pointwise)
 
 
@@ -157,7 +162,8 @@ def conv2d_im2col_backward(dy, cache: Conv2dCache, need_dx=True, need_dweight=Tr
     return dx, dweight, dbias
 
 
-def conv2d_im2col_memory(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None):
+def conv2d_im2col_memory(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None,
+                         relu=False):
     """What the im2col kernel holds (arrays as ArraySpecs): the columns, kept from forward to
     backward (a 1x1 unpadded conv uses the input itself: a view at stride 1, a subsampled copy
     otherwise); in forward the padded input; in backward ``dcols`` (the size of the columns)
@@ -185,20 +191,23 @@ def conv2d_im2col_memory(x, weight, bias=None, stride=1, padding=0, dilation=1, 
     return LayerMemory(saved=cols, forward_temp=padded, backward_temp=cols + dweight_work + weight_bytes)
 
 
-def _flat_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None):
+def _flat_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None, relu=False):
     """The flat kernel with the common signature; keeps its columns when they are small enough."""
     if x.shape[0] == 0:  # an empty batch (PyTorch: an empty output): nothing to lay out flat
-        return conv2d_im2col_forward(x, weight, bias, stride, padding, dilation, groups)
+        return conv2d_im2col_forward(x, weight, bias, stride, padding, dilation, groups, relu=relu)
     k = weight.shape[1] * weight.shape[2] * weight.shape[3]
     keep_columns = k * x.shape[0] * x.shape[2] * x.shape[3] * x.dtype.itemsize <= KEEP_COLUMNS_MAX_BYTES
-    return conv2d_flat_forward(x, weight, bias, stride, padding, dilation, keep_columns, workspace)
+    y, cache = conv2d_flat_forward(x, weight, bias, stride, padding, dilation, keep_columns, workspace)
+    if relu:
+        array_module(y).maximum(y, 0, out=y)
+    return y, cache
 
 
-def _flat_memory(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None):
+def _flat_memory(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None, relu=False):
     return conv2d_flat_memory(x, weight, stride, padding, dilation, KEEP_COLUMNS_MAX_BYTES)
 
 
-def _flat_declines(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None):
+def _flat_declines(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None, relu=False):
     if groups != 1:
         return f"the flat kernel needs groups=1, got groups={groups}"
     return None
@@ -226,7 +235,7 @@ def _flat_backward(dy, cache: FlatCache, need_dx=True, need_dweight=True, need_d
     return dx, dweight, dbias
 
 
-def _flat_defers(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None):
+def _flat_defers(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, workspace=None, relu=False):
     """Rule, from the per-layer benchmark (``benchmarks/layers.py``): the flat kernel pays when there
     are at least 6 input channels (its copy is C*kh*kw long rows instead of N*C*kh*kw*out_h short
     ones), or, with fewer channels (a network's first layer), on large images (at least 2048
@@ -268,7 +277,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
         if kernel.name != "flat":
             raise ValueError(f"conv2d: keep_columns applies to the flat kernel, not {kernel.name!r}")
         return conv2d_flat_forward(x, weight, bias, stride, padding, dilation, keep_columns, workspace)
-    return kernel.forward(x, weight, bias, stride, padding, dilation, groups, workspace=workspace)
+    return CONV2D.run(kernel, x, weight, bias, stride, padding, dilation, groups, workspace=workspace)
 
 
 def conv2d_backward(dy, cache, need_dx=True, need_dweight=True, need_dbias=True):

@@ -36,6 +36,7 @@ class BatchNormCache(NamedTuple):
     weight: object  # (C,) or None
     training: bool
     input_shape: tuple
+    relu_y: object = None  # with relu=True: the output, whose mask y > 0 routes dy first
 
 
 class LocalResponseNormCache(NamedTuple):
@@ -89,7 +90,7 @@ def _over_batch(work, x3) -> list:
     return results
 
 
-def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5, relu=False):
     """Return ``(y, cache)``; in training mode update ``running_mean``/``running_var`` in place.
 
     With ``training=True`` the batch statistics normalise ``x`` and, when the running buffers are
@@ -101,7 +102,8 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     with ``m = N * L`` the number of values per channel (``momentum`` here is the factor
     actually used; the layer turns ``momentum=None`` into ``1 / num_batches_tracked``).
     With ``training=False`` the running statistics normalise ``x`` and nothing is updated.
-    ``weight``/``bias`` may be ``None`` (``affine=False``).
+    ``weight``/``bias`` may be ``None`` (``affine=False``). ``relu=True`` applies ``max(y, 0)`` to
+    the output (a container fusing BatchNorm2d + ReLU) and backward then masks ``dy`` itself.
 
     Passes over the data: training, a sum, ``xc = x - mean`` (kept for backward), a dot for
     the variance, then ``y = xc * (weight * inv_std) + bias``; eval, only the affine map
@@ -163,7 +165,11 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
             y[n0:n1] += shift_rows
 
     _over_batch(affine, x3)
-    return y.reshape(x.shape), cache
+    y = y.reshape(x.shape)
+    if relu:  # a ReLU after the normalisation (a container fused the two): in place on the new y
+        xp.maximum(y, 0, out=y)
+        cache = cache._replace(relu_y=y)
+    return y, cache
 
 
 def batch_norm_backward(dy, cache, need_dx=True, need_dweight=True, need_dbias=True):
@@ -188,7 +194,9 @@ def batch_norm_backward(dy, cache, need_dx=True, need_dweight=True, need_dbias=T
     Shape:
         dy: same as x -> dx: same as x; dweight, dbias: (C,)
     """
-    source, shift, inv_std, weight, training, x_shape = cache
+    source, shift, inv_std, weight, training, x_shape, relu_y = cache
+    if relu_y is not None:  # the fused ReLU's gradient first
+        dy = dy * (relu_y > 0)
     xp = array_module(dy)
     dy3 = _as_ncl(dy)
     length = dy3.shape[2]
@@ -303,12 +311,16 @@ def local_response_norm_backward(dy, cache, need_dx=True):
     return dx
 
 
-def batch_norm_memory(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5) -> LayerMemory:
+def batch_norm_memory(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5,
+                      relu=False) -> LayerMemory:
     """Training: the cache holds ``xc = x - mean`` (a new array the size of x) and (C,)
-    statistics, neither x nor y; eval (running statistics): it references x itself."""
-    if not training:
-        return LayerMemory(keeps_input=True)
-    return LayerMemory(saved=x.nbytes)
+    statistics, neither x nor y; eval (running statistics): it references x itself. With a fused
+    ReLU the output too (its mask), and backward makes the masked ``dy``."""
+    rule = LayerMemory(keeps_input=True) if not training else LayerMemory(saved=x.nbytes)
+    if relu:
+        rule.keeps_output = True
+        rule.backward_temp += x.nbytes
+    return rule
 
 
 def local_response_norm_memory(x, size, alpha=1e-4, beta=0.75, k=1.0) -> LayerMemory:

@@ -464,10 +464,12 @@ def max_pool2d_backward(dy, cache):
 def max_pool2d_indices(cache):
     """PyTorch's ``return_indices``: per output, the flat index ``ih*W + iw`` of the chosen input.
 
+    Reads the cache's ``switches`` and ``geometry`` (any kernel whose cache has them, e.g. oneDNN's).
+
     Shape:
         (N, C, OH, OW) int64, each in [0, H*W)
     """
-    switches, g = cache
+    switches, g = cache.switches, cache.geometry
     xp = array_module(switches)
     (_, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = g.kernel, g.stride, g.padding, g.dilation, g.output
     k = switches.astype(np.int64)

@@ -13,7 +13,9 @@ from collections import OrderedDict
 
 from ..backend import array_module
 from ..functional.add import ADD
+from .activation import ReLU
 from .module import Module
+from .normalization import BatchNorm2d
 
 __all__ = ["Sequential", "Residual", "Concat"]  # what cnnkit.nn exports from here
 
@@ -44,8 +46,23 @@ def _drop_caches(module: Module) -> None:
 
 
 # -- a chain of modules: Sequential's work, and each branch of a Residual -------------------------
+def fuse_norm_relu(module, following) -> bool:
+    """Whether a chain runs ``module`` (a training-mode BatchNorm2d) and the plain ReLU after it as
+    one op: the normalisation writes ``max(y, 0)`` in the same pass (oneDNN's fused kernel; NumPy
+    in place) and its backward applies the ReLU's mask, so the ReLU layer runs neither. Eval mode
+    keeps them apart (``cnnkit.nn.fuse`` folds the BatchNorm into the convolution instead)."""
+    return (type(module) is BatchNorm2d and module.training and type(following) is ReLU
+            and following.algorithm == "auto")
+
+
 def _chain_forward(modules, x):
-    for m in modules:
+    skip = False
+    for m, following in zip(modules, modules[1:] + [None]):
+        if skip:  # the ReLU that the BatchNorm before it applied
+            skip = False
+            continue
+        if fuse_norm_relu(m, following):
+            m.fuse_relu_once = skip = True
         x = m(x)
     return x
 
@@ -56,6 +73,8 @@ def _chain_backward(modules, dy, input_grad: bool):
     # backward at all: stop at the first child that has something to learn.
     first = 0 if input_grad else _first_trainable(modules)
     for i in range(len(modules) - 1, first - 1, -1):
+        if i > 0 and type(modules[i]) is ReLU and getattr(modules[i - 1], "relu_fused", False):
+            continue  # its forward ran inside the BatchNorm before it, and so does its backward
         dy = modules[i].backward(dy, input_grad=input_grad or i > first)
     for child in modules[:first]:
         _drop_caches(child)  # their forward caches will never be consumed
@@ -160,6 +179,11 @@ class Residual(Module):
         names = {"before": self._before, "body": self._body, "shortcut": self._shortcut, "after": self._after}[which]
         return [(name, getattr(self, name)) for name in names]
 
+    def _relu_after(self) -> bool:
+        """Whether ``after`` is one plain ReLU, which the add op then applies in the same pass."""
+        after = self._chain(self._after)
+        return len(after) == 1 and type(after[0]) is ReLU and after[0].algorithm == "auto"
+
     def forward(self, x):
         x = _chain_forward(self._chain(self._before), x)
         y = _chain_forward(self._chain(self._body), x)
@@ -169,20 +193,26 @@ class Residual(Module):
                 f"{type(self).__name__}: body output {tuple(y.shape)} and shortcut output {tuple(skip.shape)} "
                 "differ; give the shortcut a projection (e.g. a 1x1 Conv2d with the body's stride)"
             )
+        if self._relu_after():  # relu(body + shortcut) in one pass (oneDNN: a ReLU post-op)
+            total, cache = ADD.forward(y, skip, relu=True)
+            self._save((cache, True))
+            return total
         total, cache = ADD.forward(y, skip)
-        self._save(cache)
+        self._save((cache, False))
         return _chain_forward(self._chain(self._after), total)
 
     def backward(self, dy, input_grad: bool = True):
-        dsum = _chain_backward(self._chain(self._after), dy, True)
-        dbody, dskip = ADD.backward(dsum, self._restore())
+        cache, relu_fused = self._restore()
+        dsum = dy if relu_fused else _chain_backward(self._chain(self._after), dy, True)
+        dbody, dskip = ADD.backward(dsum, cache)
         # Inside, the branches' input gradients are needed whenever a `before` layer waits for them.
         inner = input_grad or bool(self._before)
         dx = _chain_backward(self._chain(self._body), dbody, inner)
+        if self._shortcut:
+            dskip = _chain_backward(self._chain(self._shortcut), dskip, inner)
         if inner:
-            dx = dx + (dskip if not self._shortcut else _chain_backward(self._chain(self._shortcut), dskip, True))
-        elif self._shortcut:
-            _chain_backward(self._chain(self._shortcut), dskip, False)
+            # The fan-out's two gradients add up: the add op (oneDNN's on every core, where installed).
+            dx = ADD.forward(dx, dskip)[0] if dx.shape == dskip.shape else dx + dskip
         return _chain_backward(self._chain(self._before), dx, input_grad) if self._before else dx
 
     def output_shape(self, input_shape):

@@ -133,10 +133,11 @@ class Conv2d(Module):
     def forward(self, x):
         check_input(x, "Conv2d", 4, self.in_channels, self.weight.dtype)
         self._output_hw(x.shape[2:])  # the clear geometry errors, before any array work
+        # A fused ReLU runs inside the kernel (oneDNN: a post-op; NumPy: in place on the new output).
         y, cache = self._run(CONV2D, x, self.weight.data, None if self.bias is None else self.bias.data,
-                             self.stride, self.padding, self.dilation, self.groups, workspace=self._workspace)
+                             self.stride, self.padding, self.dilation, self.groups, workspace=self._workspace,
+                             relu=self.fused_relu)
         if self.fused_relu:
-            np.maximum(y, 0, out=y)  # y is the kernel's new array: nobody else holds it yet
             cache = (cache, y)
         self._save(cache)
         return y
@@ -162,7 +163,7 @@ class Conv2d(Module):
         return numel(output_shape) * (self.in_channels // self.groups) * kh * kw
 
     def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
-        rule = CONV2D.memory(self.algorithm, *self._specs((batch_size,) + tuple(input_shape)))
+        rule = CONV2D.memory(self.algorithm, *self._specs((batch_size,) + tuple(input_shape)), relu=self.fused_relu)
         if self.fused_relu:  # the output is kept for the ReLU's mask; backward masks dy
             rule.keeps_output = True
             rule.backward_temp += batch_size * numel(output_shape) * np.dtype(dtype).itemsize

@@ -186,7 +186,7 @@ class Module:
         ``"auto"`` when it has none); ``last_algorithm`` then names that kernel."""
         kernel = op.select(getattr(self, "algorithm", "auto"), *args, **kwargs)
         self.last_algorithm = kernel.name
-        return kernel.forward(*args, **kwargs)
+        return op.run(kernel, *args, **kwargs)
 
     def _save(self, cache) -> None:
         """Keep ``cache`` for backward, unless inside ``no_grad`` (inference caches nothing)."""

@@ -101,13 +101,17 @@ class _BatchNorm(Module):
             self.num_batches_tracked += 1
             # momentum=None: cumulative moving average, the k-th batch weighs 1/k.
             factor = 1.0 / int(self.num_batches_tracked) if self.momentum is None else self.momentum
+        # A container may fuse the ReLU that follows (nn.containers.fuse_norm_relu): the op then
+        # applies it, and its backward the ReLU's mask.
+        relu = vars(self).pop("fuse_relu_once", False)
+        self.relu_fused = relu
         y, cache = self._run(
             BATCH_NORM, x,
             None if self.weight is None else self.weight.data,
             None if self.bias is None else self.bias.data,
             self.running_mean if (update_running_stats or not use_batch_stats) else None,
             self.running_var if (update_running_stats or not use_batch_stats) else None,
-            training=use_batch_stats, momentum=factor, eps=self.eps,
+            training=use_batch_stats, momentum=factor, eps=self.eps, **({"relu": True} if relu else {}),
         )
         self._save(cache)
         return y
@@ -134,12 +138,14 @@ class _BatchNorm(Module):
     def macs(self, input_shape, output_shape) -> int:
         return 0  # normalisation is not counted, as in the papers' tables
 
-    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+    def step_memory(self, input_shape, output_shape, batch_size, dtype, relu: bool = False) -> LayerMemory:
+        """``relu``: with the ReLU after it fused in (see ``nn.containers.fuse_norm_relu``)."""
         x = ArraySpec((batch_size,) + tuple(input_shape), dtype)
         stats = ArraySpec((self.num_features,), dtype)
         affine = stats if self.affine else None
         batch_stats = self.training or not self.track_running_stats
-        return BATCH_NORM.memory(self.algorithm, x, affine, affine, stats, stats, batch_stats)
+        return BATCH_NORM.memory(self.algorithm, x, affine, affine, stats, stats, batch_stats,
+                                 **({"relu": True} if relu else {}))
 
     def onnx_export(self, ctx, x, prefix):
         if not self.track_running_stats:

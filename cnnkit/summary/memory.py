@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..functional.memory import LayerMemory
+from ..nn.containers import fuse_norm_relu
 from ..nn.module import Parameter
 from .rules import memory_of
 
@@ -24,6 +26,19 @@ class Context:
     buffer_bytes: int
 
 
+def _fused_norm_relu(calls, memories, batch, dtype) -> None:
+    """A BatchNorm2d and the ReLU after it in a chain run as one op (``nn.containers.
+    fuse_norm_relu``): the pair's rule is the normalisation's with ``relu=True``, and an output it
+    keeps is the ReLU's (the one array both produce); the ReLU itself keeps nothing."""
+    for i in range(len(calls) - 1):
+        norm, relu = calls[i], calls[i + 1]
+        if fuse_norm_relu(norm.module, relu.module) and relu.in_tensor == norm.out_tensor:
+            fused = norm.module.step_memory(norm.input_shape, norm.output_shape, batch, dtype, relu=True)
+            memories[i + 1] = LayerMemory(keeps_output=fused.keeps_output)
+            fused.keeps_output = False
+            memories[i] = fused
+
+
 def training_memory(ctx: Context, batch: int, optimizer: str, dtype) -> dict:
     """Simulate one step (forward, backward, optimizer update) and return its peak in bytes."""
     if optimizer not in OPTIMIZER_STATE:
@@ -31,6 +46,7 @@ def training_memory(ctx: Context, batch: int, optimizer: str, dtype) -> dict:
     calls = ctx.leaf_calls
     itemsize = np.dtype(dtype).itemsize
     memories = [memory_of(c.module, c.input_shape, c.output_shape, batch, dtype) for c in calls]
+    _fused_norm_relu(calls, memories, batch, dtype)
     tensor_bytes = {t: batch * n * itemsize for t, n in ctx.tensor_size.items()}
     params = sum(ctx.param_sizes) * itemsize + ctx.buffer_bytes
     state = OPTIMIZER_STATE[optimizer] * sum(ctx.trainable_sizes) * itemsize
