@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -113,14 +114,17 @@ def test_accuracy(checkpoints, dataset, data_dir, tta=False):
 
 def measure(name, data_dir, out_root, log):
     group, label, extra = RUNS[name]
+    load_before = os.getloadavg()[0]
     run_dir, seconds, shown = train(name, extra, data_dir, out_root, log=log)
+    load_after = os.getloadavg()[0]
     results = json.loads((run_dir / "results.json").read_text())
     settings = results["settings"]
     dataset = settings["dataset"]
     acc, n = test_accuracy([run_dir / "best.safetensors"], dataset, data_dir)
     row = {"name": name, "group": group, "label": label, "command": shown, "test_images": n,
            "accuracy": acc, "minutes": seconds / 60, "epochs": results.get("epochs"),
-           "date": dt.date.today().isoformat(), "tta": bool(settings.get("tta"))}
+           "date": dt.date.today().isoformat(), "tta": bool(settings.get("tta")),
+           "backend": settings.get("backend"), "load_average": [round(load_before, 2), round(load_after, 2)]}
     if row["tta"]:
         row["accuracy_tta"] = test_accuracy([run_dir / "best.safetensors"], dataset, data_dir, tta=True)[0]
     history = json.loads((run_dir / "history.json").read_text())

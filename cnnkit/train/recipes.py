@@ -61,7 +61,7 @@ RECIPES: dict[str, dict[str, Recipe]] = {
         # FastNet (airbench's layout at CPU widths, whitened first layer), Nesterov SGD, label
         # smoothing, an EMA of the weights, flip test-time averaging. (provisional: being measured)
         "fast": _R("cifar10", "fast", dict(
-            model="fastnet", epochs=30, batch_size=256, lr=0.2, optimizer="sgd", momentum=0.9, nesterov=True,
+            model="fastnet", epochs=20, batch_size=256, lr=1.6, optimizer="sgd", momentum=0.9, nesterov=True,
             weight_decay=5e-4, schedule="onecycle", augment=True, label_smoothing=0.2, ema=0.99, tta=True,
             val_split=0.05),
             about="FastNet (whitened first layer), Nesterov SGD, label smoothing 0.2, EMA 0.99, flip TTA"),
