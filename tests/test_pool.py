@@ -4,6 +4,7 @@ torch = pytest.importorskip("torch")  # PyTorch is the oracle; without it these 
 F = torch.nn.functional
 
 import cnnkit
+from cnnkit.functional import adaptive_pool
 from cnnkit.functional import pool as fast
 from cnnkit.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, LPPool2d, MaxPool2d
 from cnnkit.testing.reference import pool as naive
@@ -156,10 +157,10 @@ def test_lp_matches_naive(name, rng):
 def test_adaptive_matches_naive(name, rng):
     size, shape = ADAPTIVE_CASES[name]
     x = rng.standard_normal(shape)
-    y, cache = fast.adaptive_avg_pool2d_forward(x, size)
+    y, cache = adaptive_pool.adaptive_avg_pool2d_forward(x, size)
     np.testing.assert_allclose(y, naive.adaptive_avg_pool2d(x, size), rtol=1e-12, atol=1e-14)
     dy = rng.standard_normal(y.shape)
-    np.testing.assert_allclose(fast.adaptive_avg_pool2d_backward(dy, cache),
+    np.testing.assert_allclose(adaptive_pool.adaptive_avg_pool2d_backward(dy, cache),
                                naive.adaptive_avg_pool2d_backward(dy, x, size), rtol=1e-12, atol=1e-14)
 
 
@@ -404,7 +405,7 @@ def test_float32_stays_float32_in_kernels(rng):
         (fast.max_pool2d_forward, fast.max_pool2d_backward, (3, 2, 1)),
         (fast.avg_pool2d_forward, fast.avg_pool2d_backward, (3, 2, 1, True, False)),
         (fast.lp_pool2d_forward, fast.lp_pool2d_backward, (2, 2, 2, True)),
-        (fast.adaptive_avg_pool2d_forward, fast.adaptive_avg_pool2d_backward, ((3, 4),)),
+        (adaptive_pool.adaptive_avg_pool2d_forward, adaptive_pool.adaptive_avg_pool2d_backward, ((3, 4),)),
     ]:
         y, cache = forward(x, *args)
         assert y.dtype == np.float32

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import cnnkit
-from cnnkit.functional.pool import (avg_pool2d_forward, lp_pool2d_backward, lp_pool2d_forward, max_pool2d_forward,
-                                    pool_geometry)
+from cnnkit.functional.pool import avg_pool2d_forward, lp_pool2d_backward, lp_pool2d_forward, max_pool2d_forward
+from cnnkit.functional.pool_geometry import pool_geometry
 from cnnkit.nn.pooling import LPPool2d, MaxPool2d
 from cnnkit.onnx.pool_layers import OnnxAveragePool, OnnxLpPool, OnnxMaxPool
 

@@ -1,4 +1,4 @@
-"""Pooling kernels: max (with argmax "switches"), average, LP (power average) and adaptive average.
+"""Pooling kernels: max (with argmax "switches"), average and LP (power average) pooling.
 
 Every windowed kernel here is a loop over the ``KH*KW`` kernel offsets; each step touches one
 strided view of the (padded) input with one output-shaped slice, so the work is vectorised over
@@ -24,6 +24,9 @@ top/left one twice); average pooling takes a ``dilation``; and LP pooling with
 ``definition="onnx"`` is ``(sum |x|^p)^(1/p)`` over the window, with zero padding (PyTorch's
 ``LPPool2d`` raises ``x`` itself to the power ``p`` and rescales ceil-mode windows cut by the
 edge).
+
+The window geometry (output sizes, padding rules) lives in :mod:`.pool_geometry`, adaptive
+average pooling in :mod:`.adaptive_pool`.
 """
 from __future__ import annotations
 
@@ -35,39 +38,9 @@ import numpy as np
 from ..backend import array_module
 from .memory import LayerMemory
 from .parallel import parallel_chunks
+from .pool_geometry import PoolGeometry, lowest_value, pad_input, pool_geometry
 from .registry import Kernel, define_op
-from .shapes import check_positive, conv_output_size, pair
 from .workspace import scratch
-
-
-class PoolGeometry(NamedTuple):
-    """Everything a windowed pooling kernel needs to know about one call, per axis ``(h, w)``."""
-
-    input_shape: tuple  # (N, C, H, W)
-    kernel: tuple  # (KH, KW)
-    stride: tuple
-    padding: tuple
-    dilation: tuple
-    output: tuple  # (OH, OW)
-    pad_end: tuple  # zeros/-inf appended after the input: right padding plus any ceil-mode overhang
-    pad_after: tuple = None  # the declared bottom/right padding (None: the same as ``padding``)
-
-    @property
-    def padding_after(self) -> tuple:
-        return self.padding if self.pad_after is None else self.pad_after
-
-    @property
-    def padded_shape(self) -> tuple:
-        n, c, h, w = self.input_shape
-        return (n, c, self.padding[0] + h + self.pad_end[0], self.padding[1] + w + self.pad_end[1])
-
-    def offsets(self):
-        """Yield ``(k, rows, cols)``: kernel offset number ``k`` in scan order and its strided view."""
-        (kh, kw), (sh, sw), (dh, dw), (oh, ow) = self.kernel, self.stride, self.dilation, self.output
-        for i in range(kh):
-            rows = slice(i * dh, i * dh + (oh - 1) * sh + 1, sh)
-            for j in range(kw):
-                yield i * kw + j, rows, slice(j * dw, j * dw + (ow - 1) * sw + 1, sw)
 
 
 class MaxPoolCache(NamedTuple):
@@ -93,133 +66,6 @@ class LPPoolCache(NamedTuple):
     x: object
     definition: str  # "pytorch" (x^p) or "onnx" (|x|^p)
     inner: object  # MaxPoolCache (p = +-inf) or LPPowerCache
-
-
-class AdaptiveAvgPoolCache(NamedTuple):
-    input_shape: tuple
-    matrices: object  # None for equal blocks, else the (rows, cols) bin-averaging matrices
-
-
-def check_pool_padding(kernel: tuple, padding: tuple, layer: str, padding_rule: str = "pytorch") -> None:
-    """PyTorch's rule ``padding <= kernel // 2`` (so no window lies entirely in the padding), or
-    with ``padding_rule="onnx"`` onnxruntime's ``padding < kernel`` (``padding`` may then hold the
-    four pads ``(top, left, bottom, right)``)."""
-    if padding_rule not in ("pytorch", "onnx"):
-        raise ValueError(f"{layer}: padding_rule must be 'pytorch' or 'onnx', got {padding_rule!r}")
-    if any(p < 0 for p in padding):
-        raise ValueError(f"{layer}: padding must be >= 0, got {padding}")
-    if padding_rule == "onnx":
-        kernels = tuple(kernel) * (len(padding) // len(kernel))
-        if any(p >= k for p, k in zip(padding, kernels)):
-            raise ValueError(f"{layer}: pads {padding} must be smaller than the kernel {kernel} (as onnxruntime requires)")
-        return
-    if any(p > k // 2 for p, k in zip(padding, kernel)):
-        raise ValueError(
-            f"{layer}: padding {padding} must be at most half the kernel size {kernel} "
-            f"(padding <= kernel // 2 = {tuple(k // 2 for k in kernel)}), as in PyTorch"
-        )
-
-
-def _check_windows_see_input(out: int, size: int, k: int, s: int, p: int, d: int, layer: str, axis: str) -> None:
-    """Raise if a window's taps (padded positions ``o*s + j*d``) all miss the input ``[p, p + size)``.
-
-    Such a window's maximum is -inf and PyTorch's switch for it points outside the window (its
-    backward writes out of bounds), so no result could be right.
-    """
-    for o in range(out):
-        first = max(0, -(-(p - o * s) // d))  # first tap at or after the input's start
-        if first >= k or o * s + first * d >= p + size:
-            raise ValueError(
-                f"{layer}: along the {axis}, window {o} (kernel {k}, dilation {d}, stride {s}, padding {p}) "
-                f"sees only padding of the input {axis} {size}; use less padding or dilation"
-            )
-
-
-def _pads(padding, padding_rule: str, layer: str) -> tuple[tuple, tuple]:
-    """``(begin, after)`` pads per axis: a pair or int pads both sides alike; with
-    ``padding_rule="onnx"`` four values ``(top, left, bottom, right)`` may differ."""
-    if padding_rule == "onnx" and isinstance(padding, (tuple, list)) and len(padding) == 4:
-        values = tuple(padding)
-        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
-            raise ValueError(f"{layer}: pads must be ints, got {padding!r}")
-        return (int(values[0]), int(values[1])), (int(values[2]), int(values[3]))
-    begin = pair(padding, "padding", layer)
-    return begin, begin
-
-
-def _asymmetric_output_size(size, kernel, stride, begin, after, dilation, ceil_mode, layer, axis) -> int:
-    """``conv_output_size`` with different padding on the two sides (ONNX pads):
-    ``floor_or_ceil((size + begin + after - span) / stride) + 1``; in ceil mode a last window
-    that would start in the trailing padding is dropped, as onnxruntime and PyTorch do."""
-    span = dilation * (kernel - 1) + 1
-    padded = size + begin + after
-    if span > padded:
-        raise ValueError(f"{layer}: kernel {kernel} (dilation {dilation}, spans {span}) is larger than the padded "
-                         f"input {axis} {size} + {begin} + {after} = {padded}")
-    steps = (padded - span) / stride
-    out = (math.ceil(steps) if ceil_mode else math.floor(steps)) + 1
-    if ceil_mode and (out - 1) * stride >= size + begin:
-        out -= 1
-    return out
-
-
-def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
-                  check_geometry=False, layer="pool2d", padding_rule="pytorch") -> PoolGeometry:
-    """Validate the arguments and compute the output size and padding of a windowed pooling.
-
-    ``stride=None`` means ``stride = kernel_size`` (PyTorch's default). With
-    ``check_geometry=True`` geometry that silently drops real input raises (see ``shapes``).
-    ``padding_rule="onnx"`` accepts ONNX's pads: four values ``(top, left, bottom, right)``,
-    each smaller than the kernel (see :func:`check_pool_padding`).
-
-    Shape:
-        input (N, C, H, W) -> output (N, C, OH, OW) with
-        OH = floor_or_ceil((H + PTOP + PBOTTOM - DH*(KH-1) - 1) / SH) + 1, likewise OW
-    """
-    kernel = pair(kernel_size, "kernel_size", layer)
-    stride = kernel if stride is None else pair(stride, "stride", layer)
-    begin, after = _pads(padding, padding_rule, layer)
-    dilation = pair(dilation, "dilation", layer)
-    check_positive(kernel, "kernel_size", layer)
-    check_positive(stride, "stride", layer)
-    check_positive(dilation, "dilation", layer)
-    check_pool_padding(kernel, begin + after if begin != after else begin, layer, padding_rule)
-    if len(input_shape) != 4:
-        raise ValueError(f"{layer} expects a 4-D input (N, C, H, W), got shape {tuple(input_shape)}")
-    output, pad_end = [], []
-    for axis, name in enumerate(("height", "width")):
-        size, k, s, p, d = input_shape[2 + axis], kernel[axis], stride[axis], begin[axis], dilation[axis]
-        if begin[axis] == after[axis]:
-            out = conv_output_size(size, k, s, p, d, ceil_mode, check_geometry=check_geometry, layer=layer, axis=name)
-        else:
-            out = _asymmetric_output_size(size, k, s, p, after[axis], d, ceil_mode, layer, name)
-        if d > 1:  # dilated taps can step over the few real values and see only padding
-            _check_windows_see_input(out, size, k, s, p, d, layer, name)
-        # The last window ends at (out-1)*s + span in padded coordinates; the padded array must
-        # reach it (ceil mode can run past the right padding) but need not go further.
-        reach = (out - 1) * s + d * (k - 1) + 1
-        output.append(out)
-        pad_end.append(max(reach - p - size, 0))
-    return PoolGeometry(tuple(input_shape), kernel, stride, begin, dilation, tuple(output), tuple(pad_end),
-                        None if after == begin else after)
-
-
-def lowest_value(dtype):
-    """What max pooling pads with: ``-inf``, or the smallest integer of an integer type (ONNX's
-    MaxPool takes int8/uint8 tensors)."""
-    return np.iinfo(dtype).min if np.issubdtype(dtype, np.integer) else -np.inf
-
-
-def _pad(x, geometry: PoolGeometry, fill):
-    """``x`` surrounded by ``fill`` as the windows need it (``x`` itself when nothing is needed)."""
-    (ph, pw), (eh, ew) = geometry.padding, geometry.pad_end
-    if ph == pw == eh == ew == 0:
-        return x
-    xp = array_module(x)
-    n, c, h, w = x.shape
-    padded = xp.full(geometry.padded_shape, fill, dtype=x.dtype)
-    padded[:, :, ph:ph + h, pw:pw + w] = x
-    return padded
 
 
 def _tiles_input(g: PoolGeometry) -> bool:
@@ -391,7 +237,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
 
     def block_work(start, stop):
         bg = _block_geometry(g, stop - start)
-        x_padded = _pad(x_planes[start:stop], bg, lowest_value(x.dtype))
+        x_padded = pad_input(x_planes[start:stop], bg, lowest_value(x.dtype))
         if switches is None:
             y[start:stop] = lowest_value(x.dtype)
             for _, rows, cols in bg.offsets():
@@ -527,7 +373,7 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, 
         raise ValueError(f"{layer}: divisor_override must be a non-zero number or None, got {divisor_override!r}")
     g = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode,
                       check_geometry=check_geometry, layer=layer, padding_rule=padding_rule)
-    x_padded = _pad(x, g, 0)
+    x_padded = pad_input(x, g, 0)
     total = None
     for _, rows, cols in g.offsets():
         window = x_padded[:, :, rows, cols]
@@ -645,128 +491,6 @@ def lp_pool2d_backward(dy, cache):
         return d_power * (p * x ** (p - 1))
 
 
-# -- adaptive average pooling -------------------------------------------------------------------
-
-def adaptive_bins(in_size: int, out_size: int):
-    """PyTorch's bins: ``start = floor(i*in/out)``, ``end = ceil((i+1)*in/out)`` for each output ``i``."""
-    i = np.arange(out_size)
-    start = (i * in_size) // out_size
-    end = -((-(i + 1) * in_size) // out_size)
-    return start, end
-
-
-def adaptive_pool_matrix(in_size: int, out_size: int, dtype):
-    """The ``(out, in)`` matrix that averages each bin: row ``i`` is ``1/len`` on its bin."""
-    start, end = adaptive_bins(in_size, out_size)
-    positions = np.arange(in_size)
-    inside = (positions >= start[:, None]) & (positions < end[:, None])
-    return (inside / (end - start)[:, None]).astype(dtype)
-
-
-# The largest output side of adaptive pooling: 65536, beyond any image (ImageNet's largest side is
-# a few thousand); the averaging matrices are output x input, so 10**9 would be refused only by a
-# MemoryError after allocating.
-MAX_ADAPTIVE_OUTPUT = 1 << 16
-
-
-def adaptive_output_size(input_hw, output_size, layer="adaptive_avg_pool2d") -> tuple[int, int]:
-    """Resolve ``output_size`` (int, or pair whose ``None`` entries keep the input size)."""
-    if output_size is None or isinstance(output_size, (int, np.integer)):
-        sizes = (output_size, output_size)
-    elif isinstance(output_size, (tuple, list)) and len(output_size) == 2:
-        sizes = tuple(output_size)
-    else:
-        raise ValueError(f"{layer}: output_size must be an int or a pair of ints/None, got {output_size!r}")
-    resolved = []
-    for size, keep in zip(sizes, input_hw):
-        if size is None:
-            resolved.append(int(keep))
-        elif isinstance(size, (int, np.integer)) and not isinstance(size, bool) and 1 <= size <= MAX_ADAPTIVE_OUTPUT:
-            resolved.append(int(size))
-        else:
-            raise ValueError(
-                f"{layer}: output_size entries must be ints from 1 to {MAX_ADAPTIVE_OUTPUT} "
-                f"(cnnkit.functional.pool.MAX_ADAPTIVE_OUTPUT) or None, got {output_size!r}"
-            )
-    return tuple(resolved)
-
-
-def _bin_means(a, out_size: int, axis: int):
-    """Adaptive average along ``axis`` (-1 or -2), one bin at a time (the non-finite fallback)."""
-    xp = array_module(a)
-    start, end = adaptive_bins(a.shape[axis], out_size)
-    index = (lambda s, e: (..., slice(s, e))) if axis == -1 else (lambda s, e: (..., slice(s, e), slice(None)))
-    return xp.stack([a[index(s, e)].mean(axis=axis) for s, e in zip(start, end)], axis=axis)
-
-
-def _bin_spread(d, in_size: int, axis: int):
-    """The adjoint of :func:`_bin_means`: each bin's gradient shared over its inputs, bin by bin."""
-    xp = array_module(d)
-    start, end = adaptive_bins(in_size, d.shape[axis])
-    shape = list(d.shape)
-    shape[axis] = in_size
-    out = xp.zeros(shape, dtype=d.dtype)
-    for i, (s, e) in enumerate(zip(start, end)):
-        if axis == -1:
-            out[..., s:e] += d[..., i:i + 1] / (e - s)
-        else:
-            out[..., s:e, :] += d[..., i:i + 1, :] / (e - s)
-    return out
-
-
-def adaptive_avg_pool2d_forward(x, output_size, *, layer="adaptive_avg_pool2d"):
-    """Adaptive average pooling to ``output_size``; return ``(y, cache)``.
-
-    When the output divides the input (global pooling included) the bins are equal blocks and
-    ``y`` is a reshape and a mean. Otherwise the bins overlap or differ in length and the pooling
-    is separable, ``y = P_h @ x @ P_w^T`` with the per-axis bin-averaging matrices.
-
-    The readable loop over the definition, which tests hold this kernel equal to:
-    :func:`cnnkit.testing.reference.pool.adaptive_avg_pool2d`.
-
-    Shape:
-        x: (N, C, H, W) -> y: (N, C, OH, OW); bin i covers [floor(i*H/OH), ceil((i+1)*H/OH))
-    """
-    xp = array_module(x)
-    if x.ndim != 4:
-        raise ValueError(f"{layer} expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
-    n, c, h, w = x.shape
-    oh, ow = adaptive_output_size((h, w), output_size, layer)
-    if h % oh == 0 and w % ow == 0:
-        y = x.reshape(n, c, oh, h // oh, ow, w // ow).mean(axis=(3, 5))
-        return y, AdaptiveAvgPoolCache(x.shape, None)
-    rows = xp.asarray(adaptive_pool_matrix(h, oh, x.dtype))
-    cols = xp.asarray(adaptive_pool_matrix(w, ow, x.dtype))
-    with np.errstate(invalid="ignore"):  # inf * 0: handled just below
-        y = xp.matmul(rows, xp.matmul(x, cols.T))
-    if not xp.isfinite(y).all():
-        # The product multiplies every input by the zeros of other bins: 0 * inf = NaN would
-        # spread one inf over the whole row. PyTorch keeps it in its bin: average bin by bin.
-        y = _bin_means(_bin_means(x, ow, -1), oh, -2)
-    return y, AdaptiveAvgPoolCache(x.shape, (rows, cols))
-
-
-def adaptive_avg_pool2d_backward(dy, cache):
-    """``dx = P_h^T @ dy @ P_w`` (equal blocks: ``dy / block area`` repeated over each block).
-
-    The readable loop over the definition, which tests hold this kernel equal to:
-    :func:`cnnkit.testing.reference.pool.adaptive_avg_pool2d_backward`.
-
-    Shape:
-        dy: (N, C, OH, OW) -> dx: (N, C, H, W)
-    """
-    (n, c, h, w), matrices = cache
-    xp = array_module(dy)
-    if matrices is None:
-        oh, ow = dy.shape[2:]
-        share = (dy / ((h // oh) * (w // ow))).reshape(n, c, oh, 1, ow, 1)
-        return xp.ascontiguousarray(xp.broadcast_to(share, (n, c, oh, h // oh, ow, w // ow))).reshape(n, c, h, w)
-    rows, cols = matrices
-    if not xp.isfinite(dy).all():  # as in forward: keep a non-finite gradient in its bins
-        return _bin_spread(_bin_spread(dy, h, -2), w, -1)
-    return xp.matmul(rows.T, xp.matmul(dy, cols))
-
-
 # -- the ops and their memory rules ---------------------------------------------------------------
 
 def _scatter_bytes(g: PoolGeometry, itemsize: int) -> int:
@@ -818,13 +542,6 @@ def lp_pool2d_memory(x, norm_type, kernel_size, stride=None, ceil_mode=False, *,
                            backward_temp=x.nbytes + 3 * out + _scatter_bytes(g, x.itemsize))
     return LayerMemory(keeps_input=True, saved=2 * out, forward_temp=x.nbytes + out,
                        backward_temp=2 * x.nbytes + 3 * out + _scatter_bytes(g, x.itemsize))
-
-
-def adaptive_avg_pool2d_memory(x, output_size, **options):
-    """The cache is the input shape (and small pooling matrices); backward is two small GEMMs."""
-    n, c = x.shape[:2]
-    oh, ow = adaptive_output_size(tuple(x.shape[2:]), output_size)
-    return LayerMemory(backward_temp=n * c * oh * ow * x.itemsize)
 
 
 MAX_POOL2D = define_op("max_pool2d", reference="numpy")

@@ -12,21 +12,16 @@ from numbers import Real
 
 import numpy as np
 
-from ..functional.memory import ArraySpec, LayerMemory
-from ..functional.pool import (
-    AVG_POOL2D,
-    MAX_POOL2D,
+from ..functional.adaptive_pool import (
     adaptive_avg_pool2d_backward,
     adaptive_avg_pool2d_forward,
     adaptive_avg_pool2d_memory,
     adaptive_output_size,
     adaptive_pool_matrix,
-    check_pool_padding,
-    lp_pool2d_backward,
-    lp_pool2d_forward,
-    lp_pool2d_memory,
-    max_pool2d_indices,
 )
+from ..functional.memory import ArraySpec, LayerMemory
+from ..functional.pool import AVG_POOL2D, MAX_POOL2D, lp_pool2d_backward, lp_pool2d_forward, lp_pool2d_memory, max_pool2d_indices
+from ..functional.pool_geometry import check_pool_padding
 from ..functional.shapes import check_positive, conv_output_size, pair
 from .module import Module, is_grad_enabled
 from .validation import check_input, check_sample_shape

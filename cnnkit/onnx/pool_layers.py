@@ -31,8 +31,8 @@ from ..functional.pool import (
     max_pool2d_forward,
     max_pool2d_indices,
     max_pool2d_memory,
-    pool_geometry,
 )
+from ..functional.pool_geometry import pool_geometry
 from ..nn.module import is_grad_enabled
 from .layers import _OnnxLayer
 

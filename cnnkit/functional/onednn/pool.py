@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..memory import LayerMemory
-from ..pool import PoolGeometry, pool_geometry
+from ..pool_geometry import PoolGeometry, pool_geometry
 from . import library as L
 from . import runtime as R
 from .checks import array_reason, first_reason, has_data, lowest, unavailable
