@@ -46,7 +46,8 @@ from cnnkit.data.transforms import Normalize  # noqa: E402
 from cnnkit.train import predict_proba  # noqa: E402
 from cnnkit.train.tta import FlipAveraged  # noqa: E402
 
-BEGIN, END = "<!-- accuracy:begin -->", "<!-- accuracy:end -->"
+BEGIN, END = "<!-- accuracy:begin -->", "<!-- accuracy:end -->"  # the classic runs
+RECIPE_BEGIN, RECIPE_END = "<!-- recipe:begin -->", "<!-- recipe:end -->"  # the fast recipe, its ablations
 RESULTS = ROOT / "benchmarks" / "results" / "accuracy.json"
 FULL_CIFAR10_TRAIN = 50_000
 TARGET_MINUTES, TARGET_ACCURACY = 10.0, 0.80
@@ -206,14 +207,25 @@ def _row_accuracy(r):
     return _pct(r["accuracy"])
 
 
-def render(rows: dict, note: str) -> str:
-    lines = [BEGIN, "## Accuracy on real data", "", note, ""]
-    classic = [rows[n] for n in ("mnist", "fashion-mnist", "ensemble", "cifar10-default") if n in rows]
-    if classic:
-        lines += ["| run | command | test accuracy | wall time |", "|---|---|---|---|"]
-        lines += [f"| {r['label']} | `{r['command']}` | {_pct(r['accuracy'])} of {r['test_images']} | "
-                  f"{r['minutes']:.1f} min{' (' + r['note'] + ')' if r.get('note') else ''} |" for r in classic]
+def render_classic(rows: dict, note: str) -> str | None:
+    """The classic runs' section of BENCHMARKS.md (None: none measured)."""
+    classic = [rows[n] for n in ("digits", "mnist", "fashion-mnist", "ensemble", "cifar10-default") if n in rows]
+    if not classic:
+        return None
+    lines = [BEGIN, "## Accuracy on real data", "", note, "",
+             "| run | command | test accuracy | wall time |", "|---|---|---|---|"]
+    lines += [f"| {r['label']} | `{r['command']}` | {_pct(r['accuracy'])} of {r['test_images']} | "
+              f"{r['minutes']:.1f} min{' (' + r['note'] + ')' if r.get('note') else ''} |" for r in classic]
+    return "\n".join(lines + [END])
+
+
+def render_recipe(rows: dict, note: str) -> str | None:
+    """The fast recipe's section of BENCHMARKS.md: its seeds, ablations and curve (None: none measured)."""
     fast = [rows[n] for n in sorted(rows) if rows[n]["group"] == "fast"]
+    ablations = [rows[n] for n in rows if rows[n]["group"] in ("ablations", "curve")]
+    if not fast and not ablations:
+        return None
+    lines = [RECIPE_BEGIN, "## A fast recipe: accuracy per CPU-minute on CIFAR-10", "", note]
     if fast:
         accs = [r["accuracy_tta"] for r in fast]
         minutes = [r["minutes"] for r in fast]
@@ -228,7 +240,6 @@ def render(rows: dict, note: str) -> str:
                   "|---|---|---|---|---|"]
         lines += [f"| {r['label']} | `{r['command']}` | {_row_accuracy(r)} | {r['minutes']:.1f} min | "
                   f"{r['full_cifar10_epoch_min']:.1f} min/epoch, {r['full_cifar10_total_min']:.0f} min |" for r in fast]
-    ablations = [rows[n] for n in rows if rows[n]["group"] in ("ablations", "curve")]
     if ablations:
         base = rows.get("fast-seed0")
         lines += ["", "### What each ingredient gives (seed 0; one change each from the fast recipe)", "",
@@ -243,16 +254,17 @@ def render(rows: dict, note: str) -> str:
             key = "accuracy_tta" if r.get("tta") else "accuracy"
             delta = f"{100 * (r[key] - base[key]):+.2f} points" if base and key in base else ""
             lines.append(f"| {r['label']} | `{r['command']}` | {_row_accuracy(r)} | {delta} | {r['minutes']:.1f} min |")
-    lines.append(END)
+    lines.append(RECIPE_END)
     return "\n".join(lines)
 
 
-def write_section(section: str) -> None:
+def write_section(section: str, begin: str, end: str) -> None:
+    """Replace the text between ``begin`` and ``end`` in BENCHMARKS.md (append the section if absent)."""
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
@@ -286,8 +298,11 @@ def main():
             f"gives its date in `benchmarks/results/accuracy.json`. Command: "
             f"`python benchmarks/accuracy.py --data-dir ../shared/data` (`--only fast,ablations` and so on for "
             f"parts). Wall time: the whole `cnnkit train` process, start to exit.")
-    section = render(rows, note)
-    print(section)
+    sections = [(render_classic(rows, note), BEGIN, END), (render_recipe(rows, note), RECIPE_BEGIN, RECIPE_END)]
+    measured_groups = {RUNS[w][0] if w in RUNS else w for w in wanted}
+    for section, _, _ in sections:
+        if section:
+            print(section)
     from cnnkit.train.recipes import all_recipes
 
     for r in all_recipes():  # what recipes.py should quote (a test checks that it does)
@@ -296,7 +311,9 @@ def main():
             print(f"recipes.py: {r.dataset} {r.name}: expected={expected!r}")
     if not args.no_write:
         _save(rows)
-        write_section(section)
+        for (section, begin, end), groups in zip(sections, ({"classic", "ensemble"}, {"fast", "ablations", "curve"})):
+            if section and measured_groups & groups:  # only the sections this run measured
+                write_section(section, begin, end)
 
 
 def _save(rows):

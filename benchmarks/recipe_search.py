@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cnnkit
 from cnnkit import nn, no_grad
 from cnnkit.optim import SGD, param_groups_no_decay
 from cnnkit.optim.lr_scheduler import OneCycleLR
 from cnnkit.data.transforms import Normalize, RandomCrop
+from cnnkit.models.fastnet import whitening_filters
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -99,11 +99,7 @@ if a.model == "air":
     if a.scale != 1: layers.append(Mul(a.scale))
     model = nn.Sequential(*layers)
     if a.whiten == "pca":
-        pt = sliding_window_view(X[:5000], (2, 2), axis=(2, 3)).transpose(0, 2, 3, 1, 4, 5).reshape(-1, 12)
-        pt = pt.astype(np.float64); pt -= pt.mean(0)
-        cov = pt.T @ pt / len(pt); lam, V = np.linalg.eigh(cov)
-        W = (V.T / np.sqrt(lam + 5e-4)[:, None]).reshape(12, 3, 2, 2)
-        whiten.weight.data[...] = np.concatenate([W, -W]).astype(np.float32)
+        whiten.weight.data[...] = whitening_filters(X[:5000])  # FastNet's, from 5,000 images
         whiten.weight.requires_grad = False
     for m in model.modules():
         if isinstance(m, nn.Conv2d) and m is not whiten:

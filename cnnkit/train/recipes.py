@@ -8,7 +8,7 @@ Each dataset has a ``default`` recipe and may have named ones (``--recipe fast``
 settings of a run (any ``cnnkit train`` flag given on the command line overrides its value) plus
 what it was measured to give on this project's 2-core machine (``expected``), which ``--help``
 prints so that a user knows the time and accuracy before starting. Every figure there comes from
-``benchmarks/accuracy.py`` (accuracy, wall time) or ``benchmarks/recipe_speed.py`` (time per epoch,
+``benchmarks/accuracy.py`` (accuracy, wall time, and the time per epoch
 projected to the full dataset); see BENCHMARKS.md for the commands and the dates.
 """
 from __future__ import annotations
