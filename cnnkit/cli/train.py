@@ -56,7 +56,8 @@ def _recipes_help() -> str:
 
     lines = ["named settings (default: default); flags given override the recipe's values. Measured on this "
              "project's 2-core machine (BENCHMARKS.md):"]
-    return "\n".join(lines + ["- " + r.describe() for r in all_recipes()])
+    text = "\n".join(lines + ["- " + r.describe() for r in all_recipes()])
+    return text.replace("%", "%%")  # argparse %-formats help texts; the figures carry percent signs
 
 
 def add_arguments(p):

@@ -41,30 +41,38 @@ RECIPES: dict[str, dict[str, Recipe]] = {
     "digits": {DEFAULT: _R("digits", DEFAULT, dict(
         model="digitnet", epochs=10, batch_size=32, lr=0.05, optimizer="sgd", momentum=0.9, weight_decay=5e-4,
         schedule="cosine", augment=False),
-        about="the main job: a small ConvNet on scikit-learn's 8x8 digits")},
+        about="the main job: a small ConvNet on scikit-learn's 8x8 digits",
+        expected="measured: 98.1% test accuracy in 0.1 min on digits")},
     # LeNet-5 (LeCun et al. 1998 report 99.05% on MNIST).
     "mnist": {DEFAULT: _R("mnist", DEFAULT, dict(
         model="lenet5", epochs=8, batch_size=128, lr=0.05, optimizer="sgd", momentum=0.9, weight_decay=5e-4,
         schedule="cosine", augment=False),
-        about="LeNet-5, 8 epochs")},
+        about="LeNet-5, 8 epochs",
+        expected="measured: 99.2% test accuracy in 0.7 min on mnist")},
     "fashion-mnist": {DEFAULT: _R("fashion-mnist", DEFAULT, dict(
         model="lenet5", epochs=10, batch_size=128, lr=0.05, optimizer="sgd", momentum=0.9, weight_decay=5e-4,
         schedule="cosine", augment=False),
-        about="LeNet-5, 10 epochs")},
+        about="LeNet-5, 10 epochs",
+        expected="measured: 90.6% test accuracy in 0.9 min on fashion-mnist")},
     "cifar10": {
         # He et al. 2015, section 4.2: SGD 0.1, momentum 0.9, wd 1e-4, batch 128, crop+flip augmentation.
         DEFAULT: _R("cifar10", DEFAULT, dict(
             model="resnet20", epochs=30, batch_size=128, lr=0.1, optimizer="sgd", momentum=0.9, weight_decay=1e-4,
             schedule="cosine", augment=True),
-            about="ResNet-20 with the paper's SGD settings (He et al. 2015), 30 epochs"),
-        # The speed-run ingredients that paid on 2 CPU cores (BENCHMARKS.md, "A fast recipe"):
-        # FastNet (airbench's layout at CPU widths, whitened first layer), Nesterov SGD, label
-        # smoothing, an EMA of the weights, flip test-time averaging. (provisional: being measured)
+            about="ResNet-20 with the paper's SGD settings (He et al. 2015), 30 epochs",
+            expected=("measured: 73.7% test accuracy in 9.6 min on CIFAR-10 subset (8k/1k); full CIFAR-10 "
+                      "(50,000 images): 1.8 min/epoch, about 55 min in all (projected from its time per image)")),
+        # The speed-run ingredients, measured on 2 CPU cores (BENCHMARKS.md, "A fast recipe"): FastNet
+        # (airbench's layout at CPU widths, whitened first layer), augmentation, Nesterov SGD and flip
+        # test-time averaging pay; label smoothing and the EMA of the weights came out even.
         "fast": _R("cifar10", "fast", dict(
             model="fastnet", epochs=20, batch_size=256, lr=1.6, optimizer="sgd", momentum=0.9, nesterov=True,
             weight_decay=5e-4, schedule="onecycle", augment=True, label_smoothing=0.2, ema=0.99, tta=True,
             val_split=0.05),
-            about="FastNet (whitened first layer), Nesterov SGD, label smoothing 0.2, EMA 0.99, flip TTA"),
+            about="FastNet (whitened first layer), Nesterov SGD, label smoothing 0.2, EMA 0.99, flip TTA",
+            expected=("measured: 82.4% test accuracy (flip TTA, ± 0.5 over 3 seeds) in 2.4 min on CIFAR-10 subset "
+                      "(8k/1k); full CIFAR-10 (50,000 images): 0.7 min/epoch, about 14 min in all (projected from "
+                      "its time per image)")),
     },
 }
 
