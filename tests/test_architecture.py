@@ -12,6 +12,7 @@ from cnnkit.nn.graph import Graph
 from cnnkit.nn.loss import _Loss
 from cnnkit.nn.module import Module
 from cnnkit.nn.parallel import DistributedDataParallel
+from cnnkit.train.tta import FlipAveraged
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +84,8 @@ def _all_cnnkit_classes():
     return {cls for cls in walk(Module) if cls.__module__.startswith("cnnkit.")}
 
 
-CONTAINERS = (Sequential, Residual, Concat, Graph, DistributedDataParallel)  # and a wrapper
+# Containers, and the wrappers that run a model they hold (their rules are the held model's layers')
+CONTAINERS = (Sequential, Residual, Concat, Graph, DistributedDataParallel, FlipAveraged)
 
 
 def _leaf_layers():

@@ -43,13 +43,34 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("none", "step", "cosine", "onecycle", "plateau")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the line breaks of an option's help (the list of recipes), wrapping each line."""
+
+    def _split_lines(self, text, width):
+        split = super()._split_lines
+        return [wrapped for line in text.splitlines() for wrapped in split(line, width)]
+
+
+def _recipes_help() -> str:
+    from ..train.recipes import all_recipes
+
+    lines = ["named settings (default: default); flags given override the recipe's values. Measured on this "
+             "project's 2-core machine (BENCHMARKS.md):"]
+    text = "\n".join(lines + ["- " + r.describe() for r in all_recipes()])
+    return text.replace("%", "%%")  # argparse %-formats help texts; the figures carry percent signs
+
+
 def add_arguments(p):
     from ..train.recipes import RECIPES
     from .finetune import add_finetune_arguments
 
+    p.formatter_class = _HelpFormatter
+
     # Defaults are None so that a resumed run can tell a flag given from one left out; the recipe
     # and DEFAULTS below fill them in for a new run.
-    p.add_argument("--dataset", choices=sorted(RECIPES), help="dataset (default: digits)")
+    p.add_argument("--dataset", choices=sorted(RECIPES), help="dataset (default: digits, or the one dataset that has "
+                   "the --recipe given)")
+    p.add_argument("--recipe", metavar="NAME", help=_recipes_help())
     p.add_argument("--model", help="model name (see `cnnkit summary --list`) or a spec such as "
                    "'conv5-6 maxpool conv5-16 maxpool fc-120 fc-84 fc-10' (default: the dataset's recipe)")
     p.add_argument("--data-dir", help="folder holding the dataset files (default: $CNNKIT_DATA or ~/.cache/cnnkit; "
@@ -60,6 +81,8 @@ def add_arguments(p):
     p.add_argument("--lr", type=finite_float, help="initial learning rate")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer (default: sgd with momentum 0.9)")
     p.add_argument("--momentum", type=finite_float, help="SGD/RMSprop momentum")
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="Nesterov momentum (SGD only)")
     p.add_argument("--weight-decay", type=finite_float, help="L2 weight decay (biases and BatchNorm exempt)")
     p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule; plateau divides the rate "
                    "by 10 when validation accuracy stops improving")
@@ -67,6 +90,16 @@ def add_arguments(p):
                    "(default 0)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crops (padding 4 for 32 px, 2 otherwise) and horizontal flips (CIFAR only)")
+    p.add_argument("--flip", choices=("random", "alternate"), help="with --augment: mirror each image with "
+                   "probability 1/2 (random, the default) or on every other epoch (alternate: each image both ways "
+                   "in every two epochs)")
+    p.add_argument("--label-smoothing", type=finite_float, metavar="EPS", help="mix the one-hot targets with "
+                   "the uniform distribution: (1 - EPS) on the true class (default 0)")
+    p.add_argument("--ema", type=finite_float, metavar="DECAY", help="keep an exponential moving average of the "
+                   "weights (e.g. 0.99), updated every step; validation, checkpoints and the test figures use it "
+                   "(default 0: none)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="test figures averaged over each image and its mirror image (as `cnnkit evaluate --tta`)")
     p.add_argument("--val-split", type=finite_float, help="fraction of the training set held out for "
                    "validation (default 0.1; 0 uses the test set for validation)")
     p.add_argument("--early-stop", type=positive_int, metavar="EPOCHS", help="stop after this many epochs without "
@@ -99,21 +132,22 @@ def _split(dataset, fraction: float, seed: int):
     return dataset.subset(order[n_val:]), dataset.subset(order[:n_val])
 
 
-def _transforms(dataset_name: str, image_size: int, augment: bool):
-    from ..data.transforms import Compose, Normalize, RandomCrop, RandomHorizontalFlip
+def _transforms(dataset_name: str, image_size: int, augment: bool, flip: str = "random", seed: int = 0):
+    from ..data.transforms import AlternatingHorizontalFlip, Compose, Normalize, RandomCrop, RandomHorizontalFlip
 
     normalize = Normalize.for_dataset(dataset_name)
     if not augment:
         return normalize, normalize
     pad = 4 if image_size >= 32 else 2
-    return Compose([RandomCrop(image_size, padding=pad), RandomHorizontalFlip(), normalize]), normalize
+    mirror = AlternatingHorizontalFlip(seed) if flip == "alternate" else RandomHorizontalFlip()
+    return Compose([RandomCrop(image_size, padding=pad), mirror, normalize]), normalize
 
 
-def make_optimizer(name, params_groups, lr, momentum, weight_decay):
+def make_optimizer(name, params_groups, lr, momentum, weight_decay, nesterov=False):
     from .. import optim
 
     if name == "sgd":
-        return optim.SGD(params_groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return optim.SGD(params_groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     if name == "adam":
         return optim.Adam(params_groups, lr=lr, weight_decay=weight_decay)
     if name == "adamw":
@@ -200,7 +234,7 @@ def _shard(dataset, rank: int, world: int):
 def _train(args) -> int:
     from .. import distributed, io
     from ..data import DataLoader, DistributedSampler
-    from ..nn import SyncBatchNorm
+    from ..nn import CrossEntropyLoss, SyncBatchNorm
     from ..nn.parallel import DistributedDataParallel
     from ..optim import param_groups_no_decay
     from ..train import Checkpoint, EarlyStopping, HistoryWriter, Trainer
@@ -236,7 +270,7 @@ def _train(args) -> int:
     num_classes = settings["num_classes"] or len(classes)
     if num_classes < len(classes):
         raise UsageError(f"--num-classes {num_classes} is fewer than the {len(classes)} classes of {dataset}")
-    train_tf, eval_tf = _transforms(dataset, input_shape[-1], settings["augment"])
+    train_tf, eval_tf = _transforms(dataset, input_shape[-1], settings["augment"], settings["flip"], settings["seed"])
 
     seed = settings["seed"]
     if world == 1:
@@ -253,6 +287,8 @@ def _train(args) -> int:
     model = build_model(settings["model"], input_shape, num_classes, seed=settings["seed"])
     if settings["init"] and not args.resume:
         apply_init(model, settings["init"])
+    elif hasattr(model, "init_from_data") and not args.resume:
+        _init_from_data(model, train_set, eval_tf)
     apply_freezing(model, settings["freeze"], settings["freeze_bn"])
     if not any(p.requires_grad for p in model.parameters()):
         raise UsageError(f"--freeze {','.join(settings['freeze'])} freezes every parameter: nothing is left to train")
@@ -263,7 +299,7 @@ def _train(args) -> int:
         model = SyncBatchNorm.convert_sync_batchnorm(model)
     groups = param_groups_no_decay(model, settings["weight_decay"])
     optimizer = make_optimizer(settings["optimizer"], groups, settings["lr"], settings["momentum"],
-                               settings["weight_decay"])
+                               settings["weight_decay"], settings["nesterov"])
     scheduler = make_scheduler(settings["schedule"], optimizer, settings["schedule_epochs"], len(train_loader),
                                settings["lr"], settings["warmup_epochs"])
 
@@ -287,8 +323,9 @@ def _train(args) -> int:
     if settings["early_stop"]:
         callbacks.append(EarlyStopping(patience=settings["early_stop"]))
     net = DistributedDataParallel(model) if world > 1 else model
-    trainer = Trainer(net, optimizer, scheduler=scheduler, callbacks=callbacks, progress=not args.no_progress,
-                      schedule_steps=_schedule_steps(settings, len(train_loader)))
+    trainer = Trainer(net, optimizer, loss=CrossEntropyLoss(label_smoothing=settings["label_smoothing"]),
+                      scheduler=scheduler, callbacks=callbacks, progress=not args.no_progress,
+                      schedule_steps=_schedule_steps(settings, len(train_loader)), ema=settings["ema"] or None)
     if args.resume:
         trainer.resume(args.resume, train_loader)
         if trainer.epoch >= settings["epochs"]:
@@ -311,8 +348,8 @@ def _train(args) -> int:
     print(f"training {settings['model']} ({n_params:,} parameters) on {dataset}: {len(train_set)} train / "
           f"{len(val_set) if val_set is not None else 0} val / {len(test_set)} test images, "
           f"{settings['epochs']} epochs, batch {settings['batch_size']}{ranks}, {settings['optimizer']} lr "
-          f"{settings['lr']:g}, schedule {settings['schedule']}{', augmented' if settings['augment'] else ''}, "
-          f"seed {settings['seed']}; run directory {out_dir}")
+          f"{settings['lr']:g}, schedule {settings['schedule']}{_extras(settings)}, seed {settings['seed']}; "
+          f"run directory {out_dir}")
     start = time.perf_counter()
     try:
         # A diverging run overflows inside matrix products (also in cnnkit's worker threads) long
@@ -346,12 +383,20 @@ def _train(args) -> int:
         return 0  # rank 0 evaluates the best checkpoint and writes the results
 
     from ..train.results import evaluate_model, results_dict, training_throughput, write_results
+    from ..train.tta import FlipAveraged
 
     best = io.load_checkpoint(checkpoint.best_path) if checkpoint.best_path.exists() else None
+    if best is None and trainer.ema is not None:
+        trainer.ema.copy_to_model()  # the weights the run evaluates are the averaged ones
+    final = best.model if best else model
     # one evaluation of the best weights on the whole test set: printed, in results.json, in the report
-    evaluation = evaluate_model(best.model if best else model, test_loader, len(test_set.classes))
+    evaluation = evaluate_model(FlipAveraged(final) if settings["tta"] else final, test_loader,
+                                len(test_set.classes))
     top5 = f", top-5 {evaluation.top5:.2%}" if evaluation.top5 is not None else ""
-    print(f"test accuracy {evaluation.top1:.2%}{top5} (loss {evaluation.loss:.4f}) after {trainer.epoch} "
+    plain = ""
+    if settings["tta"]:
+        plain = f"; flip TTA, without it {evaluate_model(final, test_loader, len(test_set.classes)).top1:.2%}"
+    print(f"test accuracy {evaluation.top1:.2%}{top5} (loss {evaluation.loss:.4f}{plain}) after {trainer.epoch} "
           f"epoch{'s' if trainer.epoch != 1 else ''} in {elapsed:.1f}s")
     print(f"best checkpoint: {checkpoint.best_path}")
     counts = {"train": len(train_set), "val": len(val_set) if val_set is not None else 0, "test": len(test_set)}
@@ -367,6 +412,31 @@ def _train(args) -> int:
     return 0
 
 
+def _extras(settings: dict) -> str:
+    """The settings beyond the optimizer and schedule that a run uses, for its first line."""
+    extras = [name for key, name in (("augment", "augmented"), ("nesterov", "nesterov"), ("tta", "flip TTA"))
+              if settings[key]]
+    if settings["augment"] and settings["flip"] == "alternate":
+        extras[0] += " (flips on alternating epochs)"
+    if settings["label_smoothing"]:
+        extras.append(f"label smoothing {settings['label_smoothing']:g}")
+    if settings["ema"]:
+        extras.append(f"EMA {settings['ema']:g}")
+    return "".join(", " + e for e in extras)
+
+
+# Enough images for a data-dependent first layer (FastNet's 12x12 patch covariance) in well under a second.
+INIT_FROM_DATA_IMAGES = 5000
+
+
+def _init_from_data(model, train_set, eval_tf) -> None:
+    """Give a model with a data-dependent first layer (``init_from_data``, e.g. FastNet's whitening
+    filters) the first training images, normalised as the test images will be."""
+    images = train_set.images[:INIT_FROM_DATA_IMAGES].astype(np.float32) / 255
+    images = eval_tf(images) if eval_tf is not None else images
+    model.init_from_data(images)
+
+
 def _training_failure(exc: BaseException, settings: dict, trainer, checkpoint, removed: bool):
     """The one-line error for a run that stopped, saying which flag to change (None: pass ``exc`` on)."""
     if removed:
@@ -377,7 +447,7 @@ def _training_failure(exc: BaseException, settings: dict, trainer, checkpoint, r
         from ..train.recipes import recipe
 
         what = str(exc).split(";")[0]
-        usual = recipe(settings["dataset"])["lr"]
+        usual = recipe(settings["dataset"], settings["recipe"])["lr"]
         return CommandError(f"{what}: lower --lr (the {settings['dataset']} recipe uses {usual:g}) or add "
                             f"--warmup-epochs 2{kept}")
     if isinstance(exc, MemoryError):
@@ -396,11 +466,13 @@ def _settings(settings: dict, data_dir, n_params, counts) -> dict:
     shown = {"model": settings["model"], "parameters": int(n_params), "dataset": dataset,
              "data_dir": "bundled with scikit-learn" if dataset == "digits" else str(data_root(data_dir).resolve()),
              "images": counts}
-    shown.update({key: settings[key] for key in ("epochs", "batch_size", "optimizer", "lr", "momentum",
-                                                  "weight_decay", "schedule", "warmup_epochs", "augment", "seed",
-                                                  "val_split", "limit")})
+    shown.update({key: settings[key] for key in ("recipe", "epochs", "batch_size", "optimizer", "lr", "momentum",
+                                                  "nesterov", "weight_decay", "schedule", "warmup_epochs", "augment",
+                                                  "flip", "label_smoothing", "ema", "tta", "seed", "val_split", "limit")})
     if shown["optimizer"] not in ("sgd", "rmsprop"):
         shown.pop("momentum")  # Adam-style optimizers take no momentum argument here
+    if shown["optimizer"] != "sgd":
+        shown.pop("nesterov")
     for key in ("init", "freeze", "num_classes"):
         if settings.get(key):
             shown[key] = settings[key]

@@ -1,5 +1,6 @@
-"""What a run of ``cnnkit train`` is: its settings, how a new run gets them (the dataset's recipe
-plus the flags given) and how ``--resume`` gets them back from the checkpoint.
+"""What a run of ``cnnkit train`` is: its settings, how a new run gets them (the dataset's recipe,
+``default`` or the one ``--recipe`` names, plus the flags given) and how ``--resume`` gets them
+back from the checkpoint.
 
 Every checkpoint a run writes records, in the model's ``config``: ``dataset``, ``input_shape``,
 ``classes``, ``data_dir`` (the absolute data folder, None for the bundled digits) and ``train`` —
@@ -14,9 +15,11 @@ from pathlib import Path
 
 from .errors import UsageError
 
-# Settings a new run takes from the flags when given, else from the recipe or these defaults.
-DEFAULTS = dict(warmup_epochs=0, val_split=0.1, limit=None, seed=0, early_stop=None, diagnostics=None,
-                num_classes=None, init=None, freeze=None, freeze_bn=False)
+# Settings a new run takes from the flags when given, else from the recipe or these defaults. A run
+# recorded before a setting existed gets its default here when resumed.
+DEFAULTS = dict(recipe="default", warmup_epochs=0, val_split=0.1, limit=None, seed=0, early_stop=None,
+                diagnostics=None, num_classes=None, init=None, freeze=None, freeze_bn=False, nesterov=False,
+                flip="random", label_smoothing=0.0, ema=0.0, tta=False)
 RECIPE_KEYS = ("model", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule", "augment")
 SETTINGS = RECIPE_KEYS + tuple(DEFAULTS)
 # Flags a resumed run may give although the checkpoint recorded them.
@@ -27,11 +30,31 @@ def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
+def _dataset_and_recipe(args) -> tuple[str, str]:
+    """``--dataset`` and ``--recipe`` with their defaults: digits, or the one dataset that has the
+    recipe named; the recipe ``default``."""
+    from ..train.recipes import DEFAULT, datasets_with, recipe_names
+
+    name = getattr(args, "recipe", None) or DEFAULT
+    dataset = args.dataset
+    if dataset is None:
+        having = datasets_with(name) if name != DEFAULT else ["digits"]
+        if len(having) != 1:
+            raise UsageError(f"--recipe {name}: " + (f"no dataset has a recipe of that name" if not having else
+                             f"{', '.join(having)} have a recipe of that name; choose one with --dataset"))
+        dataset = having[0]
+    if name not in recipe_names(dataset):
+        raise UsageError(f"--recipe {name}: no such recipe for {dataset}; its recipes: {', '.join(recipe_names(dataset))}")
+    return dataset, name
+
+
 def new_run_settings(args) -> dict:
-    """The settings of a new run: the recipe of ``args.dataset``, overridden by the flags given."""
+    """The settings of a new run: the recipe (``--recipe``, else ``default``) of the dataset,
+    overridden by the flags given."""
     from ..train.recipes import recipe
 
-    settings = {"dataset": args.dataset or "digits", **recipe(args.dataset or "digits"), **DEFAULTS}
+    dataset, name = _dataset_and_recipe(args)
+    settings = {"dataset": dataset, **DEFAULTS, **recipe(dataset, name), "recipe": name}
     for key in SETTINGS:
         value = getattr(args, key, None)
         if value is not None:
@@ -93,6 +116,13 @@ def validate(settings: dict) -> None:
         value = settings[key]
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise UsageError(f"{_flag(key)} must be a number >= 0, got {value}")
+    if settings["nesterov"] and (settings["optimizer"] != "sgd" or not settings["momentum"] > 0):
+        raise UsageError(f"--nesterov needs --optimizer sgd with --momentum > 0, got --optimizer {settings['optimizer']} "
+                         f"--momentum {settings['momentum']}")
+    if not 0 <= settings["label_smoothing"] < 1:
+        raise UsageError(f"--label-smoothing must be in [0, 1), got {settings['label_smoothing']}")
+    if not 0 <= settings["ema"] < 1:
+        raise UsageError(f"--ema must be a decay in [0, 1) (e.g. 0.99; 0 for none), got {settings['ema']}")
     if not 0 <= settings["val_split"] < 1:
         raise UsageError(f"--val-split must be in [0, 1), got {settings['val_split']}")
     warmup, epochs = settings["warmup_epochs"], settings["schedule_epochs"]

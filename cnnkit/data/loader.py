@@ -24,6 +24,11 @@ class DataLoader:
 
     ``sampler`` (e.g. a ``DistributedSampler``: this rank's shard) decides which samples an epoch
     visits and in which order, instead of ``shuffle``.
+
+    ``epoch`` counts the passes: each ``iter()`` takes the current value and adds one;
+    ``set_epoch(e)`` says which epoch the next pass is (the trainer does, so a resumed run counts
+    on). A transform that depends on the epoch and on which images it gets (``per_sample``, e.g.
+    ``AlternatingHorizontalFlip``) receives ``indices`` (the images' dataset positions) and ``epoch``.
     """
 
     def __init__(self, dataset, batch_size: int = 128, shuffle: bool = False, drop_last: bool = False,
@@ -61,6 +66,13 @@ class DataLoader:
         self.dtype = np.dtype(dtype)
         self.generator = generator if generator is not None else np.random.default_rng(seed)
         self.sampler = sampler
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch (0, 1, ...) of the next pass over the data."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"DataLoader.set_epoch: epoch must be a non-negative integer, got {epoch!r}")
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         n = len(self.dataset.images) if self.sampler is None else len(self.sampler)
@@ -79,22 +91,28 @@ class DataLoader:
             order = self.generator.permutation(n) if self.shuffle else None
         stop = (n // self.batch_size) * self.batch_size if self.drop_last else n
         scale = self.dtype.type(1 / 255)
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        per_sample = getattr(self.transform, "per_sample", False)
         for start in range(0, stop, self.batch_size):
             index = slice(start, start + self.batch_size) if order is None else order[start:start + self.batch_size]
             x = images[index].astype(self.dtype)
             x *= scale
             y = labels[index].astype(np.int64, copy=False)
-            if self.transform is not None:
+            if per_sample:
+                indices = np.arange(start, min(start + self.batch_size, stop)) if order is None else index
+                x = self.transform(x, self.generator, indices=indices, epoch=epoch)
+            elif self.transform is not None:
                 x = self.transform(x, self.generator)
             yield x, y
 
     def state_dict(self) -> dict:
-        """The generator's state (a plain dict), to store in a checkpoint."""
-        return {"generator": self.generator.bit_generator.state}
+        """The generator's state and the next epoch (a plain dict), to store in a checkpoint."""
+        return {"generator": self.generator.bit_generator.state, "epoch": self.epoch}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore the generator's state saved by ``state_dict()``."""
+        """Restore what ``state_dict()`` saved (a state without ``epoch`` keeps the current one)."""
         self.generator.bit_generator.state = state["generator"]
+        self.epoch = int(state.get("epoch", self.epoch))
 
     def __repr__(self) -> str:
         return (f"DataLoader({getattr(self.dataset, 'name', type(self.dataset).__name__)!r}, "

@@ -4,6 +4,11 @@ Every transform is called as ``transform(x, generator)`` with ``x`` a floating a
 ``(N, C, H, W)`` and ``generator`` an ``np.random.Generator`` (the DataLoader passes its own, so
 one seed fixes shuffling and augmentation together). The input is never modified in place. The
 work is vectorised over the batch: no Python loop over images.
+
+A transform whose choice depends on *which* images it gets and in which epoch (``per_sample =
+True``, e.g. ``AlternatingHorizontalFlip``) is called as ``transform(x, generator, indices=...,
+epoch=...)``: ``indices`` the images' positions in the dataset ``(N,)``, ``epoch`` the loader's
+pass over the data (0, 1, ...). ``Compose`` passes them on to such members.
 """
 from __future__ import annotations
 
@@ -39,9 +44,14 @@ class Compose:
             if not callable(t):
                 raise TypeError(f"Compose expects callables transform(x, generator), got {t!r}")
 
-    def __call__(self, x, generator=None):
+    @property
+    def per_sample(self) -> bool:
+        """Whether a member needs the images' dataset indices and the epoch."""
+        return any(getattr(t, "per_sample", False) for t in self.transforms)
+
+    def __call__(self, x, generator=None, **context):
         for t in self.transforms:
-            x = t(x, generator)
+            x = t(x, generator, **context) if getattr(t, "per_sample", False) else t(x, generator)
         return x
 
     def __repr__(self):
@@ -145,3 +155,50 @@ class RandomHorizontalFlip:
 
     def __repr__(self):
         return f"RandomHorizontalFlip(p={self.p})"
+
+
+def _mix64(values):
+    """SplitMix64's finaliser over uint64 ``values``: well-spread pseudo-random bits from consecutive
+    integers (NumPy's uint64 arithmetic wraps, as the algorithm wants)."""
+    z = values.astype(np.uint64)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+class AlternatingHorizontalFlip:
+    """Mirror each image in every other epoch (airbench's "alternating flip", Jordan 2024).
+
+    Image ``i`` of the dataset is mirrored in epoch ``e`` when ``first(i) XOR (e is odd)``, where
+    ``first(i)`` is a fixed pseudo-random bit per image (from ``seed``, half the images). Each image
+    is thus seen both ways in every two consecutive epochs, instead of the same way several epochs
+    running as happens with independent coin flips; random flips waste some epochs of a short run
+    on repeated views. Deterministic: it ignores the generator and needs the dataset ``indices`` and
+    the ``epoch`` (``per_sample``; the DataLoader passes them).
+    """
+
+    per_sample = True
+
+    def __init__(self, seed: int = 0):
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"AlternatingHorizontalFlip seed must be a non-negative integer, got {seed!r}")
+        self.seed = int(seed)
+
+    def __call__(self, x, generator=None, *, indices=None, epoch=None):
+        _check_batch(x, "AlternatingHorizontalFlip")
+        if indices is None or epoch is None:
+            raise ValueError("AlternatingHorizontalFlip needs each image's dataset index and the epoch: use it in a "
+                             "DataLoader (which passes them) or call it with indices=..., epoch=...")
+        indices = np.asarray(indices)
+        if indices.shape != (x.shape[0],):
+            raise ValueError(f"AlternatingHorizontalFlip: {x.shape[0]} images but indices of shape {indices.shape}")
+        offset = np.uint64(self.seed * 0x9E3779B97F4A7C15 % 2 ** 64)  # a different bit pattern per seed
+        mixed = _mix64(indices.astype(np.uint64) + offset)
+        first = (mixed & np.uint64(1)).astype(bool)
+        flip = np.flatnonzero(first ^ bool(int(epoch) % 2))
+        y = x.copy()
+        y[flip] = x[flip, :, :, ::-1]
+        return y
+
+    def __repr__(self):
+        return f"AlternatingHorizontalFlip(seed={self.seed})"

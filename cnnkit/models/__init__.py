@@ -16,6 +16,7 @@ from .cifar_resnet import (CifarResNet, PadShortcut, PlainBlock, plain20, plain3
                            resnet20, resnet32, resnet44, resnet56, resnet110)
 from .preact_resnet import (PreActProjectionUnit, PreActResNet, PreActUnit, preact_resnet110, preact_resnet152,
                             preact_resnet164, preact_resnet200, preact_resnet1001)
+from .fastnet import ConvGroup, FastNet, fastnet, fastnet_learned, whitening_filters
 
 __all__ = [
     "create", "list_models", "register", "default_input_shape", "from_spec",
@@ -25,7 +26,9 @@ __all__ = [
     "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
     "plain20", "plain32", "plain44", "plain56", "plain110",
     "preact_resnet110", "preact_resnet164", "preact_resnet1001", "preact_resnet152", "preact_resnet200",
+    "fastnet", "fastnet_learned",
     "LeNet5", "AlexNet", "VGG", "GoogLeNet", "Inception", "InceptionAux", "ResNet", "BasicBlock", "Bottleneck",
     "CifarResNet", "PadShortcut", "PlainBlock", "conv1x1", "conv3x3",
     "PreActResNet", "PreActUnit", "PreActProjectionUnit",
+    "FastNet", "ConvGroup", "whitening_filters",
 ]

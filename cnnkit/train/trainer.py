@@ -7,6 +7,12 @@ best/last checkpoints, early stopping). ``Trainer.save`` writes everything a res
 weights, optimizer and scheduler state, epoch, history and every random-number generator — so
 ``resume`` continues bit for bit where an uninterrupted run would be.
 
+With ``ema`` the trainer keeps an exponential moving average of the weights
+(:class:`~cnnkit.train.ema.ExponentialMovingAverage`, updated after every step): validation,
+the best checkpoint and every saved file use the averaged weights, while training goes on with
+the live ones, which a checkpoint keeps in its training state (``training_state["ema"]``) so that
+``resume`` continues both exactly.
+
 Under ``mpiexec -n N`` with a ``DistributedDataParallel`` model each rank trains on its shard
 (a ``DistributedSampler`` in the loader; the trainer sets its epoch), the epoch's loss and
 accuracy figures are summed over the ranks before anyone sees them (so every rank makes the same
@@ -17,6 +23,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +32,7 @@ from .. import distributed
 from ..nn.module import no_grad
 from ..nn.parallel import DistributedDataParallel
 from ..optim.lr_scheduler import ReduceLROnPlateau
+from .ema import ExponentialMovingAverage
 from .interrupts import hold_interrupts
 from .metrics import softmax, topk_correct
 
@@ -72,13 +80,16 @@ class Trainer:
             sends a cosine back up nor steps ``OneCycleLR`` past its last step. None: no limit.
         out: where messages go (default: ``sys.stdout`` at the time of printing); ``None``
             silences them. Only rank 0 of a distributed run prints.
+        ema: a decay (e.g. 0.99) or an ``ExponentialMovingAverage`` of the model: evaluation and
+            checkpoints then use the averaged weights (see the module docstring). None: no average.
 
     ``model`` may be a ``DistributedDataParallel``: training steps then run through it, while
     ``trainer.model`` is the wrapped network (what evaluation, callbacks and checkpoints use).
     """
 
     def __init__(self, model, optimizer, loss=None, scheduler=None, callbacks=(), progress: bool = True,
-                 scheduler_interval: str | None = None, out="stdout", schedule_steps: int | None = None):
+                 scheduler_interval: str | None = None, out="stdout", schedule_steps: int | None = None,
+                 ema=None):
         from ..nn.loss import CrossEntropyLoss
         from ..optim.lr_scheduler import OneCycleLR
 
@@ -96,6 +107,12 @@ class Trainer:
                                            or schedule_steps < 1):
             raise ValueError(f"schedule_steps must be a positive integer or None, got {schedule_steps!r}")
         self.schedule_steps = schedule_steps
+        if ema is not None and not isinstance(ema, ExponentialMovingAverage):
+            ema = ExponentialMovingAverage(self.model, ema)
+        if ema is not None and ema.model is not self.model:
+            raise ValueError("Trainer: ema must average the model being trained (ExponentialMovingAverage(model, "
+                             "decay) of the same model, the wrapped one under DistributedDataParallel)")
+        self.ema = ema
         self.callbacks = list(callbacks)
         self.progress = progress
         self.out = out
@@ -151,6 +168,8 @@ class Trainer:
         self.optimizer.zero_grad()
         net.backward(self.loss.backward(), input_grad=False)  # DDP: gradients averaged over ranks
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update()
         self.global_step += 1
         self.step_loss = loss  # for on_step_end callbacks (HistoryWriter's per-step loss)
         self._step_callbacks("on_step_end", step)
@@ -202,6 +221,8 @@ class Trainer:
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):  # DistributedSampler: this epoch's shuffle
             sampler.set_epoch(self.epoch)
+        if hasattr(loader, "set_epoch"):  # epoch-dependent augmentation (AlternatingHorizontalFlip)
+            loader.set_epoch(self.epoch)
         total_loss, correct, seen = 0.0, 0, 0
         start = time.perf_counter()
         bar = self._progress_bar(len(loader), f"epoch {self.epoch + 1}")
@@ -225,8 +246,14 @@ class Trainer:
         return {"train_loss": total_loss / max(seen, 1), "train_top1": correct / max(seen, 1),
                 "images_per_s": seen / max(elapsed, 1e-9), "epoch_time_s": elapsed}
 
+    def averaged_weights(self):
+        """A context in which the model holds the weights to evaluate and save: the EMA's when
+        the trainer keeps one, else the training weights as they are."""
+        return self.ema.applied() if self.ema is not None else nullcontext(self.model)
+
     def evaluate(self, loader, topk: tuple[int, ...] = (1, 5)) -> dict:
-        """Loss and top-k accuracy on ``loader`` in eval mode, caching nothing.
+        """Loss and top-k accuracy on ``loader`` in eval mode, caching nothing (with the averaged
+        weights when the trainer keeps an EMA).
 
         In a distributed run every rank calls it on its shard and gets the figures of the union.
         """
@@ -234,7 +261,7 @@ class Trainer:
         self.model.eval()
         total_loss, seen = 0.0, 0
         correct = {k: 0 for k in topk}
-        with no_grad():
+        with no_grad(), self.averaged_weights():
             for x, y in loader:
                 logits = self.model(x)
                 total_loss += float(self.loss(logits, y)) * len(y)
@@ -313,6 +340,10 @@ class Trainer:
             "module_rngs": {name: m.generator.bit_generator.state for name, m in _generator_modules(self.model)},
             "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks if hasattr(cb, "state_dict")},
         }
+        if self.ema is not None:
+            # the file's weights are the average (see save); the live ones continue training
+            state["ema"] = {"decay": self.ema.decay, "updates": self.ema.updates,
+                            "training_weights": {k: v.copy() for k, v in self.model.state_dict().items()}}
         if self.world_size > 1 and all_ranks:
             rngs = [None] * self.world_size
             distributed.all_gather_object(rngs, self._rank_rngs())
@@ -328,6 +359,8 @@ class Trainer:
 
         In a distributed run every rank calls it (``all_ranks``: the ranks' random states are
         gathered) and rank 0 writes; with ``all_ranks=False`` rank 0 alone saves its own.
+        With an EMA the file's weights are the averaged ones, the weights to use; the training
+        weights go into the training state.
         """
         from .. import io
 
@@ -335,7 +368,8 @@ class Trainer:
         with hold_interrupts():  # Ctrl-C now would lose the file (or leave a collective): finish, then stop
             state = self.training_state(all_ranks)
             if self.rank == 0:
-                io.save(self.model, path, training_state=state)
+                with self.averaged_weights():
+                    io.save(self.model, path, training_state=state)
         return path
 
     def resume(self, path, train_loader=None) -> "Trainer":
@@ -348,6 +382,7 @@ class Trainer:
         if state is None:
             raise ValueError(f"{path} holds weights only, not a training state; it cannot be resumed "
                              "(use it with --init to start a new run from these weights)")
+        self._resume_ema(path, state.get("ema"))
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
         self.best_metric = state.get("best_metric")
@@ -372,6 +407,21 @@ class Trainer:
             if saved is not None and hasattr(cb, "load_state_dict"):
                 cb.load_state_dict(saved)
         return self
+
+    def _resume_ema(self, path, saved) -> None:
+        """After the checkpoint's weights (the average, with an EMA) are in the model: make them
+        the average again and put the training weights back."""
+        if saved is None and self.ema is None:
+            return
+        if saved is None:
+            raise ValueError(f"{path} was saved without an EMA of the weights, but this trainer keeps one "
+                             f"(decay {self.ema.decay}): resume it without ema")
+        if self.ema is None:
+            raise ValueError(f"{path} was saved by a run with an EMA of the weights (decay {saved['decay']}): "
+                             f"resume it with ema={saved['decay']} (cnnkit train --ema {saved['decay']})")
+        self.ema.load_state_dict({"decay": saved["decay"], "updates": saved["updates"],
+                                  "average": self.model.state_dict()})
+        self.model.load_state_dict(saved["training_weights"])
 
 
 def fit(model, train_data, val_data=None, epochs: int = 10, optimizer=None, scheduler=None, loss=None,

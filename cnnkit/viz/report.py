@@ -139,7 +139,12 @@ def write_report(run_dir, data_dir=None, checkpoint: str | None = None, examples
         test_set = _load_test_set(dataset_name, data_dir, settings, notes)
     if evaluation is None and test_set is not None:
         log(f"evaluating {ckpt_path.name} on the {len(test_set)} test images of {dataset_name}")
-        evaluation = evaluate_on(model, test_set, dataset_name)
+        if settings.get("tta"):  # the run's test figures average each image with its mirror image
+            from ..train.tta import FlipAveraged
+
+            evaluation = evaluate_on(FlipAveraged(model), test_set, dataset_name)
+        else:
+            evaluation = evaluate_on(model, test_set, dataset_name)
         log(f"test accuracy {evaluation.top1:.2%} ({evaluation.correct} of {len(evaluation)} images), "
             f"loss {evaluation.loss:.4f}")
     if evaluation is not None and test_set is not None and len(evaluation) != len(test_set):
@@ -312,12 +317,21 @@ def _settings_section(run) -> str:
         counts = ", ".join(f"{images[k]:,} {label}" for k, label in splits if _number(images.get(k)) is not None)
         rows.append(("dataset", run.dataset_name + (f" ({counts} images)" if counts else "")))
     if s:
+        if s.get("recipe") not in (None, "default"):
+            rows.append(("recipe", f"{s['recipe']} (--recipe)"))
         rows.append(("data folder", s.get("data_dir")))
         rows.append(("epochs", s.get("epochs")))
         rows.append(("batch size", s.get("batch_size")))
         rows.append(("optimizer", _optimizer_text(s)))
         rows.append(("learning rate", _lr_text(s)))
-        rows.append(("augmentation", "random crops and horizontal flips" if s.get("augment") else "none"))
+        flips = "horizontal flips on alternating epochs" if s.get("flip") == "alternate" else "horizontal flips"
+        rows.append(("augmentation", f"random crops and {flips}" if s.get("augment") else "none"))
+        if _number(s.get("label_smoothing")):
+            rows.append(("label smoothing", f"{s['label_smoothing']:g}"))
+        if _number(s.get("ema")):
+            rows.append(("weights evaluated", f"exponential moving average, decay {s['ema']:g}"))
+        if s.get("tta"):
+            rows.append(("test-time augmentation", "each image averaged with its mirror image"))
         split = _number(s.get("val_split"))
         rows.append(("validation", f"{split:.0%} of the training images held out" if split
                      else "the test set (--val-split 0)" if split == 0 else None))
@@ -345,7 +359,7 @@ def _optimizer_text(s) -> str | None:
     text = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad"}.get(name, name)
     extras = []
     if _number(s.get("momentum")):
-        extras.append(f"momentum {s['momentum']:g}")
+        extras.append(f"{'Nesterov ' if s.get('nesterov') else ''}momentum {s['momentum']:g}")
     if _number(s.get("weight_decay")) is not None:
         exempt = " (not on biases and BatchNorm)" if s["weight_decay"] else ""
         extras.append(f"weight decay {s['weight_decay']:g}{exempt}")
