@@ -39,7 +39,7 @@ def parse_args(argv=None):
                         "(default: all but layouts)")
     p.add_argument("--repeat", type=int, help="interleaved rounds per measurement (default 7, --quick 3)")
     p.add_argument("--output", default=os.path.join(ROOT, "BENCHMARKS.md"), help="the Markdown file to update")
-    p.add_argument("--no-write", action="store_true", help="print the tables, do not touch BENCHMARKS.md")
+    p.add_argument("--no-write", action="store_true", help="print the tables, do not touch BENCHMARKS.md or benchmarks/results/speed.json")
     p.add_argument("--render", metavar="JSON", help="only rewrite BENCHMARKS.md from a saved results file")
     p.add_argument("--backend", choices=("auto", "numpy", "onednn"),
                    help="cnnkit's kernel backend (default: CNNKIT_BACKEND, else auto: oneDNN where installed)")
@@ -97,13 +97,13 @@ def main(argv=None) -> int:
         f" --backend {args.backend}" if args.backend else "")
     results["date"] = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
 
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "speed.json"), "w") as f:
-        json.dump(results, f, indent=1)
     text = render(results)
     if args.no_write:
         print(text)
-    else:
+    else:  # the raw results go with the tables they produced, so `--render` rebuilds exactly these
+        os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+        with open(os.path.join(HERE, "results", "speed.json"), "w") as f:
+            json.dump(results, f, indent=1)
         write_section(args.output, text)
         log(f"wrote {args.output} ({results['seconds']:.0f} s)")
     return 0
