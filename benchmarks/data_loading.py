@@ -12,8 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -51,7 +49,7 @@ def main():
             x, y = next(batches)
             load_times.append(time.perf_counter() - start)
             start = time.perf_counter()
-            loss = lossf(model(x), y)
+            lossf(model(x), y)
             opt.zero_grad()
             model.backward(lossf.backward(), input_grad=False)
             opt.step()

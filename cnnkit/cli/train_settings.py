@@ -40,7 +40,7 @@ def _dataset_and_recipe(args) -> tuple[str, str]:
     if dataset is None:
         having = datasets_with(name) if name != DEFAULT else ["digits"]
         if len(having) != 1:
-            raise UsageError(f"--recipe {name}: " + (f"no dataset has a recipe of that name" if not having else
+            raise UsageError(f"--recipe {name}: " + ("no dataset has a recipe of that name" if not having else
                              f"{', '.join(having)} have a recipe of that name; choose one with --dataset"))
         dataset = having[0]
     if name not in recipe_names(dataset):
