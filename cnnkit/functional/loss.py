@@ -151,7 +151,9 @@ def cross_entropy_forward(logits, labels, *, weight=None, label_smoothing: float
         nll = nll * target_weight
     per_sample = nll if label_smoothing == 0 else (1 - label_smoothing) * nll
     if label_smoothing > 0:
-        smooth = -(log_p.sum(axis=1) if weight is None else log_p @ weight)
+        # sum_c w_c log p_c as an element-wise product, not a matrix-vector product: OpenBLAS's
+        # float32 gemv can raise a spurious "invalid value" warning on finite input
+        smooth = -(log_p.sum(axis=1) if weight is None else (log_p * weight).sum(axis=1))
         per_sample = per_sample + (label_smoothing / classes) * smooth
     normalizer = n if target_weight is None else target_weight.sum()
     loss = _reduce(per_sample, reduction, normalizer)
