@@ -68,6 +68,16 @@ class MultiInputModule(Module):
         return 0  # element-wise merges are not counted
 
 
+def _named_results(node: Node, result) -> dict | None:
+    """What ``node``'s module (or exporter) returned, by tensor name; None when a node with several
+    ``outputs`` did not get a tuple of that many."""
+    if not node.outputs:
+        return {node.output: result}
+    if not isinstance(result, tuple) or len(result) != len(node.outputs):
+        return None
+    return dict(zip(node.outputs, result))
+
+
 def _is_trainable(module: Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
@@ -236,13 +246,11 @@ class Graph(Module):
             module = getattr(self, node.name)
             args = [values[t] for t in node.inputs]
             result = module(*args) if len(args) > 1 else module(args[0])
-            if node.outputs:
-                if not isinstance(result, tuple) or len(result) != len(node.outputs):
-                    raise ValueError(f"Graph node {node.name!r}: {type(module).__name__} must return "
-                                     f"{len(node.outputs)} arrays for outputs {list(node.outputs)}")
-                values.update(zip(node.outputs, result))
-            else:
-                values[node.output] = result
+            produced = _named_results(node, result)
+            if produced is None:
+                raise ValueError(f"Graph node {node.name!r}: {type(module).__name__} must return "
+                                 f"{len(node.outputs)} arrays for outputs {list(node.outputs)}")
+            values.update(produced)
             for tensor in node.inputs:  # free what no later node reads
                 if last_use.get(tensor) == i:
                     values.pop(tensor, None)
@@ -338,13 +346,11 @@ class Graph(Module):
                 result = ctx.export_multi(child, args, child_prefix)
             else:
                 result = ctx.export(child, args[0], child_prefix)
-            if node.outputs:
-                if not isinstance(result, tuple) or len(result) != len(node.outputs):
-                    raise NotImplementedError(f"ONNX export: node {child_prefix!r} ({type(child).__name__}) "
-                                              f"has outputs {list(node.outputs)}, but its exporter gave {result!r}")
-                names.update(zip(node.outputs, result))
-            else:
-                names[node.output] = result
+            produced = _named_results(node, result)
+            if produced is None:
+                raise NotImplementedError(f"ONNX export: node {child_prefix!r} ({type(child).__name__}) "
+                                          f"has outputs {list(node.outputs)}, but its exporter gave {result!r}")
+            names.update(produced)
         outputs = self._outputs()
         return names[outputs[0]] if len(outputs) == 1 else tuple(names[t] for t in outputs)
 

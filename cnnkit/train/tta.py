@@ -10,13 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import array_module
+from ..functional.activation import log_softmax_forward
 from ..nn.module import Module
-
-
-def _log_softmax(logits):
-    xp = array_module(logits)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
 
 
 class FlipAveraged(Module):
@@ -42,8 +37,8 @@ class FlipAveraged(Module):
         if getattr(x, "ndim", None) != 4:
             raise ValueError(f"FlipAveraged flips images (N, C, H, W), got an input of shape {getattr(x, 'shape', x)}")
         xp = array_module(x)
-        plain = _log_softmax(self.model(x))
-        mirrored = _log_softmax(self.model(xp.ascontiguousarray(x[..., ::-1])))
+        plain, _ = log_softmax_forward(self.model(x), axis=1)
+        mirrored, _ = log_softmax_forward(self.model(xp.ascontiguousarray(x[..., ::-1])), axis=1)
         return xp.logaddexp(plain, mirrored) - plain.dtype.type(np.log(2.0))
 
     def backward(self, dy, input_grad: bool = True):
