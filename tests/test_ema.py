@@ -118,6 +118,18 @@ def test_state_dict_round_trip_and_mismatch():
         ExponentialMovingAverage(object(), 0.9)
 
 
+@pytest.mark.parametrize("updates", [-9, 2.5, True, "3"])
+def test_a_file_with_a_bad_update_count_is_refused_and_changes_nothing(updates):
+    ema = ExponentialMovingAverage(_net(), 0.9)
+    before = {key: value.copy() for key, value in ema.average.items()}
+    state = dict(ExponentialMovingAverage(_net(seed=5), 0.5).state_dict(), updates=updates)
+    with pytest.raises(ValueError, match="updates must be a non-negative integer"):
+        ema.load_state_dict(state)
+    assert ema.decay == 0.9 and ema.updates == 0
+    for key, value in before.items():
+        np.testing.assert_array_equal(ema.average[key], value, err_msg=key)
+
+
 def test_trainer_validates_and_saves_the_averaged_weights(digits, tmp_path):
     model, opt, loader, val = _setup(digits)
     trainer = Trainer(model, opt, callbacks=[Checkpoint(tmp_path)], progress=False, out=stdio.StringIO(), ema=0.9)

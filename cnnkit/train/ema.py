@@ -116,8 +116,13 @@ class ExponentialMovingAverage:
             if value.shape != self.average[key].shape:
                 raise ValueError(f"ExponentialMovingAverage.load_state_dict: {key} has shape {value.shape}, the "
                                  f"model's is {self.average[key].shape}")
+        updates = state["updates"]
+        if isinstance(updates, bool) or not isinstance(updates, (int, np.integer)) or updates < 0:
+            # a file's count: a negative one would divide by zero in the warm-up decay (1 + t) / (10 + t)
+            raise ValueError(f"ExponentialMovingAverage.load_state_dict: updates must be a non-negative integer, "
+                             f"got {updates!r}")
         self.decay = check_decay(state["decay"])
-        self.updates = int(state["updates"])
+        self.updates = int(updates)
         for key, value in average.items():
             self.average[key][...] = value
 
