@@ -368,7 +368,9 @@ class Trainer:
         with hold_interrupts():  # Ctrl-C now would lose the file (or leave a collective): finish, then stop
             state = self.training_state(all_ranks)
             if self.rank == 0:
-                with self.averaged_weights():
+                # with an EMA the state already holds a copy of the training weights: put back from it
+                weights = nullcontext() if self.ema is None else self.ema.applied(state["ema"]["training_weights"])
+                with weights:
                     io.save(self.model, path, training_state=state)
         return path
 
