@@ -49,12 +49,12 @@ __all__ = ["DistributedDataParallel", "broadcast_module_state"]
 FIRST_BUCKET_MB = 1.0  # PyTorch's first bucket: communication starts after the last layers
 
 
-def _unique_trainable(module: Module) -> list[tuple[str, Parameter]]:
+def _unique_trainable(module: Module) -> list[Parameter]:
     seen, out = set(), []
-    for name, p in module.named_parameters():
+    for p in module.parameters():
         if p.requires_grad and id(p) not in seen:
             seen.add(id(p))
-            out.append((name, p))
+            out.append(p)
     return out
 
 
@@ -73,8 +73,8 @@ def _coalesced(arrays: list[np.ndarray], fn) -> None:
     by_dtype: dict = {}
     for a in arrays:
         by_dtype.setdefault(a.dtype, []).append(a)
-    for dtype, group in by_dtype.items():
-        flat = np.concatenate([a.ravel() for a in group]) if group else np.empty(0, dtype)
+    for group in by_dtype.values():
+        flat = np.concatenate([a.ravel() for a in group])
         fn(flat)
         offset = 0
         for a in group:
@@ -257,8 +257,7 @@ class DistributedDataParallel(Module):
         if self._world > 1:
             _check_same_structure(module)
             broadcast_module_state(module)
-        named = _unique_trainable(module)
-        self._params = [p for _, p in named]
+        self._params = _unique_trainable(module)
         self._param_index = {id(p): i for i, p in enumerate(self._params)}
         holders = _holders(module)
         self._expected = {id(p): holders.get(id(p), 1) for p in self._params}
