@@ -100,7 +100,7 @@ def test_applied_puts_back_a_copy_the_caller_made():
 
 
 def test_trainer_save_leaves_the_training_weights_as_they_were(digits, tmp_path):
-    model, opt, loader, val = _setup(digits)
+    model, opt, loader, _ = _setup(digits)
     trainer = Trainer(model, opt, progress=False, out=None, ema=0.9)
     trainer.fit(loader, None, epochs=1)
     arrays = dict(model.state_dict())
