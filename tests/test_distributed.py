@@ -274,9 +274,9 @@ class ThreadRanks:
         return results
 
 
-@pytest.mark.parametrize("sizes, shape", [((4, 4), (3, 5, 6)), ((3, 5), (3, 4, 4)), ((1, 2, 4), (3,))])
+@pytest.mark.parametrize("sizes, shape", [((4, 4), (3, 5, 6)), ((3, 5), (3, 4, 4)), ((1, 2, 4), (3,)), ((0, 5), (3, 4, 4))])
 def test_sync_kernels_over_threads_equal_one_batchnorm_on_the_whole_batch(sizes, shape, rng):
-    """Uneven shards too (a last batch can be): the statistics weigh every sample once."""
+    """Uneven shards too (a last batch can be, even an empty one): the statistics weigh every sample once."""
     world = len(sizes)
     x = rng.standard_normal((sum(sizes),) + shape) * 3 + 1
     dy = rng.standard_normal(x.shape)

@@ -85,6 +85,35 @@ def test_applied_swaps_in_place_and_back():
     np.testing.assert_array_equal(model[0].weight.data, ema.average["0.weight"])
 
 
+def test_applied_puts_back_a_copy_the_caller_made():
+    model = _net()
+    ema = ExponentialMovingAverage(model, 0.5, warmup=False)
+    model[0].weight.data[...] += 2.0
+    ema.update()
+    arrays = dict(model.state_dict())
+    live = {k: v.copy() for k, v in arrays.items()}
+    with ema.applied(live):
+        np.testing.assert_array_equal(model[0].weight.data, ema.average["0.weight"])
+    for key, value in model.state_dict().items():
+        assert value is arrays[key]  # the model's own arrays, written in place
+        np.testing.assert_array_equal(value, live[key], err_msg=key)
+
+
+def test_trainer_save_leaves_the_training_weights_as_they_were(digits, tmp_path):
+    model, opt, loader, _ = _setup(digits)
+    trainer = Trainer(model, opt, progress=False, out=None, ema=0.9)
+    trainer.fit(loader, None, epochs=1)
+    arrays = dict(model.state_dict())
+    before = {k: v.copy() for k, v in arrays.items()}
+    trainer.save(tmp_path / "a.safetensors")
+    for key, value in model.state_dict().items():
+        assert value is arrays[key]
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+    saved = cnnkit.io.load_checkpoint(tmp_path / "a.safetensors")
+    for key, value in saved.model.state_dict().items():
+        np.testing.assert_array_equal(value, trainer.ema.average[key], err_msg=key)
+
+
 def test_constant_weights_stay_exactly_constant():
     model = _net()
     before = {k: v.copy() for k, v in model.state_dict().items()}

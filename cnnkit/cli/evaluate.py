@@ -37,7 +37,10 @@ def run(args) -> int:
     plain_models = models
     if args.tta:
         models = [FlipAveraged(m) for m in models]
-    probs, labels = predict_proba(models, loader)
+    # one pass per model; the ensemble's average of their probabilities is predict_proba(models)'s
+    single = [predict_proba([m], loader) for m in models]
+    labels = single[0][1]
+    probs = sum(p for p, _ in single) / len(models)
     pred = probs.argmax(axis=1)
     k = len(ds.classes)
     cm = confusion_matrix(labels, pred, k)
@@ -52,8 +55,7 @@ def run(args) -> int:
         plain, _ = predict_proba(plain_models, loader)
         console.print(f"  without TTA: {np.mean(plain.argmax(1) == labels):.2%}")
     if len(models) > 1:
-        for path, m in zip(args.checkpoints, models):
-            p1, _ = predict_proba([m], loader)
+        for path, (p1, _) in zip(args.checkpoints, single):
             console.print(f"  {path}: {np.mean(p1.argmax(1) == labels):.2%}{tta}")
     table = Table(title="per-class accuracy and confusion matrix (rows: true, columns: predicted)")
     table.add_column("class")

@@ -49,12 +49,12 @@ __all__ = ["DistributedDataParallel", "broadcast_module_state"]
 FIRST_BUCKET_MB = 1.0  # PyTorch's first bucket: communication starts after the last layers
 
 
-def _unique_trainable(module: Module) -> list[tuple[str, Parameter]]:
+def _unique_trainable(module: Module) -> list[Parameter]:
     seen, out = set(), []
-    for name, p in module.named_parameters():
+    for p in module.parameters():
         if p.requires_grad and id(p) not in seen:
             seen.add(id(p))
-            out.append((name, p))
+            out.append(p)
     return out
 
 
@@ -73,8 +73,8 @@ def _coalesced(arrays: list[np.ndarray], fn) -> None:
     by_dtype: dict = {}
     for a in arrays:
         by_dtype.setdefault(a.dtype, []).append(a)
-    for dtype, group in by_dtype.items():
-        flat = np.concatenate([a.ravel() for a in group]) if group else np.empty(0, dtype)
+    for group in by_dtype.values():
+        flat = np.concatenate([a.ravel() for a in group])
         fn(flat)
         offset = 0
         for a in group:
@@ -111,8 +111,9 @@ def _check_same_structure(module: Module) -> None:
 class _Bucket:
     """Parameters reduced together: one flat buffer, gradients first, then one flag per parameter."""
 
-    def __init__(self, params: list[Parameter]):
+    def __init__(self, params: list[Parameter], writes: int):
         self.params = params
+        self.writes = writes  # gradient writes that complete it in one backward
         self.total = sum(p.size for p in params)
         self.buffer = np.empty(self.total + len(params), dtype=params[0].dtype)
         self.work = None
@@ -130,29 +131,35 @@ class _Bucket:
             offset += p.size
 
     def unpack(self, world_size: int) -> None:
-        grads = self.buffer[:self.total]
-        grads /= world_size
+        """Write the averages into ``.grad``: the division and the copy in one pass."""
         offset = 0
         for i, p in enumerate(self.params):
+            summed = self.buffer[offset:offset + p.size].reshape(p.shape)
             if self.buffer[self.total + i] == 0:  # no rank had a gradient for it
                 p.grad = None
             elif p.grad is None:
-                p.grad = grads[offset:offset + p.size].reshape(p.shape).copy()
+                p.grad = summed / world_size
             else:
-                p.grad[...] = grads[offset:offset + p.size].reshape(p.shape)
+                np.divide(summed, world_size, out=p.grad)
             offset += p.size
 
 
-def _make_buckets(params: list[Parameter], cap_bytes: float, first_bytes: float) -> list[_Bucket]:
+def _make_buckets(params: list[Parameter], expected: dict[int, int], cap_bytes: float,
+                  first_bytes: float) -> list[_Bucket]:
+    """``expected``: the gradient writes per parameter (by id) in one backward."""
     buckets, current, size = [], [], 0
+
+    def close():
+        buckets.append(_Bucket(current, sum(expected[id(p)] for p in current)))
+
     for p in params:
         if current and (p.dtype != current[0].dtype or size >= (first_bytes if not buckets else cap_bytes)):
-            buckets.append(_Bucket(current))
+            close()
             current, size = [], 0
         current.append(p)
         size += p.data.nbytes
     if current:
-        buckets.append(_Bucket(current))
+        close()
     return buckets
 
 
@@ -161,20 +168,22 @@ class _Reduction:
 
     def __init__(self, ddp: "DistributedDataParallel"):
         self.ddp = ddp
-        self.missing = [sum(ddp._expected[id(p)] for p in b.params) for b in ddp._buckets]
+        self.missing = [b.writes for b in ddp._buckets]
         self.next = 0  # the next bucket to start; buckets start in order
         self.in_backward = True
         self.started_in_backward = 0
         self.first_started = None  # when the first bucket started, if during backward
-        self.arrivals = dict.fromkeys(ddp._expected, 0)
+        # Until the order is learnt (the first backward): which parameters are complete, in order.
+        self.arrivals = None if ddp._order_learned else dict.fromkeys(ddp._expected, 0)
         self.arrival_order: list[int] = []  # parameter indices, in the order they became complete
 
     def on_grad(self, p: Parameter) -> None:
         key = id(p)
         self.missing[self.ddp._bucket_of[key]] -= 1
-        self.arrivals[key] += 1
-        if self.arrivals[key] == self.ddp._expected[key]:
-            self.arrival_order.append(self.ddp._param_index[key])
+        if self.arrivals is not None:
+            self.arrivals[key] += 1
+            if self.arrivals[key] == self.ddp._expected[key]:
+                self.arrival_order.append(self.ddp._param_index[key])
         while self.next < len(self.ddp._buckets) and self.missing[self.next] <= 0:
             self.start(self.next)
 
@@ -248,8 +257,7 @@ class DistributedDataParallel(Module):
         if self._world > 1:
             _check_same_structure(module)
             broadcast_module_state(module)
-        named = _unique_trainable(module)
-        self._params = [p for _, p in named]
+        self._params = _unique_trainable(module)
         self._param_index = {id(p): i for i, p in enumerate(self._params)}
         holders = _holders(module)
         self._expected = {id(p): holders.get(id(p), 1) for p in self._params}
@@ -258,7 +266,8 @@ class DistributedDataParallel(Module):
 
     def _rebucket(self, order: list[int]) -> None:
         cap = self.bucket_cap_mb * 2**20
-        self._buckets = _make_buckets([self._params[i] for i in order], cap, min(cap, FIRST_BUCKET_MB * 2**20))
+        self._buckets = _make_buckets([self._params[i] for i in order], self._expected, cap,
+                                      min(cap, FIRST_BUCKET_MB * 2**20))
         self._bucket_of = {id(p): b for b, bucket in enumerate(self._buckets) for p in bucket.params}
 
     @property

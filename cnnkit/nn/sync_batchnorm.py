@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import distributed as dist
-from ..functional.norm import update_running_stats
+from ..functional.norm import _as_ncl, _channel_dot, _channel_sum, update_running_stats
 from .normalization import BatchNorm2d, _BatchNorm
 
 __all__ = ["SyncBatchNorm"]  # what cnnkit.nn exports from here
@@ -56,10 +56,10 @@ def sync_batch_norm_forward(x, weight, bias, running_mean, running_var, momentum
         x: (N, C, *) -> y: same; weight, bias, running_mean, running_var: (C,)
         statistics over every axis but 1 and over all ranks: m = sum over ranks of N * prod(x.shape[2:])
     """
-    x3 = x.reshape(x.shape[0], x.shape[1], -1)
+    x3 = _as_ncl(x)
     channels = x3.shape[1]
     stats = np.empty(channels + 1, dtype=np.float64)
-    stats[:channels] = np.einsum("ncl->c", x3)
+    stats[:channels] = _channel_sum(np, x3)
     stats[channels] = x3.shape[0] * x3.shape[2]
     all_reduce(stats)
     count = float(stats[channels])
@@ -68,7 +68,7 @@ def sync_batch_norm_forward(x, weight, bias, running_mean, running_var, momentum
                          f"and {int(count)} value(s) per channel over all ranks")
     mean = stats[:channels] / count
     centered = x3 - mean.astype(x.dtype)[:, None]
-    squares = np.einsum("ncl,ncl->c", centered, centered).astype(np.float64)
+    squares = _channel_dot(np, centered, centered).astype(np.float64)
     all_reduce(squares)
     var = squares / count  # biased: it normalises this batch
     update_running_stats(running_mean, running_var, mean, var, count, momentum)
@@ -90,8 +90,8 @@ def sync_batch_norm_backward(dy, cache: SyncCache, all_reduce, need_dx=True, nee
     centered, inv_std, weight, count, shape = cache
     dy3 = dy.reshape(centered.shape)
     channels = centered.shape[1]
-    sum_dy = np.einsum("ncl->c", dy3)
-    sum_dy_xc = np.einsum("ncl,ncl->c", dy3, centered)
+    sum_dy = _channel_sum(np, dy3)
+    sum_dy_xc = _channel_dot(np, dy3, centered)
     dweight = sum_dy_xc * inv_std if need_dweight else None
     dbias = sum_dy if need_dbias else None
     dx = None

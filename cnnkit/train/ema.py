@@ -82,16 +82,21 @@ class ExponentialMovingAverage:
         self.updates += 1
 
     @contextmanager
-    def applied(self):
+    def applied(self, training: dict | None = None):
         """Inside the block the model holds the averaged weights; afterwards the training ones
-        again (``average`` itself is not changed)."""
-        training = {key: np.array(self._live(key), copy=True) for key in self.average}
+        again (``average`` itself is not changed).
+
+        ``training``: a copy of the model's current weights by state-dict key, already made by the
+        caller (a checkpoint's training state holds one), put back afterwards instead of a new copy.
+        """
+        if training is None:
+            training = {key: np.array(self._live(key), copy=True) for key in self.average}
         self.copy_to_model()
         try:
             yield self.model
         finally:
-            for key, value in training.items():
-                self._live(key)[...] = value
+            for key in self.average:
+                self._live(key)[...] = training[key]
 
     def copy_to_model(self) -> None:
         """Overwrite the model's weights with the average for good (e.g. at the end of training)."""

@@ -329,6 +329,7 @@ class Trainer:
         collective: every rank must call it) they are gathered under ``"rank_rngs"``, so a
         resume on the same number of ranks continues each rank's streams.
         """
+        own = self._rank_rngs()
         state = {
             "epoch": self.epoch,
             "global_step": self.global_step,
@@ -336,8 +337,8 @@ class Trainer:
             "history": self.history,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "train_loader_rng": _rng_state(self.train_loader),
-            "module_rngs": {name: m.generator.bit_generator.state for name, m in _generator_modules(self.model)},
+            "train_loader_rng": own["train_loader"],
+            "module_rngs": own["modules"],
             "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks if hasattr(cb, "state_dict")},
         }
         if self.ema is not None:
@@ -346,7 +347,7 @@ class Trainer:
                             "training_weights": {k: v.copy() for k, v in self.model.state_dict().items()}}
         if self.world_size > 1 and all_ranks:
             rngs = [None] * self.world_size
-            distributed.all_gather_object(rngs, self._rank_rngs())
+            distributed.all_gather_object(rngs, own)
             state["rank_rngs"] = rngs
         return state
 
@@ -368,7 +369,9 @@ class Trainer:
         with hold_interrupts():  # Ctrl-C now would lose the file (or leave a collective): finish, then stop
             state = self.training_state(all_ranks)
             if self.rank == 0:
-                with self.averaged_weights():
+                # with an EMA the state already holds a copy of the training weights: put back from it
+                weights = nullcontext() if self.ema is None else self.ema.applied(state["ema"]["training_weights"])
+                with weights:
                     io.save(self.model, path, training_state=state)
         return path
 
