@@ -38,7 +38,7 @@ import numpy as np
 from ..backend import array_module
 from .memory import LayerMemory
 from .parallel import parallel_chunks
-from .pool_geometry import PoolGeometry, lowest_value, pad_input, pool_geometry
+from .pool_geometry import PoolGeometry, first_real_tap, lowest_value, pad_input, pool_geometry
 from .registry import Kernel, define_op
 from .workspace import scratch
 
@@ -195,12 +195,6 @@ def _backward_by_blocks(dy, g: PoolGeometry, block_gradient):
 
 # -- max pooling --------------------------------------------------------------------------------
 
-def _first_real_tap(out: int, stride: int, padding: int, dilation: int) -> np.ndarray:
-    """Per output position, the first kernel tap that lands on the real input (not the padding)."""
-    start = np.arange(out) * stride - padding  # window start in input coordinates
-    return -(np.minimum(start, 0) // dilation)  # ceil(max(-start, 0) / dilation)
-
-
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
                        check_geometry=False, layer="max_pool2d", need_switches=True, padding_rule="pytorch"):
     """Max pooling; return ``(y, cache)``. The cache holds the argmax "switches".
@@ -226,8 +220,8 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     (kh, kw), (oh, ow) = g.kernel, g.output
     # PyTorch's scan: best = -inf and the switch on the window's first real tap, then a tap wins
     # when it is strictly greater (first maximum wins ties) or NaN. Padding (-inf) never wins.
-    first_tap = (_first_real_tap(oh, g.stride[0], g.padding[0], g.dilation[0])[:, None] * kw
-                 + _first_real_tap(ow, g.stride[1], g.padding[1], g.dilation[1])[None, :])
+    first_tap = (first_real_tap(oh, g.stride[0], g.padding[0], g.dilation[0])[:, None] * kw
+                 + first_real_tap(ow, g.stride[1], g.padding[1], g.dilation[1])[None, :])
     switch_dtype = np.uint8 if kh * kw <= 256 else np.int32
     first_tap = xp.asarray(first_tap.astype(switch_dtype))
     has_nan = need_switches and bool(xp.isnan(x).any())  # one pass here saves a NaN test per offset

@@ -66,19 +66,27 @@ def check_pool_padding(kernel: tuple, padding: tuple, layer: str, padding_rule: 
         )
 
 
+def first_real_tap(out: int, stride: int, padding: int, dilation: int) -> np.ndarray:
+    """Per output position along one axis, the first kernel tap that lands on the real input (not
+    the padding): ``ceil(max(padding - o*stride, 0) / dilation)``."""
+    start = np.arange(out) * stride - padding  # window start in input coordinates
+    return -(np.minimum(start, 0) // dilation)
+
+
 def _check_windows_see_input(out: int, size: int, k: int, s: int, p: int, d: int, layer: str, axis: str) -> None:
     """Raise if a window's taps (padded positions ``o*s + j*d``) all miss the input ``[p, p + size)``.
 
     Such a window's maximum is -inf and PyTorch's switch for it points outside the window (its
     backward writes out of bounds), so no result could be right.
     """
-    for o in range(out):
-        first = max(0, -(-(p - o * s) // d))  # first tap at or after the input's start
-        if first >= k or o * s + first * d >= p + size:
-            raise ValueError(
-                f"{layer}: along the {axis}, window {o} (kernel {k}, dilation {d}, stride {s}, padding {p}) "
-                f"sees only padding of the input {axis} {size}; use less padding or dilation"
-            )
+    first = first_real_tap(out, s, p, d)  # first tap at or after the input's start
+    blind = (first >= k) | (np.arange(out) * s + first * d >= p + size)
+    if blind.any():
+        o = int(np.argmax(blind))
+        raise ValueError(
+            f"{layer}: along the {axis}, window {o} (kernel {k}, dilation {d}, stride {s}, padding {p}) "
+            f"sees only padding of the input {axis} {size}; use less padding or dilation"
+        )
 
 
 def _pads(padding, padding_rule: str, layer: str) -> tuple[tuple, tuple]:
