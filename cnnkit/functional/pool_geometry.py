@@ -33,6 +33,11 @@ class PoolGeometry(NamedTuple):
         return self.padding if self.pad_after is None else self.pad_after
 
     @property
+    def output_shape(self) -> tuple:
+        """``(N, C, OH, OW)``."""
+        return tuple(self.input_shape[:2]) + tuple(self.output)
+
+    @property
     def padded_shape(self) -> tuple:
         n, c, h, w = self.input_shape
         return (n, c, self.padding[0] + h + self.pad_end[0], self.padding[1] + w + self.pad_end[1])
@@ -44,6 +49,12 @@ class PoolGeometry(NamedTuple):
             rows = slice(i * dh, i * dh + (oh - 1) * sh + 1, sh)
             for j in range(kw):
                 yield i * kw + j, rows, slice(j * dw, j * dw + (ow - 1) * sw + 1, sw)
+
+
+def switches_dtype(kernel: tuple):
+    """The dtype of max pooling's switches (per output the offset ``i*KW + j`` of the winning tap):
+    one byte up to 256 taps (16x16 kernels), else int32, as oneDNN's workspace holds them too."""
+    return np.uint8 if kernel[0] * kernel[1] <= 256 else np.int32
 
 
 def check_pool_padding(kernel: tuple, padding: tuple, layer: str, padding_rule: str = "pytorch") -> None:
