@@ -128,6 +128,21 @@ def _asymmetric_output_size(size, kernel, stride, begin, after, dilation, ceil_m
     return out
 
 
+def pool_arguments(kernel_size, stride=None, padding=0, dilation=1, *, layer="pool2d", padding_rule="pytorch"):
+    """Validate a windowed pooling's arguments; return ``(kernel, stride, begin, after, dilation)``,
+    each a pair ``(h, w)``: ``begin``/``after`` the top/left and bottom/right pads (the same but
+    with ONNX's four pads). ``stride=None`` means ``stride = kernel_size`` (PyTorch's default)."""
+    kernel = pair(kernel_size, "kernel_size", layer)
+    stride = kernel if stride is None else pair(stride, "stride", layer)
+    begin, after = _pads(padding, padding_rule, layer)
+    dilation = pair(dilation, "dilation", layer)
+    check_positive(kernel, "kernel_size", layer)
+    check_positive(stride, "stride", layer)
+    check_positive(dilation, "dilation", layer)
+    check_pool_padding(kernel, begin + after if begin != after else begin, layer, padding_rule)
+    return kernel, stride, begin, after, dilation
+
+
 def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
                   check_geometry=False, layer="pool2d", padding_rule="pytorch") -> PoolGeometry:
     """Validate the arguments and compute the output size and padding of a windowed pooling.
@@ -141,14 +156,8 @@ def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, 
         input (N, C, H, W) -> output (N, C, OH, OW) with
         OH = floor_or_ceil((H + PTOP + PBOTTOM - DH*(KH-1) - 1) / SH) + 1, likewise OW
     """
-    kernel = pair(kernel_size, "kernel_size", layer)
-    stride = kernel if stride is None else pair(stride, "stride", layer)
-    begin, after = _pads(padding, padding_rule, layer)
-    dilation = pair(dilation, "dilation", layer)
-    check_positive(kernel, "kernel_size", layer)
-    check_positive(stride, "stride", layer)
-    check_positive(dilation, "dilation", layer)
-    check_pool_padding(kernel, begin + after if begin != after else begin, layer, padding_rule)
+    kernel, stride, begin, after, dilation = pool_arguments(kernel_size, stride, padding, dilation, layer=layer,
+                                                            padding_rule=padding_rule)
     if len(input_shape) != 4:
         raise ValueError(f"{layer} expects a 4-D input (N, C, H, W), got shape {tuple(input_shape)}")
     output, pad_end = [], []
