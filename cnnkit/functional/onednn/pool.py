@@ -227,10 +227,9 @@ def avg_pool2d_decline(x, kernel_size, stride=None, padding=0, ceil_mode=False, 
         return "divisor_override is not a oneDNN pooling mode"
     if count_include_pad:
         g = pool_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode)
-        for o, s, k, size, p in zip(g.output, g.stride, g.kernel, g.input_shape[2:], g.padding):
-            if (o - 1) * s + k > size + 2 * p:
-                return ("a ceil-mode window runs past the padding: PyTorch leaves the overhang out of "
-                        "the divisor, oneDNN counts it")
+        if any(end > p for end, p in zip(g.pad_end, g.padding)):  # the padded input runs past the padding
+            return ("a ceil-mode window runs past the padding: PyTorch leaves the overhang out of "
+                    "the divisor, oneDNN counts it")
     return None
 
 
