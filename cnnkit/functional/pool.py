@@ -121,7 +121,7 @@ def _scatter_windows(gradient_of_offset, geometry: PoolGeometry, dtype, xp, out=
         return dx
     padded_h, padded_w = geometry.padded_shape[2:]
     phases = {}
-    routed = xp.empty((n, c, oh, ow), dtype=dtype)
+    routed = scratch("pool_routed", (n, c, oh, ow), dtype, xp)  # an offset's gradient: written whole each time
     for k, _, _ in geometry.offsets():
         i, j = divmod(k, geometry.kernel[1])
         row0, row_phase = divmod(i * dh, sh)  # tap row i*dh + o*sh is row row0 + o of phase row_phase
