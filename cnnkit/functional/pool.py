@@ -38,7 +38,7 @@ import numpy as np
 from ..backend import array_module
 from .memory import LayerMemory
 from .parallel import parallel_chunks
-from .pool_geometry import PoolGeometry, lowest_value, pad_input, pool_geometry
+from .pool_geometry import PoolGeometry, first_real_tap, lowest_value, pad_input, pool_geometry, switches_dtype
 from .registry import Kernel, define_op
 from .workspace import scratch
 
@@ -121,7 +121,7 @@ def _scatter_windows(gradient_of_offset, geometry: PoolGeometry, dtype, xp, out=
         return dx
     padded_h, padded_w = geometry.padded_shape[2:]
     phases = {}
-    routed = xp.empty((n, c, oh, ow), dtype=dtype)
+    routed = scratch("pool_routed", (n, c, oh, ow), dtype, xp)  # an offset's gradient: written whole each time
     for k, _, _ in geometry.offsets():
         i, j = divmod(k, geometry.kernel[1])
         row0, row_phase = divmod(i * dh, sh)  # tap row i*dh + o*sh is row row0 + o of phase row_phase
@@ -195,12 +195,6 @@ def _backward_by_blocks(dy, g: PoolGeometry, block_gradient):
 
 # -- max pooling --------------------------------------------------------------------------------
 
-def _first_real_tap(out: int, stride: int, padding: int, dilation: int) -> np.ndarray:
-    """Per output position, the first kernel tap that lands on the real input (not the padding)."""
-    start = np.arange(out) * stride - padding  # window start in input coordinates
-    return -(np.minimum(start, 0) // dilation)  # ceil(max(-start, 0) / dilation)
-
-
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
                        check_geometry=False, layer="max_pool2d", need_switches=True, padding_rule="pytorch"):
     """Max pooling; return ``(y, cache)``. The cache holds the argmax "switches".
@@ -223,12 +217,12 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     g = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode,
                       check_geometry=check_geometry, layer=layer, padding_rule=padding_rule)
     n, c, h, w = x.shape
-    (kh, kw), (oh, ow) = g.kernel, g.output
+    kw, (oh, ow) = g.kernel[1], g.output
     # PyTorch's scan: best = -inf and the switch on the window's first real tap, then a tap wins
     # when it is strictly greater (first maximum wins ties) or NaN. Padding (-inf) never wins.
-    first_tap = (_first_real_tap(oh, g.stride[0], g.padding[0], g.dilation[0])[:, None] * kw
-                 + _first_real_tap(ow, g.stride[1], g.padding[1], g.dilation[1])[None, :])
-    switch_dtype = np.uint8 if kh * kw <= 256 else np.int32
+    first_tap = (first_real_tap(oh, g.stride[0], g.padding[0], g.dilation[0])[:, None] * kw
+                 + first_real_tap(ow, g.stride[1], g.padding[1], g.dilation[1])[None, :])
+    switch_dtype = switches_dtype(g.kernel)
     first_tap = xp.asarray(first_tap.astype(switch_dtype))
     has_nan = need_switches and bool(xp.isnan(x).any())  # one pass here saves a NaN test per offset
     x_planes = _planes(x)
@@ -507,8 +501,8 @@ def max_pool2d_memory(x, kernel_size, stride=None, padding=0, dilation=1, ceil_m
     """The switches (one byte per output up to 16x16 kernels), kept for backward; forward also
     makes the padded input, a window copy and two masks; backward scatters like average pooling."""
     g = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode, padding_rule=padding_rule)
-    out = g.input_shape[0] * g.input_shape[1] * g.output[0] * g.output[1]
-    switch = 1 if g.kernel[0] * g.kernel[1] <= 256 else 4
+    out = math.prod(g.output_shape)
+    switch = np.dtype(switches_dtype(g.kernel)).itemsize
     n, c, h, w = g.input_shape
     (ph, pw), (ah, aw) = g.padding, g.padding_after
     padded = n * c * (h + ph + ah) * (w + pw + aw) * x.itemsize if (ph or pw or ah or aw) else 0
@@ -521,7 +515,7 @@ def avg_pool2d_memory(x, kernel_size, stride=None, padding=0, ceil_mode=False, c
     """Only the divisor and the geometry are kept; forward sums the windows of the padded input
     (a copy when there is padding or a ceil-mode overhang); backward scatters ``dy / divisor``."""
     g = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode, padding_rule=padding_rule)
-    out = g.input_shape[0] * g.input_shape[1] * g.output[0] * g.output[1]
+    out = math.prod(g.output_shape)
     padded = int(math.prod(g.padded_shape)) * x.itemsize if g.padded_shape != tuple(g.input_shape) else 0
     return LayerMemory(forward_temp=padded, backward_temp=_scatter_bytes(g, x.itemsize) + out * x.itemsize)
 
@@ -536,7 +530,7 @@ def lp_pool2d_memory(x, norm_type, kernel_size, stride=None, ceil_mode=False, *,
         return LayerMemory(keeps_input=True, saved=rule.saved, forward_temp=rule.forward_temp + x.nbytes,
                            backward_temp=rule.backward_temp + x.nbytes)
     g = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode, padding_rule=padding_rule)
-    out = g.input_shape[0] * g.input_shape[1] * g.output[0] * g.output[1] * x.itemsize
+    out = math.prod(g.output_shape) * x.itemsize
     if definition == "onnx":
         return LayerMemory(keeps_input=True, saved=out, forward_temp=x.nbytes + out,
                            backward_temp=x.nbytes + 3 * out + _scatter_bytes(g, x.itemsize))

@@ -33,6 +33,11 @@ class PoolGeometry(NamedTuple):
         return self.padding if self.pad_after is None else self.pad_after
 
     @property
+    def output_shape(self) -> tuple:
+        """``(N, C, OH, OW)``."""
+        return tuple(self.input_shape[:2]) + tuple(self.output)
+
+    @property
     def padded_shape(self) -> tuple:
         n, c, h, w = self.input_shape
         return (n, c, self.padding[0] + h + self.pad_end[0], self.padding[1] + w + self.pad_end[1])
@@ -44,6 +49,12 @@ class PoolGeometry(NamedTuple):
             rows = slice(i * dh, i * dh + (oh - 1) * sh + 1, sh)
             for j in range(kw):
                 yield i * kw + j, rows, slice(j * dw, j * dw + (ow - 1) * sw + 1, sw)
+
+
+def switches_dtype(kernel: tuple):
+    """The dtype of max pooling's switches (per output the offset ``i*KW + j`` of the winning tap):
+    one byte up to 256 taps (16x16 kernels), else int32, as oneDNN's workspace holds them too."""
+    return np.uint8 if kernel[0] * kernel[1] <= 256 else np.int32
 
 
 def check_pool_padding(kernel: tuple, padding: tuple, layer: str, padding_rule: str = "pytorch") -> None:
@@ -66,19 +77,27 @@ def check_pool_padding(kernel: tuple, padding: tuple, layer: str, padding_rule: 
         )
 
 
+def first_real_tap(out: int, stride: int, padding: int, dilation: int) -> np.ndarray:
+    """Per output position along one axis, the first kernel tap that lands on the real input (not
+    the padding): ``ceil(max(padding - o*stride, 0) / dilation)``."""
+    start = np.arange(out) * stride - padding  # window start in input coordinates
+    return -(np.minimum(start, 0) // dilation)
+
+
 def _check_windows_see_input(out: int, size: int, k: int, s: int, p: int, d: int, layer: str, axis: str) -> None:
     """Raise if a window's taps (padded positions ``o*s + j*d``) all miss the input ``[p, p + size)``.
 
     Such a window's maximum is -inf and PyTorch's switch for it points outside the window (its
     backward writes out of bounds), so no result could be right.
     """
-    for o in range(out):
-        first = max(0, -(-(p - o * s) // d))  # first tap at or after the input's start
-        if first >= k or o * s + first * d >= p + size:
-            raise ValueError(
-                f"{layer}: along the {axis}, window {o} (kernel {k}, dilation {d}, stride {s}, padding {p}) "
-                f"sees only padding of the input {axis} {size}; use less padding or dilation"
-            )
+    first = first_real_tap(out, s, p, d)  # first tap at or after the input's start
+    blind = (first >= k) | (np.arange(out) * s + first * d >= p + size)
+    if blind.any():
+        o = int(np.argmax(blind))
+        raise ValueError(
+            f"{layer}: along the {axis}, window {o} (kernel {k}, dilation {d}, stride {s}, padding {p}) "
+            f"sees only padding of the input {axis} {size}; use less padding or dilation"
+        )
 
 
 def _pads(padding, padding_rule: str, layer: str) -> tuple[tuple, tuple]:
@@ -109,6 +128,21 @@ def _asymmetric_output_size(size, kernel, stride, begin, after, dilation, ceil_m
     return out
 
 
+def pool_arguments(kernel_size, stride=None, padding=0, dilation=1, *, layer="pool2d", padding_rule="pytorch"):
+    """Validate a windowed pooling's arguments; return ``(kernel, stride, begin, after, dilation)``,
+    each a pair ``(h, w)``: ``begin``/``after`` the top/left and bottom/right pads (the same but
+    with ONNX's four pads). ``stride=None`` means ``stride = kernel_size`` (PyTorch's default)."""
+    kernel = pair(kernel_size, "kernel_size", layer)
+    stride = kernel if stride is None else pair(stride, "stride", layer)
+    begin, after = _pads(padding, padding_rule, layer)
+    dilation = pair(dilation, "dilation", layer)
+    check_positive(kernel, "kernel_size", layer)
+    check_positive(stride, "stride", layer)
+    check_positive(dilation, "dilation", layer)
+    check_pool_padding(kernel, begin + after if begin != after else begin, layer, padding_rule)
+    return kernel, stride, begin, after, dilation
+
+
 def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
                   check_geometry=False, layer="pool2d", padding_rule="pytorch") -> PoolGeometry:
     """Validate the arguments and compute the output size and padding of a windowed pooling.
@@ -122,14 +156,8 @@ def pool_geometry(input_shape, kernel_size, stride=None, padding=0, dilation=1, 
         input (N, C, H, W) -> output (N, C, OH, OW) with
         OH = floor_or_ceil((H + PTOP + PBOTTOM - DH*(KH-1) - 1) / SH) + 1, likewise OW
     """
-    kernel = pair(kernel_size, "kernel_size", layer)
-    stride = kernel if stride is None else pair(stride, "stride", layer)
-    begin, after = _pads(padding, padding_rule, layer)
-    dilation = pair(dilation, "dilation", layer)
-    check_positive(kernel, "kernel_size", layer)
-    check_positive(stride, "stride", layer)
-    check_positive(dilation, "dilation", layer)
-    check_pool_padding(kernel, begin + after if begin != after else begin, layer, padding_rule)
+    kernel, stride, begin, after, dilation = pool_arguments(kernel_size, stride, padding, dilation, layer=layer,
+                                                            padding_rule=padding_rule)
     if len(input_shape) != 4:
         raise ValueError(f"{layer} expects a 4-D input (N, C, H, W), got shape {tuple(input_shape)}")
     output, pad_end = [], []

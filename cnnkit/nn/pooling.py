@@ -21,8 +21,8 @@ from ..functional.adaptive_pool import (
 )
 from ..functional.memory import ArraySpec, LayerMemory
 from ..functional.pool import AVG_POOL2D, MAX_POOL2D, lp_pool2d_backward, lp_pool2d_forward, lp_pool2d_memory, max_pool2d_indices
-from ..functional.pool_geometry import check_pool_padding
-from ..functional.shapes import check_positive, conv_output_size, pair
+from ..functional.pool_geometry import pool_arguments
+from ..functional.shapes import conv_output_size
 from .module import Module, is_grad_enabled
 from .validation import check_input, check_sample_shape
 
@@ -38,14 +38,8 @@ class _WindowPool2d(Module):
 
     def _setup(self, kernel_size, stride, padding, dilation, ceil_mode, check_geometry):
         layer = type(self).__name__
-        self._kernel = pair(kernel_size, "kernel_size", layer)
-        self._stride = self._kernel if stride is None else pair(stride, "stride", layer)
-        self._padding = pair(padding, "padding", layer)
-        self._dilation = pair(dilation, "dilation", layer)
-        check_positive(self._kernel, "kernel_size", layer)
-        check_positive(self._stride, "stride", layer)
-        check_positive(self._dilation, "dilation", layer)
-        check_pool_padding(self._kernel, self._padding, layer)
+        self._kernel, self._stride, self._padding, _, self._dilation = pool_arguments(
+            kernel_size, stride, padding, dilation, layer=layer)
         self.ceil_mode = bool(ceil_mode)
         self.check_geometry = bool(check_geometry)
 

@@ -21,12 +21,13 @@ The output keeps the memory order of the input (channels-last in, channels-last 
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
 
 from ..memory import LayerMemory
-from ..pool_geometry import PoolGeometry, pool_geometry
+from ..pool_geometry import PoolGeometry, pool_geometry, switches_dtype
 from . import library as L
 from . import runtime as R
 from .checks import array_reason, first_reason, has_data, lowest, unavailable
@@ -71,7 +72,7 @@ class _Forward:
     def __init__(self, g: PoolGeometry, algorithm: int, training: bool, channels_last: bool):
         self.key = ("pool", g, algorithm, training, channels_last)
         self.geometry, self.algorithm, self.channels_last = g, algorithm, channels_last
-        self.output_shape = tuple(g.input_shape[:2]) + tuple(g.output)
+        self.output_shape = g.output_shape
         src = R.MemoryDesc.from_strides(g.input_shape, _strides(g.input_shape, channels_last))
         dst = R.MemoryDesc.from_strides(self.output_shape, _strides(self.output_shape, channels_last))
         self.geometry_dims = (R.dims(g.stride), R.dims(g.kernel), R.dims(d - 1 for d in g.dilation),
@@ -212,8 +213,7 @@ def max_pool2d_backward(dy, cache: MaxPoolOnednnCache):
 def max_pool2d_memory(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, **options):
     """The workspace (one byte per output up to 16x16 windows) is kept for backward; nothing else."""
     g = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
-    out = g.input_shape[0] * g.input_shape[1] * g.output[0] * g.output[1]
-    return LayerMemory(saved=out * (1 if g.kernel[0] * g.kernel[1] <= 256 else 4))
+    return LayerMemory(saved=math.prod(g.output_shape) * np.dtype(switches_dtype(g.kernel)).itemsize)
 
 
 # -- average pooling ------------------------------------------------------------------------------
@@ -227,10 +227,9 @@ def avg_pool2d_decline(x, kernel_size, stride=None, padding=0, ceil_mode=False, 
         return "divisor_override is not a oneDNN pooling mode"
     if count_include_pad:
         g = pool_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode)
-        for o, s, k, size, p in zip(g.output, g.stride, g.kernel, g.input_shape[2:], g.padding):
-            if (o - 1) * s + k > size + 2 * p:
-                return ("a ceil-mode window runs past the padding: PyTorch leaves the overhang out of "
-                        "the divisor, oneDNN counts it")
+        if any(end > p for end, p in zip(g.pad_end, g.padding)):  # the padded input runs past the padding
+            return ("a ceil-mode window runs past the padding: PyTorch leaves the overhang out of "
+                    "the divisor, oneDNN counts it")
     return None
 
 

@@ -462,14 +462,10 @@ def reorder(src_md, dst_md) -> Primitive:
     from ..parallel import MIN_PARALLEL_BYTES
 
     small = md_size(dst_md) < MIN_PARALLEL_BYTES
-    with one_thread() if small else _no_change():
+    with one_thread() if small else _NO_CHANGE:
         attr = Attributes()  # kept referenced until the pd is made
         pd = create_pd("dnnl_reorder_primitive_desc_create", src_md, engine(), dst_md, engine(), attr.handle)
         return Primitive(pd, {L.ARG_FROM: src_md, L.ARG_TO: dst_md}, "reorder", one_thread=small)
 
 
-_NO_CHANGE = nullcontext()
-
-
-def _no_change():
-    return _NO_CHANGE
+_NO_CHANGE = nullcontext()  # reusable: a nullcontext keeps no state
