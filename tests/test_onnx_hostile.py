@@ -306,3 +306,18 @@ def test_local_response_norm_window_visits_at_most_c_minus_1_offsets(rng):
     dy = rng.standard_normal(x.shape)
     np.testing.assert_allclose(huge.backward(dy), small.backward(dy), rtol=1e-12)
     assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("node", [N("MatMul", ["x", "W"], ["y"]), N("Gemm", ["x", "W"], ["y"]),
+                                  N("Gemm", ["x", "W"], ["y"], transB=1)], ids=["MatMul", "Gemm", "Gemm-transB"])
+def test_a_dense_weight_is_held_at_most_twice_while_importing(tmp_path, node):
+    # the file's bytes and the array read from them; the layer's (transposed) weight is written into
+    # the layer's own array and its placeholder init draws nothing weight-sized
+    w = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)  # 4 MiB
+    onnx.save(model([node], [numpy_helper.from_array(w, "W")], x_shape=(1, 1024)), tmp_path / "m.onnx")
+    error, peak = peak_of(lambda: conx.load(tmp_path / "m.onnx"))
+    assert error is None and peak < 2.5 * w.nbytes, f"{peak / MiB:.1f} MiB"
+    graph = conx.load(tmp_path / "m.onnx")
+    x = np.random.default_rng(1).standard_normal((2, 1024)).astype(np.float32)
+    expected = x @ (w.T if node.attribute else w)
+    np.testing.assert_allclose(graph(x), expected, rtol=1e-4, atol=1e-4)

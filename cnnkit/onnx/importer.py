@@ -30,7 +30,7 @@ from ..nn.graph import Add, Graph, Mul
 from ..nn.module import Module
 from ._deps import require
 from .context import DEFAULT_MAX_FOLDED_BYTES, MAX_SAMPLE_ELEMENTS, ImportContext, Unread, has_batch_marker
-from .initializers import read_tensor
+from .initializers import declared_dims, onnx_dtype, read_tensor
 from .layers import PROBE_BATCH, broadcast_full
 from . import registry
 from .registry import OPS, Alias, Folded, NeedsConstantError, UnsupportedOperatorError, node_label
@@ -147,13 +147,12 @@ def _input_shapes(inputs, input_shape) -> tuple[dict, int | None]:
     return shapes, batch
 
 
-def _declared_dtype(value_info, float_dtype) -> np.dtype:
-    """The element type an input declares (floats as the graph's float type)."""
-    onnx = require("onnx")
-    code = value_info.type.tensor_type.elem_type
+def _graph_dtype(code, float_dtype) -> np.dtype:
+    """The element type ONNX type ``code`` has in the graph: floats (and unknown or undefined
+    types) as the graph's float type, the others as declared."""
     try:
-        declared = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(code)) if code else float_dtype
-    except (KeyError, TypeError, ValueError):
+        declared = onnx_dtype(code)
+    except ValueError:
         return float_dtype
     return float_dtype if np.issubdtype(declared, np.floating) else declared
 
@@ -256,7 +255,7 @@ def import_model(path_or_model, input_shape=None, dtype=np.float32, *, max_folde
             ctx.aliases[value_info.name] = graph_name
         shape = shapes[value_info.name]
         ctx.shapes[graph_name] = shape
-        ctx.dtypes[graph_name] = _declared_dtype(value_info, dtype)
+        ctx.dtypes[graph_name] = _graph_dtype(value_info.type.tensor_type.elem_type, dtype)
         if shape and shape[0] == ctx.batch_axis_value():
             ctx.batched.add(graph_name)
     for tensor in g.initializer:
@@ -330,22 +329,12 @@ def load(path_or_model, input_shape=None, dtype=np.float32, *, max_folded_bytes=
 
 def _unread(tensor, base_dir, owned: bool, dtype) -> Unread:
     """An initializer to read when a rule first asks for its value (sizes are checked then)."""
-    onnx = require("onnx")
-    try:
-        declared = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
-    except (KeyError, TypeError, ValueError):
-        declared = np.dtype(np.float32)
-    if np.issubdtype(declared, np.floating):
-        declared = dtype
-
     def read():
         value = read_tensor(tensor, base_dir, "initializer", float_dtype=dtype, release=owned)
         return _as_graph_dtype(value, dtype)
 
-    dims = tuple(int(d) for d in tensor.dims)
-    if any(d < 0 for d in dims):
-        raise ValueError(f"ONNX initializer {tensor.name!r}: negative dimension in dims {list(dims)}")
-    return Unread(read, dims, declared)
+    dims, _ = declared_dims(tensor, f"ONNX initializer {tensor.name!r}")
+    return Unread(read, dims, _graph_dtype(tensor.data_type, dtype))
 
 
 def _as_graph_dtype(value: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -24,7 +24,17 @@ _TYPED_FIELD = {1: "float_data", 2: "int32_data", 3: "int32_data", 4: "int32_dat
                 12: "uint64_data", 13: "uint64_data"}
 
 
-def _declared(tensor, where: str) -> tuple[tuple[int, ...], int]:
+def onnx_dtype(code) -> np.dtype:
+    """The NumPy type of ONNX element type ``code`` (a ``TensorProto.DataType`` number)."""
+    helper = require("onnx").helper
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(int(code)))
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"unknown element type {code!r}") from None
+
+
+def declared_dims(tensor, where: str) -> tuple[tuple[int, ...], int]:
+    """The tensor's ``dims`` (refused when negative) and their product."""
     dims = tuple(int(d) for d in tensor.dims)
     if any(d < 0 for d in dims):
         raise ValueError(f"{where}: negative dimension in dims {list(dims)}")
@@ -94,7 +104,7 @@ def read_tensor(tensor, base_dir: str | None = None, what: str = "tensor", *, fl
     """
     onnx = require("onnx")
     where = f"ONNX {what} {tensor.name!r}" if tensor.name else f"ONNX {what}"
-    dims, count = _declared(tensor, where)
+    dims, count = declared_dims(tensor, where)
     external = tensor.data_location == onnx.TensorProto.EXTERNAL
     if tensor.data_type in _NATIVE:
         dtype = np.dtype(_NATIVE[tensor.data_type])

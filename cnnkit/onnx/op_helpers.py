@@ -41,21 +41,26 @@ def variable_input(ctx, node, i: int = 0) -> str:
     return name
 
 
+def ownable(ctx, name: str, value: np.ndarray) -> bool:
+    """Whether a layer may keep ``value`` (tensor ``name``) as its parameter without a copy: it is
+    writable, owns its memory and nothing else reads it."""
+    return value.flags.writeable and value.flags.owndata and ctx.consumers.get(name, 0) <= 1
+
+
 def own(ctx, name: str, value: np.ndarray) -> np.ndarray:
-    """``value`` for a layer to keep as its parameter: the array itself when nothing else reads it
-    and it is writable, else a copy (weights shared by two nodes must not alias)."""
-    if value.flags.writeable and value.flags.owndata and ctx.consumers.get(name, 0) <= 1:
-        return value
-    return np.array(value, copy=True)
+    """``value`` for a layer to keep as its parameter: the array itself when :func:`ownable`, else
+    a copy (weights shared by two nodes must not alias)."""
+    return value if ownable(ctx, name, value) else np.array(value, copy=True)
 
 
 class NoInit:
     """A stand-in ``generator`` for layers whose weights the file provides: their constructor's
     random initialisation draws nothing (a VGG classifier would draw 100M numbers only to
-    overwrite them)."""
+    overwrite them). The "draw" is one zero broadcast to ``size``: no weight-sized array is made
+    for it (the constructor's cast to the layer's dtype is its only copy)."""
 
     def uniform(self, low=0.0, high=1.0, size=None):
-        return np.zeros(size, dtype=np.float32)
+        return np.broadcast_to(np.float32(0), () if size is None else size)
 
     normal = uniform
 

@@ -19,7 +19,7 @@ from ..nn.pooling import AdaptiveAvgPool2d, AvgPool2d, LPPool2d, MaxPool2d
 from .layers import AddConstant, ConstantPad, GlobalMaxPool
 from .math_layers import MatMul, Reduce
 from .norm_layers import InstanceNorm
-from .op_helpers import NoInit, int_list, own, spatial_pads, symmetric_split, unsupported, variable_input, window
+from .op_helpers import NoInit, int_list, own, ownable, spatial_pads, symmetric_split, unsupported, variable_input, window
 from .pool_layers import OnnxAveragePool, OnnxLpPool, OnnxMaxPool
 from .registry import register_op
 from .tensor_layers import Squeeze, Transpose, Unsqueeze
@@ -73,7 +73,10 @@ def conv(ctx, node, attrs):
     layer = Conv2d(weight.shape[1] * groups, weight.shape[0], kernel, stride=strides, padding=sym,
                    dilation=dilations, groups=groups, bias=bias is not None, check_geometry=False,
                    dtype=weight.dtype, generator=NoInit())
-    layer.weight.data = own(ctx, node.input[1], weight) if not one_d else np.array(weight, copy=True)
+    if one_d:  # a (out, in, 1, k) view of the file's weight: copied into the layer's own array
+        layer.weight.data[...] = weight
+    else:
+        layer.weight.data = own(ctx, node.input[1], weight)
     if bias is not None:
         layer.bias.data = own(ctx, node.input[2], bias.astype(weight.dtype, copy=False))
     module = _with_extra_pad(layer, extra)
@@ -82,10 +85,15 @@ def conv(ctx, node, attrs):
     return module, [x]
 
 
-def _linear(weight, bias, dtype):
-    """A ``Linear`` holding ``weight`` (out, in) and ``bias`` without drawing a random init."""
+def _linear(weight, bias, dtype, copy: bool = False):
+    """A ``Linear`` holding ``weight`` (out, in) and ``bias`` without drawing a random init. With
+    ``copy`` (a transposed or scaled weight), the values are written into the layer's own array
+    rather than into a new one beside it."""
     layer = Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=dtype, generator=NoInit())
-    layer.weight.data = weight
+    if copy:
+        layer.weight.data[...] = weight
+    else:
+        layer.weight.data = weight
     if bias is not None:
         layer.bias.data = bias
     return layer
@@ -107,8 +115,11 @@ def gemm(ctx, node, attrs):
     if b.ndim != 2:
         raise ValueError(f"Gemm takes a 2-D B, got shape {b.shape}")
     weight = b if trans_b else b.T  # Linear's (out, in) layout
-    weight = np.ascontiguousarray(weight * alpha if alpha != 1 else weight, dtype=ctx.dtype)
-    weight = own(ctx, node.input[1], weight) if weight is b else weight
+    weight = weight * alpha if alpha != 1 else weight
+    # kept as it is when it is B itself and B is the layer's to own, or a fresh product; else
+    # (a transposed view, a shared B, another dtype) copied into the layer's own array
+    keep = (weight.dtype == ctx.dtype and weight.flags.c_contiguous
+            and (ownable(ctx, node.input[1], b) if weight is b else weight.flags.owndata))
     in_features = ctx.shape(a)[0 if trans_a else 1]
     if weight.shape[1] != in_features:
         raise ValueError(f"A {ctx.shape(a)}{' transposed' if trans_a else ''} and B {b.shape}"
@@ -123,7 +134,7 @@ def gemm(ctx, node, attrs):
             per_row = AddConstant(np.broadcast_to(c, full).copy(), ctx.is_trainable(node.input[2]))
         else:
             bias = np.broadcast_to(c.reshape(-1), (weight.shape[0],)).astype(ctx.dtype)
-    layer = _linear(weight, bias, ctx.dtype)
+    layer = _linear(weight, bias, ctx.dtype, copy=not keep)
     steps = ([Transpose((1, 0))] if trans_a else []) + [layer] + ([per_row] if per_row is not None else [])
     return (steps[0] if len(steps) == 1 else Sequential(*steps)), [a]
 

@@ -369,7 +369,7 @@ def matmul(ctx, node, attrs):
             if ctx.shape(a)[1] != value.shape[0]:
                 raise ValueError(f"shapes {ctx.shape(a)} @ {value.shape} do not match")
             layer = Linear(value.shape[0], value.shape[1], bias=False, dtype=ctx.dtype, generator=NoInit())
-            layer.weight.data = np.ascontiguousarray(value.T, dtype=ctx.dtype)
+            layer.weight.data[...] = value.T  # into the layer's own array: no second copy beside it
             return layer, [a]
         return MatMulConstant(value, _trainable(ctx, b)), [a]
     if ctx.is_const(a) and not ctx.is_const(b):

@@ -15,7 +15,7 @@ import numpy as np
 from ..nn.flatten import Flatten
 from ..nn.graph import Cat
 from .context import BATCH, has_batch_marker
-from .initializers import read_tensor
+from .initializers import onnx_dtype, read_tensor
 from .layers import ConstantPad, Reshape, Slice, resolve_reshape
 from .op_helpers import int_list, required, text, unsupported, variable_input
 from .registry import Alias, Folded, register_fold, register_op
@@ -406,27 +406,18 @@ def where(ctx, node, attrs):
 # ---- casts --------------------------------------------------------------------------------------
 
 
-def _onnx_dtype(code) -> np.dtype:
-    from onnx import helper
-
-    try:
-        return np.dtype(helper.tensor_dtype_to_np_dtype(int(code)))
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f"unknown element type {code!r}") from None
-
-
 @register_fold("Cast")
 def _fold_cast(ctx, attrs, data):
     data = np.asarray(data)
     if has_batch_marker(data):
         return data  # shape arithmetic: int64 <-> int32 casts keep the marker
-    return data.astype(_onnx_dtype(required(attrs, "to")))
+    return data.astype(onnx_dtype(required(attrs, "to")))
 
 
 @register_op("Cast")
 def cast(ctx, node, attrs):
     x = variable_input(ctx, node)
-    to = _onnx_dtype(required(attrs, "to"))
+    to = onnx_dtype(required(attrs, "to"))
     if to == ctx.dtype_of(x):
         return Alias(x)
     return Cast(to), [x]
