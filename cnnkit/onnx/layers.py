@@ -62,6 +62,26 @@ class _OnnxLayer(Module):
         return 0
 
 
+class _View(_OnnxLayer):
+    """A layer whose output is a view of its input, reshaped to ``full_output_shape``: only the
+    input's shape is cached, and backward reshapes the gradient back to it."""
+
+    def forward(self, x):
+        target = self.full_output_shape(x.shape)  # a bad shape raises before anything is cached
+        self._save(x.shape)
+        return x.reshape(target)
+
+    def backward(self, dy, input_grad: bool = True):
+        shape = self._restore()
+        return dy.reshape(shape) if input_grad else None
+
+    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
+        return LayerMemory(aliases_input=True)
+
+    def counts_activation(self, input_shape, output_shape) -> bool:
+        return False  # a view, as Flatten
+
+
 def batch_bytes(shape, batch_size: int, dtype) -> int:
     """Bytes of a batch of ``batch_size`` samples of one-sample ``shape`` in ``dtype``."""
     return int(batch_size) * numel(shape) * np.dtype(dtype).itemsize
@@ -313,7 +333,7 @@ def resolve_reshape(layer: str, input_shape, target, allowzero: bool) -> tuple:
     return target
 
 
-class Reshape(FullShapeLayer, _OnnxLayer):
+class Reshape(FullShapeLayer, _View):
     """Reshape to ``shape`` (ONNX ``Reshape``): ``0`` copies the input's size on that axis (unless
     ``allowzero``), ``-1`` is inferred. ``shape`` includes the batch axis; a leading ``0`` keeps
     it, so ``Reshape((0, -1))`` flattens each sample at any batch size.
@@ -332,23 +352,8 @@ class Reshape(FullShapeLayer, _OnnxLayer):
         self.shape = shape
         self.allowzero = bool(allowzero)
 
-    def forward(self, x):
-        target = resolve_reshape("Reshape", x.shape, self.shape, self.allowzero)
-        self._save(x.shape)
-        return x.reshape(target)
-
-    def backward(self, dy, input_grad: bool = True):
-        shape = self._restore()
-        return dy.reshape(shape) if input_grad else None
-
     def full_output_shape(self, shape):
         return resolve_reshape("Reshape", shape, self.shape, self.allowzero)
-
-    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
-        return LayerMemory(aliases_input=True)  # a view of the input; only its shape is cached
-
-    def counts_activation(self, input_shape, output_shape) -> bool:
-        return False  # a view, as Flatten
 
     def onnx_export(self, ctx, x, prefix):
         if not self.allowzero:

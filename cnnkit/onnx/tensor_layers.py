@@ -15,32 +15,13 @@ from ..backend import array_module
 from ..functional.memory import LayerMemory
 from ..nn.graph import Cat, MultiInputModule, unbroadcast
 from ..nn.module import Parameter
-from .layers import FullShapeLayer, _OnnxLayer, batch_bytes, broadcast_full, pad_export
+from .layers import FullShapeLayer, _OnnxLayer, _View, batch_bytes, broadcast_full, pad_export
 
 
 def _axis(axis: int, ndim: int, layer: str) -> int:
     if not -ndim <= axis < ndim:
         raise ValueError(f"{layer}: axis {axis} is out of range for a {ndim}-D tensor")
     return axis + ndim if axis < 0 else axis
-
-
-class _View(_OnnxLayer):
-    """A layer whose output is a view of its input, reshaped to ``full_output_shape``: only the
-    input's shape is cached, and backward reshapes the gradient back to it."""
-
-    def forward(self, x):
-        self._save(x.shape)
-        return x.reshape(self.full_output_shape(x.shape))
-
-    def backward(self, dy, input_grad: bool = True):
-        shape = self._restore()
-        return dy.reshape(shape) if input_grad else None
-
-    def step_memory(self, input_shape, output_shape, batch_size, dtype) -> LayerMemory:
-        return LayerMemory(aliases_input=True)
-
-    def counts_activation(self, input_shape, output_shape) -> bool:
-        return False  # a view, as Flatten
 
 
 def _axes_export(ctx, op: str, x: str, axes, prefix: str) -> str:
